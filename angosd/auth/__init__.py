@@ -1,0 +1,1 @@
+"""Identity extraction and access decisions."""

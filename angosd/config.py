@@ -1,0 +1,703 @@
+"""angosd configuration: TOML files in, frozen and validated dataclasses out.
+
+Several files may be given; they are deep-merged in order (tables merge key by key,
+every other value, arrays and arrays of tables included, is replaced by the later
+file). While merging, the loader remembers which file set each key, so that every
+problem found afterwards names that file and the dotted key path::
+
+    /etc/angosd/b.toml: server.port: expected an integer, got string
+
+Key names follow the reference product (Angos), so an Angos configuration loads:
+sections this build does not use yet (``auth``, ``cache``, ``metadata_store``,
+``event_webhook``, ``observability``, some ``server``/``global`` tuning keys) are
+accepted silently; any other unknown key is reported once through ``warn`` and
+ignored.
+"""
+
+from __future__ import annotations
+
+import copy
+import datetime
+import ipaddress
+import json
+import math
+import os
+import re
+import tomllib
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import MISSING, dataclass, field, fields
+from fractions import Fraction
+from typing import TYPE_CHECKING, Any, TypeVar, get_type_hints
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+__all__ = [
+    "AccessPolicyConfig",
+    "Config",
+    "ConfigError",
+    "FsStoreConfig",
+    "GlobalConfig",
+    "RepositoryConfig",
+    "RetentionPolicyConfig",
+    "ServerConfig",
+    "TlsConfig",
+    "UiConfig",
+    "UpstreamConfig",
+    "default_config",
+    "load_config",
+    "merge_tables",
+    "parse_size",
+]
+
+
+class ConfigError(Exception):
+    """A configuration that cannot be used.
+
+    ``str(error)`` is always a single line, ``"<file>: <key.path>: <problem>"``
+    (``"<file>: <problem>"`` when the whole file is at fault).
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(message.splitlines()))
+
+
+# --------------------------------------------------------------------------- values
+
+#: A key path: table keys and array indexes, e.g. ("repository", "hub", "upstream", 0, "url").
+_Path = tuple[str | int, ...]
+#: Turns a raw TOML value into a validated one, or raises `_Invalid`.
+_Parser = Callable[[object], Any]
+
+
+class _Invalid(ValueError):
+    """A bad value; ``at`` locates the culprit inside it (e.g. an array index)."""
+
+    def __init__(self, problem: str, at: _Path = ()) -> None:
+        super().__init__(problem)
+        self.problem = problem
+        self.at = at
+
+
+_TOML_KINDS: tuple[tuple[type, str], ...] = (
+    (bool, "boolean"),  # before int: bool is an int subclass
+    (int, "integer"),
+    (float, "float"),
+    (str, "string"),
+    (list, "array"),
+    (dict, "table"),
+    (datetime.datetime, "datetime"),  # before date: datetime is a date subclass
+    (datetime.date, "date"),
+    (datetime.time, "time"),
+)
+
+
+def _kind(value: object) -> str:
+    """The TOML name of ``value``'s type, for messages."""
+    for python_type, name in _TOML_KINDS:
+        if isinstance(value, python_type):
+            return name
+    return type(value).__name__
+
+
+def _as_str(value: object) -> str:
+    """``value`` if it is a string."""
+    if not isinstance(value, str):
+        raise _Invalid(f"expected a string, got {_kind(value)}")
+    return value
+
+
+def _as_bool(value: object) -> bool:
+    """``value`` if it is a real TOML boolean (not 0/1, not "true")."""
+    if not isinstance(value, bool):
+        raise _Invalid(f"expected a boolean, got {_kind(value)}")
+    return value
+
+
+def _as_int(value: object) -> int:
+    """``value`` if it is a TOML integer (booleans are not integers here)."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise _Invalid(f"expected an integer, got {_kind(value)}")
+    return value
+
+
+def _as_float(value: object) -> float:
+    """``value`` as a float if it is a TOML float or integer."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise _Invalid(f"expected a number, got {_kind(value)}")
+    return float(value)
+
+
+def _as_strings(value: object) -> tuple[str, ...]:
+    """``value`` as a tuple if it is an array of strings."""
+    if not isinstance(value, list):
+        raise _Invalid(f"expected an array of strings, got {_kind(value)}")
+    for index, item in enumerate(value):
+        if not isinstance(item, str):
+            raise _Invalid(f"expected a string, got {_kind(item)}", (index,))
+    return tuple(value)
+
+
+def _int_range(low: int, high: int | None = None) -> _Parser:
+    """A parser for integers within ``low..high`` (inclusive; no upper bound if None)."""
+
+    def parse(value: object) -> int:
+        number = _as_int(value)
+        if number < low or (high is not None and number > high):
+            bounds = f"between {low} and {high}" if high is not None else f"at least {low}"
+            raise _Invalid(f"must be {bounds}, got {number}")
+        return number
+
+    return parse
+
+
+def _positive_float(value: object) -> float:
+    """A finite number greater than zero, as a float."""
+    number = _as_float(value)
+    if not (math.isfinite(number) and number > 0):
+        raise _Invalid(f"must be a finite number greater than 0, got {number}")
+    return number
+
+
+def _choice(*options: str) -> _Parser:
+    """A parser for strings that must be one of ``options``."""
+
+    def parse(value: object) -> str:
+        text = _as_str(value)
+        if text not in options:
+            raise _Invalid(f"expected one of {', '.join(map(repr, options))}, got {text!r}")
+        return text
+
+    return parse
+
+
+def _ip_address(value: object) -> str:
+    """A string that parses as an IPv4 or IPv6 address, returned as given."""
+    text = _as_str(value)
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        raise _Invalid(f"expected an IP address, got {text!r}") from None
+    return text
+
+
+def _http_url(value: object) -> str:
+    """An ``http://`` or ``https://`` URL with a host (and a valid port, if any)."""
+    text = _as_str(value)
+    try:
+        parts = urlsplit(text)
+        valid = parts.scheme in ("http", "https") and bool(parts.hostname)
+        _ = parts.port  # raises ValueError for a bad port
+    except ValueError:
+        valid = False
+    if not valid:
+        raise _Invalid(f"expected an http:// or https:// URL, got {text!r}")
+    return text
+
+
+def _regexes(value: object) -> tuple[str, ...]:
+    """An array of strings that each compile as a Python regular expression."""
+    patterns = _as_strings(value)
+    for index, pattern in enumerate(patterns):
+        try:
+            re.compile(pattern)
+        except (re.error, OverflowError, RecursionError, ValueError) as error:
+            raise _Invalid(f"invalid regular expression {pattern!r}: {error}", (index,)) from None
+    return patterns
+
+
+_SIZE_UNITS: dict[str, int] = {"": 1, "b": 1}
+for _power, _prefix in enumerate("kmgtp", start=1):
+    _SIZE_UNITS[f"{_prefix}b"] = 1000**_power
+    _SIZE_UNITS[f"{_prefix}ib"] = 1024**_power
+_SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)", re.ASCII | re.IGNORECASE)
+_MAX_SIZE = 2**63 - 1
+
+
+def parse_size(value: object) -> int:
+    """A byte count from an integer or a string such as ``"4MiB"``, ``"5 MB"``, ``"1024"``.
+
+    KB/MB/GB/TB/PB are powers of 1000, KiB/MiB/GiB/TiB/PiB powers of 1024, ``B`` or
+    no unit means bytes (units are case-insensitive). The result is always an
+    integer in ``1..2**63-1``; anything else raises ``ValueError`` with a one-line
+    reason.
+    """
+    if isinstance(value, int) and not isinstance(value, bool):
+        size = Fraction(value)
+    elif isinstance(value, str):
+        match = _SIZE.fullmatch(value.strip())
+        if match is None or match[2].lower() not in _SIZE_UNITS:
+            raise _Invalid(f"expected a size such as '4MiB', '500MB' or '1024', got {value!r}")
+        try:
+            size = Fraction(match[1]) * _SIZE_UNITS[match[2].lower()]
+        except ValueError:  # more digits than int() accepts
+            raise _Invalid(f"size is too large: {value!r}") from None
+    else:
+        raise _Invalid(f"expected an integer or a size string such as '4MiB', got {_kind(value)}")
+    if size.denominator != 1:
+        raise _Invalid(f"size must be a whole number of bytes, got {value!r}")
+    if not 0 < size <= _MAX_SIZE:
+        raise _Invalid(f"size must be between 1 and {_MAX_SIZE} bytes, got {value!r}")
+    return int(size)
+
+
+def _parse(parser: _Parser) -> dict[str, _Parser]:
+    """Dataclass field metadata: read this field's TOML value with ``parser``."""
+    return {"parse": parser}
+
+
+#: How plain fields are read when their metadata names no parser.
+_PARSERS_BY_TYPE: dict[object, _Parser] = {
+    str: _as_str,
+    str | None: _as_str,
+    bool: _as_bool,
+    int: _as_int,
+    float: _as_float,
+    tuple[str, ...]: _as_strings,
+}
+
+_ACCESS_DEFAULT = _choice("allow", "deny")
+_REPOSITORY_NAME = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$")
+
+
+# --------------------------------------------------------------------------- model
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """``[server.tls]``: serve HTTPS; ``client_auth = "required"`` needs ``client_ca_bundle``."""
+
+    server_certificate_bundle: str
+    server_private_key: str
+    client_ca_bundle: str | None = None
+    client_auth: str = field(default="optional", metadata=_parse(_choice("optional", "required")))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """``[server]``: where to listen; no ``tls`` means plain HTTP."""
+
+    bind_address: str = field(default="127.0.0.1", metadata=_parse(_ip_address))
+    port: int = field(default=5000, metadata=_parse(_int_range(0, 65535)))
+    tls: TlsConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FsStoreConfig:
+    """``[blob_store.fs]``: the filesystem store; relative paths are kept as given."""
+
+    root_dir: str = "./registry-data"
+    sync_to_disk: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicyConfig:
+    """``access_policy``: CEL ``rules`` and the decision when none matches."""
+
+    default: str = field(default="allow", metadata=_parse(_ACCESS_DEFAULT))
+    rules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicyConfig:
+    """``retention_policy``: CEL rules deciding which manifests to keep."""
+
+    rules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """One ``[[repository."NAME".upstream]]`` of a pull-through repository."""
+
+    url: str = field(metadata=_parse(_http_url))
+    username: str | None = None
+    password: str | None = None
+    server_ca_bundle: str | None = None
+    client_certificate: str | None = None
+    client_private_key: str | None = None
+    max_redirect: int = field(default=5, metadata=_parse(_int_range(0, 255)))
+    connect_timeout_secs: float = field(default=30.0, metadata=_parse(_positive_float))
+    read_timeout_secs: float = field(default=300.0, metadata=_parse(_positive_float))
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryConfig:
+    """``[repository."NAME"]``: a served namespace prefix and its overrides.
+
+    As loaded by `load_config`, ``immutable_tags``, ``immutable_tags_exclusions`` and
+    ``authorization_webhook`` hold the ``[global]`` value when the repository does not
+    set them; ``access_policy``/``retention_policy`` are None when not set here.
+    """
+
+    name: str
+    immutable_tags: bool = False
+    immutable_tags_exclusions: tuple[str, ...] = field(default=(), metadata=_parse(_regexes))
+    access_policy: AccessPolicyConfig | None = None
+    retention_policy: RetentionPolicyConfig | None = None
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    authorization_webhook: str | None = None
+
+    @property
+    def is_pull_through(self) -> bool:
+        """True when the repository mirrors at least one upstream registry."""
+        return bool(self.upstreams)
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalConfig:
+    """``[global]``: limits and the defaults every repository inherits."""
+
+    max_manifest_size: int = field(default=4 * 1024 * 1024, metadata=_parse(parse_size))
+    max_blob_size: int = field(default=100 * 1024**3, metadata=_parse(parse_size))
+    update_pull_time: bool = False
+    immutable_tags: bool = False
+    immutable_tags_exclusions: tuple[str, ...] = field(default=(), metadata=_parse(_regexes))
+    access_policy: AccessPolicyConfig = AccessPolicyConfig()
+    retention_policy: RetentionPolicyConfig = RetentionPolicyConfig()
+    gc_grace_secs: int = field(default=300, metadata=_parse(_int_range(0)))
+    shutdown_drain_secs: int = field(default=30, metadata=_parse(_int_range(0)))
+    authorization_webhook: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class UiConfig:
+    """``[ui]``: the optional web interface."""
+
+    enabled: bool = False
+    name: str = "angosd"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole daemon configuration (``Config()`` is the built-in default)."""
+
+    server: ServerConfig = ServerConfig()
+    blob_store: FsStoreConfig = FsStoreConfig()
+    global_: GlobalConfig = GlobalConfig()
+    repositories: tuple[RepositoryConfig, ...] = ()
+    ui: UiConfig = UiConfig()
+    sources: tuple[str, ...] = ()
+
+    def repository_for(self, namespace: str) -> RepositoryConfig | None:
+        """The repository named ``namespace`` or its longest ``"name/"`` prefix, if any."""
+        best: RepositoryConfig | None = None
+        for repository in self.repositories:
+            inside = namespace == repository.name or namespace.startswith(repository.name + "/")
+            if inside and (best is None or len(repository.name) > len(best.name)):
+                best = repository
+        return best
+
+    def namespace_allowed(self, namespace: str) -> bool:
+        """Whether ``namespace`` is served: always without repositories, else inside one."""
+        return not self.repositories or self.repository_for(namespace) is not None
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def _stamp(provenance: dict[_Path, str], value: object, source: str, path: _Path) -> None:
+    """Record ``source`` as the origin of ``path`` and of every table key inside ``value``."""
+    provenance[path] = source
+    if isinstance(value, dict):
+        for key, item in value.items():
+            _stamp(provenance, item, source, (*path, key))
+
+
+def _merge_into(target: dict[str, Any], table: Mapping[str, Any], provenance: dict[_Path, str],
+                source: str, path: _Path) -> None:
+    """Deep-merge ``table`` (from ``source``) into ``target``, keeping ``provenance`` current."""
+    for key, value in table.items():
+        here = (*path, key)
+        current = target.get(key)
+        if isinstance(current, dict) and isinstance(value, dict):
+            _merge_into(current, value, provenance, source, here)
+            continue
+        if key in target:
+            for stale in [known for known in provenance if known[: len(here)] == here]:
+                del provenance[stale]
+        target[key] = copy.deepcopy(value)
+        _stamp(provenance, value, source, here)
+
+
+def merge_tables(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """A new dict: ``base`` deep-merged with ``override``; neither input is modified.
+
+    Tables present in both are merged recursively; any other value of ``override``
+    (scalars, arrays, arrays of tables) replaces the one in ``base``.
+    """
+    merged = copy.deepcopy(dict(base))
+    _merge_into(merged, override, {}, "", ())
+    return merged
+
+
+# --------------------------------------------------------------------------- reading
+
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _dotted(path: _Path) -> str:
+    """``path`` as TOML would spell it: ``repository."lib/x".upstream[0].url``."""
+    text = ""
+    for part in path:
+        if isinstance(part, int):
+            text += f"[{part}]"
+        else:
+            text += ("." if text else "") + (part if _BARE_KEY.fullmatch(part) else json.dumps(part))
+    return text
+
+
+@dataclass(frozen=True, slots=True)
+class _Context:
+    """What every table reader shares: key origins, file order and the warning sink."""
+
+    provenance: Mapping[_Path, str]
+    sources: tuple[str, ...]
+    warn: Callable[[str], None]
+
+    def origin(self, path: _Path) -> str:
+        """The file that set ``path`` (or its nearest recorded parent), else ``"<merged>"``."""
+        for end in range(len(path), 0, -1):
+            source = self.provenance.get(path[:end])
+            if source is not None:
+                return source
+        return "<merged>"
+
+
+class _Table:
+    """One TOML table being read: typed access by key, errors naming file and key path.
+
+    Every key looked at is remembered; `finish` warns about the others.
+    """
+
+    def __init__(self, context: _Context, path: _Path, data: Mapping[str, object]) -> None:
+        self.context = context
+        self.path = path
+        self._data = data
+        self._seen: set[str] = set()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._data
+
+    def keys(self) -> list[str]:
+        return list(self._data)
+
+    def origin(self, key: str) -> str:
+        return self.context.origin((*self.path, key))
+
+    def error(self, key: str, problem: str, at: _Path = ()) -> ConfigError:
+        """A `ConfigError` for ``key`` (and ``at`` below it) of this table."""
+        path = (*self.path, key, *at)
+        return ConfigError(f"{self.context.origin(path)}: {_dotted(path)}: {problem}")
+
+    def warn(self, key: str, problem: str) -> None:
+        self.context.warn(f"{self.origin(key)}: {_dotted((*self.path, key))}: {problem}")
+
+    def get(self, key: str, parse: _Parser) -> Any:
+        """``parse`` applied to the value of ``key``, which must be present."""
+        self._seen.add(key)
+        try:
+            return parse(self._data[key])
+        except _Invalid as invalid:
+            raise self.error(key, invalid.problem, invalid.at) from None
+
+    def table(self, key: str) -> _Table | None:
+        """The sub-table ``key``, None if absent; a `ConfigError` if it is not a table."""
+        self._seen.add(key)
+        if key not in self._data:
+            return None
+        value = self._data[key]
+        if not isinstance(value, dict):
+            raise self.error(key, f"expected a table, got {_kind(value)}")
+        return _Table(self.context, (*self.path, key), value)
+
+    def section(self, key: str) -> _Table:
+        """The sub-table ``key``, empty if absent."""
+        found = self.table(key)
+        return found if found is not None else _Table(self.context, (*self.path, key), {})
+
+    def tables(self, key: str) -> list[_Table]:
+        """The array of tables ``key`` (``[[...]]``), empty if absent."""
+        self._seen.add(key)
+        value = self._data.get(key, [])
+        if not isinstance(value, list):
+            raise self.error(key, f"expected an array of tables, got {_kind(value)}")
+        for index, item in enumerate(value):
+            if not isinstance(item, dict):
+                raise self.error(key, f"expected a table, got {_kind(item)}", (index,))
+        return [_Table(self.context, (*self.path, key, index), item) for index, item in enumerate(value)]
+
+    def accept(self, keys: Iterable[str]) -> None:
+        """Take ``keys`` as known without reading them."""
+        self._seen.update(keys)
+
+    def finish(self) -> None:
+        """Warn once about each key of this table that nobody read."""
+        for key in self._data:
+            if key not in self._seen:
+                self.warn(key, "unknown key, ignored")
+
+
+_T = TypeVar("_T", bound="DataclassInstance")
+
+
+def _build(cls: type[_T], table: _Table, accept: Iterable[str] = (), **given: Any) -> _T:
+    """An instance of dataclass ``cls`` read from ``table``; ``given`` fields are not read.
+
+    Each other field is read from the key of the same name with its parser, or left
+    to its default; a field without default is a required key. Keys in ``accept``
+    are tolerated unread; any other unread key is warned about.
+    """
+    values = dict(given)
+    hints = get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in given:
+            continue
+        if f.name in table:
+            values[f.name] = table.get(f.name, f.metadata.get("parse") or _PARSERS_BY_TYPE[hints[f.name]])
+        elif f.default is MISSING:
+            raise table.error(f.name, "required key is missing")
+    table.accept(accept)
+    table.finish()
+    return cls(**values)
+
+
+# --------------------------------------------------------------------------- sections
+
+_SERVER_EXTRAS = ("query_timeout", "query_timeout_grace_period", "handshake_timeout", "workers", "listen")
+_GLOBAL_EXTRAS = ("max_concurrent_requests", "max_concurrent_cache_jobs", "enable_redirect", "enable_blob_redirect",
+                  "enable_manifest_redirect", "allow_missing_manifest_references", "event_webhooks", "trusted_proxies")
+_REPOSITORY_EXTRAS = ("namespace", "event_webhooks")
+_ACCEPTED_SECTIONS = ("metadata_store", "cache", "auth", "event_webhook", "observability")
+_INHERITED = ("immutable_tags", "immutable_tags_exclusions", "authorization_webhook")
+
+
+def _tls(table: _Table) -> TlsConfig:
+    tls = _build(TlsConfig, table)
+    if tls.client_auth == "required" and tls.client_ca_bundle is None:
+        raise table.error("client_auth", "'required' needs client_ca_bundle to be set")
+    return tls
+
+
+def _server(table: _Table) -> ServerConfig:
+    tls = table.table("tls")
+    return _build(ServerConfig, table, _SERVER_EXTRAS, tls=None if tls is None else _tls(tls))
+
+
+def _blob_store(table: _Table) -> FsStoreConfig:
+    fs = table.table("fs")
+    if table.table("s3") is not None:  # its keys are accepted unread
+        if fs is None:
+            raise table.error("s3", "S3 storage is not supported by this build yet")
+        table.warn("s3", "S3 storage is not supported by this build yet, ignored in favour of blob_store.fs")
+    table.finish()
+    return FsStoreConfig() if fs is None else _build(FsStoreConfig, fs)
+
+
+def _access_policy(table: _Table) -> AccessPolicyConfig:
+    """Reads ``default``, or the legacy ``default_allow``; if both, the later file wins."""
+    if "default_allow" not in table:
+        return _build(AccessPolicyConfig, table)
+    default = "allow" if table.get("default_allow", _as_bool) else "deny"
+    if "default" in table:
+        chosen = table.get("default", _ACCESS_DEFAULT)
+        legacy_file, new_file = table.origin("default_allow"), table.origin("default")
+        if legacy_file == new_file:
+            raise table.error("default_allow", "conflicts with 'default'; set only one of them")
+        order = table.context.sources
+        if order.index(new_file) > order.index(legacy_file):
+            default = chosen
+    return _build(AccessPolicyConfig, table, default=default)
+
+
+def _policies(table: _Table) -> dict[str, Any]:
+    """The ``access_policy``/``retention_policy`` sub-tables present in ``table``, built."""
+    policies: dict[str, Any] = {}
+    access, retention = table.table("access_policy"), table.table("retention_policy")
+    if access is not None:
+        policies["access_policy"] = _access_policy(access)
+    if retention is not None:
+        policies["retention_policy"] = _build(RetentionPolicyConfig, retention)
+    return policies
+
+
+def _upstream(table: _Table) -> UpstreamConfig:
+    upstream = _build(UpstreamConfig, table)
+    if (upstream.client_certificate is None) != (upstream.client_private_key is None):
+        present, missing = ("client_certificate", "client_private_key")
+        if upstream.client_certificate is None:
+            present, missing = missing, present
+        raise table.error(present, f"{missing} must be set as well")
+    return upstream
+
+
+def _repositories(section: _Table, global_: GlobalConfig) -> tuple[RepositoryConfig, ...]:
+    repositories: list[RepositoryConfig] = []
+    for name in sorted(section.keys()):
+        table = section.table(name)
+        assert table is not None
+        if not _REPOSITORY_NAME.fullmatch(name):
+            problem = f"invalid repository name {name!r} (lowercase OCI name components separated by '/')"
+            raise section.error(name, problem)
+        inherited = {key: getattr(global_, key) for key in _INHERITED if key not in table}
+        upstreams = tuple(_upstream(upstream) for upstream in table.tables("upstream"))
+        repositories.append(_build(RepositoryConfig, table, _REPOSITORY_EXTRAS, name=name, upstreams=upstreams,
+                                   **_policies(table), **inherited))
+    section.finish()
+    return tuple(repositories)
+
+
+def _config(root: _Table) -> Config:
+    """The `Config` described by the merged document ``root``."""
+    for key in _ACCEPTED_SECTIONS:
+        root.table(key)  # must be a table; contents accepted unread
+    server = _server(root.section("server"))
+    blob_store = _blob_store(root.section("blob_store"))
+    global_section = root.section("global")
+    global_ = _build(GlobalConfig, global_section, _GLOBAL_EXTRAS, **_policies(global_section))
+    repositories = _repositories(root.section("repository"), global_)
+    ui = _build(UiConfig, root.section("ui"))
+    root.finish()
+    return Config(server=server, blob_store=blob_store, global_=global_, repositories=repositories, ui=ui,
+                  sources=root.context.sources)
+
+
+# --------------------------------------------------------------------------- entry points
+
+
+def _ignore(_message: str) -> None:
+    """The default warning sink: drop the message."""
+
+
+def _read_toml(source: str) -> dict[str, Any]:
+    """The parsed TOML document in ``source``; a `ConfigError` naming it otherwise."""
+    try:
+        with open(source, "rb") as handle:
+            return tomllib.load(handle)
+    except OSError as error:
+        raise ConfigError(f"{source}: cannot read file: {error.strerror or error}") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
+        raise ConfigError(f"{source}: invalid TOML: {error}") from None
+
+
+def default_config() -> Config:
+    """The built-in configuration: plain HTTP on 127.0.0.1:5000, ``./registry-data``, allow all."""
+    return Config()
+
+
+def load_config(paths: Sequence[str | os.PathLike[str]] | str, warn: Callable[[str], None] = _ignore) -> Config:
+    """The validated `Config` from the TOML files ``paths``, merged in order.
+
+    Raises `ConfigError` (one line, naming the file and key path) for an unreadable
+    file, a TOML syntax error, a wrong type, a bad value or a missing required key.
+    Calls ``warn`` once per unknown key (``"<file>: <key.path>: unknown key, ignored"``);
+    loading still succeeds. No paths at all gives `default_config` (with no sources).
+    """
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    sources = tuple(os.fspath(path) for path in paths)
+    merged: dict[str, Any] = {}
+    provenance: dict[_Path, str] = {}
+    for source in sources:
+        _merge_into(merged, _read_toml(source), provenance, source, ())
+    return _config(_Table(_Context(provenance, sources, warn), (), merged))

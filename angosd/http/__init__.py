@@ -1,0 +1,1 @@
+"""HTTP: routing, the streaming request class, the Klein application, error mapping."""

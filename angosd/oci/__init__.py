@@ -1,0 +1,1 @@
+"""Pure OCI domain: value objects, grammars and parsers. No Twisted, no I/O."""

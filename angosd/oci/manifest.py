@@ -1,0 +1,168 @@
+"""Manifest and index parsing and validation on push.
+
+A manifest is stored as the exact bytes the client sent; this module only reads them to
+validate and to learn what they reference (config, layers, child manifests, subject).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+from angosd.oci import media_types as mt
+from angosd.oci.digest import Digest
+from angosd.oci.errors import ManifestInvalid, OciError
+
+
+@dataclass(frozen=True, slots=True)
+class Descriptor:
+    """An OCI content descriptor."""
+
+    media_type: str
+    digest: Digest
+    size: int
+    artifact_type: str | None = None
+    annotations: dict[str, str] | None = field(default=None, hash=False, compare=False)
+    platform: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+
+    def to_json(self) -> dict[str, Any]:
+        """The descriptor as an OCI JSON object."""
+        out: dict[str, Any] = {"mediaType": self.media_type, "digest": str(self.digest), "size": self.size}
+        if self.artifact_type is not None:
+            out["artifactType"] = self.artifact_type
+        if self.annotations:
+            out["annotations"] = self.annotations
+        if self.platform:
+            out["platform"] = self.platform
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class Manifest:
+    """What angosd needs to know about a validated manifest or index."""
+
+    media_type: str
+    digest: Digest
+    size: int
+    config: Descriptor | None
+    layers: tuple[Descriptor, ...]
+    manifests: tuple[Descriptor, ...]
+    subject: Descriptor | None
+    artifact_type: str | None
+    annotations: dict[str, str] | None = field(default=None, hash=False, compare=False)
+
+    @property
+    def is_index(self) -> bool:
+        return self.media_type in mt.INDEXES
+
+    def referenced_blobs(self) -> tuple[Descriptor, ...]:
+        """Config and layers: the blobs this manifest needs in its namespace."""
+        return ((self.config,) if self.config is not None else ()) + self.layers
+
+    def as_referrer(self) -> Descriptor:
+        """This manifest as an entry of its subject's referrers index."""
+        artifact_type = self.artifact_type
+        if artifact_type is None and self.config is not None and self.config.media_type != mt.OCI_EMPTY:
+            artifact_type = self.config.media_type
+        return Descriptor(self.media_type, self.digest, self.size, artifact_type, self.annotations)
+
+
+def parse_manifest(body: bytes, content_type: str | None, digest_algorithm: str = "sha256") -> Manifest:
+    """Validate a pushed manifest and describe it.
+
+    The media type comes from ``Content-Type`` (falling back to the body's ``mediaType``);
+    when both are present they must agree. Raises `ManifestInvalid` for malformed JSON,
+    a wrong ``schemaVersion``, an unsupported media type, malformed descriptors, or
+    image and index fields mixed in one document.
+    """
+    try:
+        document = json.loads(body)
+    except (ValueError, RecursionError) as exc:
+        raise ManifestInvalid(f"manifest is not valid JSON: {str(exc)[:120]}") from None
+    if not isinstance(document, dict):
+        raise ManifestInvalid("manifest must be a JSON object")
+    if document.get("schemaVersion") != 2 or isinstance(document.get("schemaVersion"), bool):
+        raise ManifestInvalid("schemaVersion must be 2")
+
+    header_type = mt.base_type(content_type)
+    body_type = document.get("mediaType")
+    if body_type is not None and not isinstance(body_type, str):
+        raise ManifestInvalid("mediaType must be a string")
+    if header_type and body_type and header_type != body_type:
+        raise ManifestInvalid(f"Content-Type {header_type!r} does not match mediaType {body_type!r}")
+    media_type = header_type or body_type or ""
+    if not media_type:
+        media_type = mt.OCI_INDEX if "manifests" in document else mt.OCI_MANIFEST
+    if media_type not in mt.MANIFESTS:
+        raise ManifestInvalid(f"unsupported manifest media type {media_type[:100]!r}")
+
+    is_index = media_type in mt.INDEXES
+    if is_index and ("layers" in document or "config" in document):
+        raise ManifestInvalid("an index must not have config or layers")
+    if not is_index and "manifests" in document:
+        raise ManifestInvalid("an image manifest must not have manifests")
+
+    config = None
+    layers: tuple[Descriptor, ...] = ()
+    manifests: tuple[Descriptor, ...] = ()
+    if is_index:
+        manifests = _descriptor_list(document.get("manifests"), "manifests")
+    else:
+        config = _descriptor(document.get("config"), "config")
+        layers = _descriptor_list(document.get("layers", []), "layers")
+
+    subject = None
+    if document.get("subject") is not None:
+        subject = _descriptor(document["subject"], "subject")
+    artifact_type = document.get("artifactType")
+    if artifact_type is not None and not isinstance(artifact_type, str):
+        raise ManifestInvalid("artifactType must be a string")
+    return Manifest(
+        media_type=media_type,
+        digest=Digest.of(body, digest_algorithm),
+        size=len(body),
+        config=config,
+        layers=layers,
+        manifests=manifests,
+        subject=subject,
+        artifact_type=artifact_type,
+        annotations=_annotations(document.get("annotations"), "annotations"),
+    )
+
+
+def _descriptor_list(value: Any, where: str) -> tuple[Descriptor, ...]:
+    if not isinstance(value, list):
+        raise ManifestInvalid(f"{where} must be a list")
+    return tuple(_descriptor(item, f"{where}[{i}]") for i, item in enumerate(value))
+
+
+def _descriptor(value: Any, where: str) -> Descriptor:
+    if not isinstance(value, dict):
+        raise ManifestInvalid(f"{where} must be a descriptor object")
+    media_type, digest_text, size = value.get("mediaType"), value.get("digest"), value.get("size")
+    if not isinstance(media_type, str) or not media_type:
+        raise ManifestInvalid(f"{where}.mediaType must be a non-empty string")
+    if not isinstance(digest_text, str):
+        raise ManifestInvalid(f"{where}.digest must be a string")
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        raise ManifestInvalid(f"{where}.size must be a non-negative integer")
+    try:
+        digest = Digest.parse(digest_text)
+    except OciError:
+        raise ManifestInvalid(f"{where}.digest {digest_text[:150]!r} is not a valid digest") from None
+    artifact_type = value.get("artifactType")
+    if artifact_type is not None and not isinstance(artifact_type, str):
+        raise ManifestInvalid(f"{where}.artifactType must be a string")
+    platform = value.get("platform")
+    if platform is not None and not isinstance(platform, dict):
+        raise ManifestInvalid(f"{where}.platform must be an object")
+    return Descriptor(media_type, digest, size, artifact_type, _annotations(value.get("annotations"), where), platform)
+
+
+def _annotations(value: Any, where: str) -> dict[str, str] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in value.items()):
+        raise ManifestInvalid(f"{where}.annotations must map strings to strings")
+    return value

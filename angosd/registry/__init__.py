@@ -1,0 +1,1 @@
+"""Registry semantics over a storage driver: blobs, uploads, manifests, tags, referrers."""

@@ -1,0 +1,197 @@
+"""Manifests, tags and referrers of a namespace.
+
+A push writes, in this order: the manifest bytes (content-addressed), the namespace's
+ownership of them, the revision record, the referrer entry, then the tag. Each step is
+atomic, so a crash between steps leaves at most an untagged revision, never a tag that
+points at a missing manifest. Deletion runs in the reverse order for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.interfaces import IReactorTime
+
+from angosd.oci.digest import Digest
+from angosd.oci.errors import DigestInvalid, ManifestBlobUnknown, ManifestUnknown, NameUnknown, OciError, TooLarge
+from angosd.oci.manifest import Descriptor, Manifest, parse_manifest
+from angosd.oci.names import Reference
+from angosd.registry import paths
+from angosd.registry.blobs import BlobStore
+from angosd.storage.errors import PathNotFound
+from angosd.storage.interface import IStorageDriver
+
+
+@dataclass(frozen=True, slots=True)
+class StoredManifest:
+    """A manifest as served: its exact bytes, media type and digest."""
+
+    digest: Digest
+    media_type: str
+    body: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Revision:
+    """A namespace's record of a pushed manifest."""
+
+    digest: Digest
+    media_type: str
+    pushed_at: int
+    subject: Digest | None
+    artifact_type: str | None
+
+
+class ManifestStore:
+    def __init__(self, driver: IStorageDriver, blobs: BlobStore, clock: IReactorTime, max_manifest_size: int,
+                 require_references: bool = False) -> None:
+        self._driver = driver
+        self._blobs = blobs
+        self._clock = clock
+        self.max_manifest_size = max_manifest_size
+        self._require_references = require_references
+
+    async def put(self, namespace: str, reference: Reference, content_type: str | None, body: bytes) -> Manifest:
+        """Validate and store a manifest; tag it when ``reference`` is a tag.
+
+        Raises `ManifestInvalid`, `DigestInvalid` (digest reference that does not match
+        the body), `TooLarge`, or `ManifestBlobUnknown` when references are required.
+        """
+        if len(body) > self.max_manifest_size:
+            raise TooLarge(f"manifest exceeds {self.max_manifest_size} bytes")
+        algorithm = reference.digest.algorithm if reference.digest is not None else "sha256"
+        manifest = parse_manifest(body, content_type, algorithm)
+        if reference.digest is not None and manifest.digest != reference.digest:
+            raise DigestInvalid(f"manifest hashes to {manifest.digest}, not {reference.digest}")
+        if self._require_references:
+            await self._check_references(namespace, manifest)
+
+        await self._blobs.store_small(manifest.digest, body)
+        await self._blobs.grant(namespace, manifest.digest)
+        record = {
+            "media_type": manifest.media_type,
+            "pushed_at": int(self._clock.seconds()),
+            "subject": str(manifest.subject.digest) if manifest.subject else None,
+            "artifact_type": manifest.as_referrer().artifact_type,
+        }
+        await self._driver.write(paths.revision(namespace, manifest.digest), json.dumps(record).encode())
+        if manifest.subject is not None:
+            entry = json.dumps(manifest.as_referrer().to_json()).encode()
+            await self._driver.write(paths.referrer(namespace, manifest.subject.digest, manifest.digest), entry)
+        if reference.tag is not None:
+            await self._driver.write(paths.tag(namespace, reference.tag), str(manifest.digest).encode())
+        return manifest
+
+    async def _check_references(self, namespace: str, manifest: Manifest) -> None:
+        for descriptor in manifest.referenced_blobs():
+            if not await self._blobs.owns(namespace, descriptor.digest):
+                raise ManifestBlobUnknown(str(descriptor.digest))
+        for child in manifest.manifests:
+            if await self._driver.stat(paths.revision(namespace, child.digest)) is None:
+                raise ManifestBlobUnknown(str(child.digest))
+
+    async def resolve(self, namespace: str, reference: Reference) -> Digest:
+        """The digest a reference names in ``namespace``; raises `ManifestUnknown`."""
+        if reference.digest is not None:
+            return reference.digest
+        assert reference.tag is not None
+        try:
+            return Digest.parse((await self._driver.read(paths.tag(namespace, reference.tag))).decode())
+        except (PathNotFound, OciError, UnicodeDecodeError):
+            raise ManifestUnknown(str(reference)) from None
+
+    async def revision(self, namespace: str, digest: Digest) -> Revision:
+        """The stored revision record; raises `ManifestUnknown`."""
+        try:
+            record: dict[str, Any] = json.loads(await self._driver.read(paths.revision(namespace, digest)))
+        except (PathNotFound, ValueError):
+            raise ManifestUnknown(str(digest)) from None
+        subject = record.get("subject")
+        return Revision(digest, record["media_type"], int(record.get("pushed_at", 0)),
+                        Digest.parse(subject) if subject else None, record.get("artifact_type"))
+
+    async def get(self, namespace: str, reference: Reference) -> StoredManifest:
+        """The manifest a reference names, with its exact bytes; raises `ManifestUnknown`."""
+        digest = await self.resolve(namespace, reference)
+        revision = await self.revision(namespace, digest)
+        try:
+            body = await self._driver.read(paths.blob_data(digest))
+        except PathNotFound:
+            raise ManifestUnknown(str(reference)) from None
+        return StoredManifest(digest, revision.media_type, body)
+
+    async def delete(self, namespace: str, reference: Reference) -> None:
+        """By tag: remove the tag only. By digest: remove the revision and its tags."""
+        if reference.tag is not None:
+            if await self._driver.stat(paths.tag(namespace, reference.tag)) is None:
+                raise ManifestUnknown(str(reference))
+            await self._driver.delete(paths.tag(namespace, reference.tag))
+            return
+        assert reference.digest is not None
+        digest = reference.digest
+        revision = await self.revision(namespace, digest)
+        for tag in await self.tags(namespace):
+            if await self._tag_target(namespace, tag) == digest:
+                await self._driver.delete(paths.tag(namespace, tag))
+        if revision.subject is not None:
+            await self._driver.delete(paths.referrer(namespace, revision.subject, digest))
+        await self._driver.delete(paths.revision(namespace, digest))
+        await self._blobs.revoke(namespace, digest)
+
+    async def _tag_target(self, namespace: str, tag: str) -> Digest | None:
+        try:
+            return await self.resolve(namespace, Reference(tag=tag))
+        except ManifestUnknown:
+            return None
+
+    async def tags(self, namespace: str) -> list[str]:
+        """Every tag of ``namespace``, sorted."""
+        return await self._driver.children(paths.tags_dir(namespace))
+
+    async def tags_of(self, namespace: str) -> dict[Digest, list[str]]:
+        """Tags grouped by the digest they point at."""
+        grouped: dict[Digest, list[str]] = {}
+        for tag in await self.tags(namespace):
+            target = await self._tag_target(namespace, tag)
+            if target is not None:
+                grouped.setdefault(target, []).append(tag)
+        return grouped
+
+    async def revisions(self, namespace: str) -> list[Digest]:
+        """Every revision digest of ``namespace``."""
+        found = []
+        for algorithm in await self._driver.children(paths.revisions_dir(namespace)):
+            for hex_digest in await self._driver.children(f"{paths.revisions_dir(namespace)}/{algorithm}"):
+                try:
+                    found.append(Digest(algorithm, hex_digest))
+                except OciError:
+                    continue
+        return found
+
+    async def exists(self, namespace: str) -> bool:
+        """Whether ``namespace`` holds any revision or tag."""
+        return bool(await self._driver.children(paths.revisions_dir(namespace))) or bool(await self.tags(namespace))
+
+    async def list_tags(self, namespace: str) -> list[str]:
+        """Tags for the tags/list endpoint; raises `NameUnknown` for an empty namespace."""
+        tags = await self.tags(namespace)
+        if not tags and not await self.exists(namespace):
+            raise NameUnknown(namespace)
+        return tags
+
+    async def referrers(self, namespace: str, subject: Digest, artifact_type: str | None) -> list[Descriptor]:
+        """Descriptors of manifests in ``namespace`` whose subject is ``subject``."""
+        found = []
+        directory = paths.referrers_dir(namespace, subject)
+        for name in await self._driver.children(directory):
+            try:
+                entry = json.loads(await self._driver.read(f"{directory}/{name}"))
+            except (PathNotFound, ValueError):
+                continue
+            if artifact_type is not None and entry.get("artifactType") != artifact_type:
+                continue
+            found.append(Descriptor(entry["mediaType"], Digest.parse(entry["digest"]), int(entry["size"]),
+                                    entry.get("artifactType"), entry.get("annotations")))
+        return found

@@ -1,0 +1,90 @@
+"""The registry facade: OCI semantics for one store, with no HTTP in sight."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+
+from twisted.internet.interfaces import IReactorTime
+
+from angosd.oci.digest import Digest
+from angosd.oci.errors import NameUnknown
+from angosd.oci.names import validate_name
+from angosd.registry import paths
+from angosd.registry.blobs import BlobStore
+from angosd.registry.manifests import ManifestStore
+from angosd.registry.uploads import UploadSessions
+from angosd.storage.interface import IStorageDriver
+
+#: Decides whether a caller may read blobs of another namespace (for mounts).
+ReadCheck = Callable[[str], Awaitable[bool]]
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_manifest_size: int = 4 * 1024 * 1024
+    max_blob_size: int = 100 * 1024**3
+
+
+class Registry:
+    """Blobs, uploads, manifests, tags, referrers and the catalog of one store.
+
+    ``namespace_allowed`` says whether a (valid) namespace is served at all: with
+    repositories configured, only namespaces inside one of them are.
+    """
+
+    def __init__(self, driver: IStorageDriver, clock: IReactorTime, limits: Limits,
+                 namespace_allowed: Callable[[str], bool] = lambda _name: True) -> None:
+        self.driver = driver
+        self.blobs = BlobStore(driver)
+        self.uploads = UploadSessions(driver, self.blobs, clock, limits.max_blob_size)
+        self.manifests = ManifestStore(driver, self.blobs, clock, limits.max_manifest_size)
+        self._namespace_allowed = namespace_allowed
+
+    def check_namespace(self, namespace: str) -> str:
+        """Validate a namespace and check it is served; raises `NameInvalid`/`NameUnknown`."""
+        validate_name(namespace)
+        if not self._namespace_allowed(namespace):
+            raise NameUnknown(namespace)
+        return namespace
+
+    async def mount(self, namespace: str, digest: Digest, source: str | None, may_read: ReadCheck) -> bool:
+        """Give ``namespace`` a blob it can read elsewhere; False when it cannot.
+
+        With ``source``, only that namespace is considered; without it, any owner the
+        caller may read from. An unsatisfiable mount is not an error.
+        """
+        if await self.blobs.owns(namespace, digest):
+            return True
+        candidates = [source] if source is not None else await self.blobs.owners(digest)
+        for candidate in candidates:
+            if candidate == namespace or not self._namespace_allowed(candidate):
+                continue
+            if await self.blobs.owns(candidate, digest) and await may_read(candidate):
+                await self.blobs.grant(namespace, digest)
+                return True
+        return False
+
+    async def catalog(self) -> list[str]:
+        """Every served namespace holding at least one manifest, sorted."""
+        found: list[str] = []
+
+        async def visit(prefix: str, name: str) -> None:
+            children = await self.driver.children(prefix)
+            if "_manifests" in children and await self.manifests.exists(name):
+                found.append(name)
+            for child in children:
+                if not child.startswith("_"):
+                    await visit(f"{prefix}/{child}", f"{name}/{child}" if name else child)
+
+        await visit(paths.REPOSITORIES, "")
+        return sorted(n for n in found if self._namespace_allowed(n))
+
+
+def paginate(items: list[str], n: int | None, last: str | None) -> tuple[list[str], bool]:
+    """Items after ``last`` (lexically), at most ``n``; and whether more follow."""
+    if last is not None:
+        items = [item for item in items if item > last]
+    if n is None:
+        return items, False
+    return items[:n], len(items) > n

@@ -1,0 +1,222 @@
+"""Upload sessions: start, append chunks, report the true offset, complete, cancel.
+
+The bytes of a session live in one data file that chunks are appended to. Its size is
+the session's offset, so whatever happens (disconnects, kill -9) the offset reported is
+exactly what is stored. The digest is computed incrementally while chunks arrive; when
+that state is lost (a restart, another daemon wrote a chunk, a failed write), completion
+rehashes the file instead, so a lost hash state costs time, never correctness.
+"""
+
+from __future__ import annotations
+
+import json
+import uuid as uuid_module
+from collections import OrderedDict
+from dataclasses import dataclass
+
+from twisted.internet.interfaces import IReactorTime
+
+from angosd.oci.digest import ALGORITHMS, Digest, Hasher, new_hasher
+from angosd.oci.errors import BlobUploadUnknown, DigestInvalid, RangeNotSatisfiable, TooLarge
+from angosd.registry import paths
+from angosd.registry.blobs import BlobStore
+from angosd.storage.errors import PathNotFound
+from angosd.storage.interface import IAppendWriter, IStorageDriver
+
+#: Hash states kept in memory; beyond this the oldest sessions fall back to rehashing.
+MAX_HASH_STATES = 4096
+
+
+class UploadOffsetMismatch(RangeNotSatisfiable):
+    """A chunk that does not start at the session's current size (416)."""
+
+    def __init__(self, namespace: str, session: str, size: int, detail: str) -> None:
+        super().__init__(detail)
+        self.namespace = namespace
+        self.session = session
+        self.size = size
+
+
+@dataclass(frozen=True, slots=True)
+class UploadInfo:
+    """An upload session as stored."""
+
+    namespace: str
+    session: str
+    started_at: int
+    algorithm: str | None
+    size: int
+
+
+@dataclass(slots=True)
+class _HashState:
+    algorithm: str
+    hasher: Hasher
+    offset: int
+
+
+def parse_session_id(text: str) -> str:
+    """The canonical form of a session id; raises `BlobUploadUnknown` if it is not a UUID."""
+    try:
+        value = uuid_module.UUID(text)
+    except ValueError:
+        raise BlobUploadUnknown(text[:100]) from None
+    if str(value) != text:
+        raise BlobUploadUnknown(text[:100])
+    return text
+
+
+class UploadSink:
+    """Receives a chunk's bytes; appends them to the session and hashes them.
+
+    Exactly one sink per session exists at a time. `finish` or `abort` releases it.
+    """
+
+    def __init__(self, sessions: UploadSessions, namespace: str, session: str, writer: IAppendWriter,
+                 state: _HashState | None, limit: int) -> None:
+        self._sessions = sessions
+        self.namespace = namespace
+        self.session = session
+        self._writer = writer
+        self._state = state
+        self._limit = limit
+        self._closed = False
+
+    @property
+    def offset(self) -> int:
+        return int(self._writer.offset)
+
+    def write(self, data: bytes) -> None:
+        if self.offset + len(data) > self._limit:
+            raise TooLarge(f"blob exceeds the limit of {self._limit} bytes")
+        try:
+            self._writer.write(data)
+        except Exception:
+            self._state = None
+            self._sessions._forget(self.session)
+            raise
+        if self._state is not None:
+            self._state.hasher.update(data)
+            self._state.offset += len(data)
+
+    async def finish(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            await self._writer.finish()
+        finally:
+            self._sessions._release(self.session)
+
+    def abort(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._writer.abort()
+            self._sessions._release(self.session)
+
+
+class UploadSessions:
+    def __init__(self, driver: IStorageDriver, blobs: BlobStore, clock: IReactorTime, max_blob_size: int) -> None:
+        self._driver = driver
+        self._blobs = blobs
+        self._clock = clock
+        self.max_blob_size = max_blob_size
+        self._states: OrderedDict[str, _HashState] = OrderedDict()
+        self._busy: set[str] = set()
+
+    async def start(self, namespace: str, algorithm: str | None = None) -> str:
+        """Create an empty session and return its id."""
+        if algorithm is not None and algorithm not in ALGORITHMS:
+            raise DigestInvalid(f"unsupported digest algorithm {algorithm[:40]!r}")
+        session = str(uuid_module.uuid4())
+        info = {"started_at": int(self._clock.seconds()), "algorithm": algorithm}
+        await self._driver.write(paths.upload_info(namespace, session), json.dumps(info).encode())
+        await self._driver.write(paths.upload_data(namespace, session), b"")
+        self._remember(session, _HashState(algorithm or "sha256", new_hasher(algorithm or "sha256"), 0))
+        return session
+
+    async def info(self, namespace: str, session: str) -> UploadInfo:
+        """The stored session; raises `BlobUploadUnknown` if there is none."""
+        try:
+            record = json.loads(await self._driver.read(paths.upload_info(namespace, session)))
+        except (PathNotFound, ValueError):
+            raise BlobUploadUnknown(session) from None
+        size = await self._driver.stat(paths.upload_data(namespace, session))
+        if size is None:
+            raise BlobUploadUnknown(session)
+        return UploadInfo(namespace, session, int(record.get("started_at", 0)), record.get("algorithm"), size)
+
+    async def list(self, namespace: str) -> list[UploadInfo]:
+        """Every session of ``namespace`` that is still readable."""
+        found = []
+        for session in await self._driver.children(paths.uploads_dir(namespace)):
+            try:
+                found.append(await self.info(namespace, session))
+            except BlobUploadUnknown:
+                continue
+        return found
+
+    async def open_sink(self, namespace: str, session: str, first: int | None) -> UploadSink:
+        """Open the session for one chunk that starts at ``first`` (None: at the end).
+
+        Raises `UploadOffsetMismatch` when ``first`` is not the current size or another
+        request is writing to the session.
+        """
+        info = await self.info(namespace, session)
+        if session in self._busy:
+            raise UploadOffsetMismatch(namespace, session, info.size, "another request is writing to this upload")
+        if first is not None and first != info.size:
+            raise UploadOffsetMismatch(namespace, session, info.size,
+                                       f"chunk starts at {first}, upload has {info.size} bytes")
+        self._busy.add(session)
+        try:
+            writer = await self._driver.open_append(paths.upload_data(namespace, session))
+        except BaseException:
+            self._busy.discard(session)
+            raise
+        state = self._states.get(session)
+        if state is None or state.offset != writer.offset:
+            self._forget(session)
+            state = None
+        return UploadSink(self, namespace, session, writer, state, self.max_blob_size)
+
+    async def complete(self, namespace: str, session: str, digest: Digest) -> int:
+        """Verify the session's bytes against ``digest`` and commit them as a blob.
+
+        Returns the blob size. On a mismatch the session is discarded and `DigestInvalid`
+        raised; nothing becomes visible. The commit is a rename, so the blob appears whole.
+        """
+        info = await self.info(namespace, session)
+        if session in self._busy:
+            raise UploadOffsetMismatch(namespace, session, info.size, "another request is writing to this upload")
+        if info.algorithm is not None and info.algorithm != digest.algorithm:
+            await self.cancel(namespace, session)
+            raise DigestInvalid(f"upload was started for {info.algorithm}, not {digest.algorithm}")
+        state = self._states.get(session)
+        if state is not None and state.algorithm == digest.algorithm and state.offset == info.size:
+            actual = state.hasher.hexdigest()
+        else:
+            actual = await self._driver.hash_object(paths.upload_data(namespace, session), digest.algorithm)
+        if actual != digest.hex:
+            await self.cancel(namespace, session)
+            raise DigestInvalid(f"content hashes to {digest.algorithm}:{actual}, not {digest}")
+        await self._driver.move(paths.upload_data(namespace, session), paths.blob_data(digest))
+        await self._blobs.grant(namespace, digest)
+        await self.cancel(namespace, session)
+        return info.size
+
+    async def cancel(self, namespace: str, session: str) -> None:
+        """Remove the session and its bytes."""
+        self._forget(session)
+        await self._driver.delete_tree(paths.upload_dir(namespace, session))
+
+    def _remember(self, session: str, state: _HashState) -> None:
+        self._states[session] = state
+        while len(self._states) > MAX_HASH_STATES:
+            self._states.popitem(last=False)
+
+    def _forget(self, session: str) -> None:
+        self._states.pop(session, None)
+
+    def _release(self, session: str) -> None:
+        self._busy.discard(session)

@@ -1,0 +1,1 @@
+"""Byte storage: a small Deferred-returning driver interface and its drivers."""

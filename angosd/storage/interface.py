@@ -1,0 +1,83 @@
+"""The storage driver contract.
+
+Keys are ``/``-separated relative paths built by `angosd.registry.paths`. Every
+operation returns a Deferred so that local and remote drivers are interchangeable.
+Every write is visible atomically: a reader sees the old object or the new one.
+"""
+
+from __future__ import annotations
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IConsumer
+from zope.interface import Attribute, Interface
+
+
+class IReadHandle(Interface):
+    """An open object whose bytes can be streamed into a consumer."""
+
+    size = Attribute("Size of the object in bytes.")
+
+    def write_to(consumer: IConsumer, first: int, last: int) -> Deferred[None]:
+        """Stream bytes ``first..last`` (inclusive) into ``consumer`` with backpressure.
+
+        Fires when the last byte was written, or when the consumer stopped the
+        transfer; the handle is closed either way.
+        """
+
+    def read_all() -> Deferred[bytes]:
+        """The whole object, for small objects only. Closes the handle."""
+
+    def close() -> None:
+        """Release the handle without streaming."""
+
+
+class IAppendWriter(Interface):
+    """An append-only sink for upload bytes."""
+
+    offset = Attribute("Bytes in the object so far, including those written here.")
+
+    def write(data: bytes) -> None:
+        """Append ``data``. Raises `OutOfSpace` or `StorageError` on failure."""
+
+    def finish() -> Deferred[None]:
+        """Flush everything written; fires when it is durable as configured."""
+
+    def abort() -> None:
+        """Stop writing; bytes already appended stay (the upload reports them)."""
+
+
+class IStorageDriver(Interface):
+    """Byte-oriented storage for blobs, uploads and metadata objects."""
+
+    def read(key: str) -> Deferred[bytes]:
+        """The bytes of a small object; fails with `PathNotFound`."""
+
+    def write(key: str, data: bytes) -> Deferred[None]:
+        """Create or replace a small object atomically."""
+
+    def stat(key: str) -> Deferred[int | None]:
+        """The size of an object, or None when it does not exist."""
+
+    def children(prefix: str) -> Deferred[list[str]]:
+        """Sorted names directly below ``prefix`` (objects and sub-prefixes); [] if none."""
+
+    def walk(prefix: str) -> Deferred[list[str]]:
+        """Every object key below ``prefix``, relative to it, sorted."""
+
+    def delete(key: str) -> Deferred[None]:
+        """Remove an object; a missing object is not an error."""
+
+    def delete_tree(prefix: str) -> Deferred[None]:
+        """Remove everything below ``prefix``; missing is not an error."""
+
+    def move(source: str, destination: str) -> Deferred[None]:
+        """Make ``source`` visible as ``destination`` atomically and remove ``source``."""
+
+    def open_read(key: str) -> Deferred[IReadHandle]:
+        """Open an object for streaming; fails with `PathNotFound`."""
+
+    def open_append(key: str) -> Deferred[IAppendWriter]:
+        """Open (creating if absent) an object for appending."""
+
+    def hash_object(key: str, algorithm: str) -> Deferred[str]:
+        """Hex digest of an object's bytes, computed without loading it into memory."""

@@ -1,0 +1,48 @@
+"""twistd integration: ``twistd -n angosd [-c FILE ...] [--listen ENDPOINT] [--root DIR]``."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+from twisted.application.service import IService
+from twisted.python import usage
+
+from angosd.config import ConfigError, default_config, load_config
+
+
+class Options(usage.Options):
+    synopsis = "[-c FILE ...] [--listen ENDPOINT] [--root DIR]"
+    optParameters = [
+        ["listen", "l", None, "Twisted server endpoint to listen on (overrides [server]), e.g. tcp:5000"],
+        ["root", "r", None, "Filesystem storage root (overrides [blob_store.fs] root_dir)"],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self["config"] = []
+
+    def opt_config(self, path: str) -> None:
+        """A TOML configuration file; repeat to merge several (later files win)."""
+        self["config"].append(path)
+
+    opt_c = opt_config
+
+
+def _warn(message: str) -> None:
+    print(f"angosd: warning: {message}", file=sys.stderr)
+
+
+def makeService(options: Options) -> IService:
+    from twisted.internet import reactor
+
+    from angosd.service import build_service
+
+    try:
+        config = load_config(options["config"], warn=_warn) if options["config"] else default_config()
+    except ConfigError as exc:
+        raise SystemExit(f"angosd: configuration error: {exc}") from None
+    if options["root"]:
+        blob_store = dataclasses.replace(config.blob_store, root_dir=options["root"])
+        config = dataclasses.replace(config, blob_store=blob_store)
+    return build_service(config, reactor, listen=options["listen"])

@@ -1,0 +1,26 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="angosd",
+    version="0.1.0",
+    description="An OCI Distribution v1.1 container registry daemon on Twisted",
+    long_description=open("README.rst").read(),
+    long_description_content_type="text/x-rst",
+    license="Apache-2.0",
+    python_requires=">=3.11",
+    packages=find_packages(exclude=["tests*", "bench*"]) + ["twisted.plugins"],
+    package_data={"angosd": ["py.typed"]},
+    install_requires=[
+        "twisted[tls]>=24.7",
+        "klein>=24.8",
+        "treq>=24.9",
+        "service-identity>=24.1",
+        "pyopenssl>=24.2",
+        "pyjwt[crypto]>=2.9",
+        "prometheus-client>=0.20",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff", "mypy", "mypy-zope"],
+    },
+    entry_points={"console_scripts": ["angosd = angosd.cli:main"]},
+)

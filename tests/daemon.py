@@ -1,0 +1,110 @@
+"""Run the real daemon (``twistd -n angosd``) as a child process on a real port."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_STARTED = re.compile(r"RegistrySite starting on (\d+)")
+
+
+@dataclass
+class Daemon:
+    """One angosd process. ``root`` is its storage; ``workdir`` holds its log."""
+
+    workdir: str
+    root: str
+    configs: tuple[str, ...] = ()
+    extra: tuple[str, ...] = ()
+    listen: str = "tcp:0:interface=127.0.0.1"
+    process: subprocess.Popen[bytes] | None = None
+    port: int = 0
+    log_path: str = field(init=False, default="")
+
+    def command(self) -> list[str]:
+        args = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()",
+                "-n", "--pidfile=", "angosd", "--listen", self.listen, "--root", self.root]
+        for config in self.configs:
+            args += ["-c", config]
+        return args + list(self.extra)
+
+    def start(self, timeout: float = 30) -> Daemon:
+        os.makedirs(self.workdir, exist_ok=True)
+        self.log_path = os.path.join(self.workdir, f"angosd-{time.monotonic_ns()}.log")
+        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(self.command(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
+                                            env=env)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"angosd exited with {self.process.returncode}:\n{self.log()}")
+            match = _STARTED.search(self.log())
+            if match:
+                self.port = int(match.group(1))
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"angosd did not start in {timeout}s:\n{self.log()}")
+
+    def log(self) -> str:
+        with open(self.log_path, "rb") as log:
+            return log.read().decode(errors="replace")
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown code runs."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> Response:
+        """One request on a fresh connection; the whole response is read."""
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=60)
+        try:
+            connection.request(method, path, body=body, headers=headers or {})
+            response = connection.getresponse()
+            return Response(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+        finally:
+            connection.close()
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        import json
+
+        return json.loads(self.body)
+
+    @property
+    def error_codes(self) -> list[str]:
+        return [e["code"] for e in self.json()["errors"]]
