@@ -18,6 +18,8 @@ setup(
         "pyopenssl>=24.2",
         "pyjwt[crypto]>=2.9",
         "prometheus-client>=0.20",
+        "argon2-cffi>=23.1",
+        "common-expression-language>=0.10",
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff", "mypy", "mypy-zope"],

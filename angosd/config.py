@@ -35,10 +35,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "AccessPolicyConfig",
+    "AuthConfig",
     "Config",
     "ConfigError",
     "FsStoreConfig",
     "GlobalConfig",
+    "IdentityConfig",
+    "OidcConfig",
     "RepositoryConfig",
     "RetentionPolicyConfig",
     "ServerConfig",
@@ -207,12 +210,42 @@ def _regexes(value: object) -> tuple[str, ...]:
     return patterns
 
 
-_SIZE_UNITS: dict[str, int] = {"": 1, "b": 1}
-for _power, _prefix in enumerate("kmgtp", start=1):
-    _SIZE_UNITS[f"{_prefix}b"] = 1000**_power
-    _SIZE_UNITS[f"{_prefix}ib"] = 1024**_power
+#: Lower-cased unit -> bytes: KB..PB are powers of 1000, KiB..PiB powers of 1024.
+_SIZE_UNITS: dict[str, int] = {
+    "": 1,
+    "b": 1,
+    **{f"{prefix}b": 1000**power for power, prefix in enumerate("kmgtp", start=1)},
+    **{f"{prefix}ib": 1024**power for power, prefix in enumerate("kmgtp", start=1)},
+}
 _SIZE = re.compile(r"([0-9]+(?:\.[0-9]+)?)\s*([a-z]*)", re.ASCII | re.IGNORECASE)
 _MAX_SIZE = 2**63 - 1
+
+
+_ALGORITHMS = frozenset({"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "EdDSA"})
+
+
+def _argon2_hash(value: object) -> str:
+    text = _as_str(value)
+    if not re.fullmatch(r"\$argon2(id|i|d)\$v=\d+\$m=\d+,t=\d+,p=\d+\$[A-Za-z0-9+/]+\$[A-Za-z0-9+/]+", text):
+        raise _Invalid("expected an argon2 PHC hash ($argon2id$v=19$m=...,t=...,p=...$salt$hash); "
+                       "make one with `angosd argon`")
+    return text
+
+
+def _claims(value: object) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _Invalid(f"expected a table of claim = value, got {_kind(value)}")
+    return dict(value)
+
+
+def _algorithms(value: object) -> tuple[str, ...]:
+    algorithms = _as_strings(value)
+    for index, algorithm in enumerate(algorithms):
+        if algorithm not in _ALGORITHMS:
+            raise _Invalid(f"unsupported algorithm {algorithm!r} (asymmetric JWS algorithms only)", (index,))
+    if not algorithms:
+        raise _Invalid("at least one algorithm is required")
+    return algorithms
 
 
 def parse_size(value: object) -> int:
@@ -361,6 +394,43 @@ class GlobalConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class IdentityConfig:
+    """``[auth.identity.ID]``: a Basic-auth user; ``password`` is an argon2 PHC hash."""
+
+    id: str
+    username: str
+    password: str = field(metadata=_parse(_argon2_hash))
+
+
+@dataclass(frozen=True, slots=True)
+class OidcConfig:
+    """``[auth.oidc.NAME]``: an OIDC issuer whose JWTs authenticate callers.
+
+    ``required_claims`` maps claim names to the value each must have. Without
+    ``jwks_uri`` the keys are found through ``<issuer>/.well-known/openid-configuration``.
+    """
+
+    name: str
+    issuer: str = field(metadata=_parse(_http_url))
+    jwks_uri: str | None = field(default=None, metadata=_parse(_http_url))
+    required_audience: str | None = None
+    required_claims: Mapping[str, Any] = field(default_factory=dict, metadata=_parse(_claims))
+    allowed_algorithms: tuple[str, ...] = field(default=("RS256",), metadata=_parse(_algorithms))
+    clock_skew_tolerance: int = field(default=60, metadata=_parse(_int_range(0, 86400)))
+    jwks_refresh_interval: int = field(default=3600, metadata=_parse(_int_range(1)))
+    server_ca_bundle: str | None = None
+    http_request_timeout_secs: float = field(default=10.0, metadata=_parse(_positive_float))
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """``[auth]``: the users and OIDC providers that can authenticate."""
+
+    identities: tuple[IdentityConfig, ...] = ()
+    oidc: tuple[OidcConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class UiConfig:
     """``[ui]``: the optional web interface."""
 
@@ -377,6 +447,7 @@ class Config:
     global_: GlobalConfig = GlobalConfig()
     repositories: tuple[RepositoryConfig, ...] = ()
     ui: UiConfig = UiConfig()
+    auth: AuthConfig = AuthConfig()
     sources: tuple[str, ...] = ()
 
     def repository_for(self, namespace: str) -> RepositoryConfig | None:
@@ -555,7 +626,7 @@ def _build(cls: type[_T], table: _Table, accept: Iterable[str] = (), **given: An
             continue
         if f.name in table:
             values[f.name] = table.get(f.name, f.metadata.get("parse") or _PARSERS_BY_TYPE[hints[f.name]])
-        elif f.default is MISSING:
+        elif f.default is MISSING and f.default_factory is MISSING:
             raise table.error(f.name, "required key is missing")
     table.accept(accept)
     table.finish()
@@ -568,7 +639,10 @@ _SERVER_EXTRAS = ("query_timeout", "query_timeout_grace_period", "handshake_time
 _GLOBAL_EXTRAS = ("max_concurrent_requests", "max_concurrent_cache_jobs", "enable_redirect", "enable_blob_redirect",
                   "enable_manifest_redirect", "allow_missing_manifest_references", "event_webhooks", "trusted_proxies")
 _REPOSITORY_EXTRAS = ("namespace", "event_webhooks")
-_ACCEPTED_SECTIONS = ("metadata_store", "cache", "auth", "event_webhook", "observability")
+_ACCEPTED_SECTIONS = ("metadata_store", "cache", "event_webhook", "observability")
+_AUTH_EXTRAS = ("webhook", "token_service")
+_OIDC_EXTRAS = ("provider", "client_certificate_bundle", "client_private_key", "bearer_token_file",
+                "jwks_refresh_timeout_secs")
 _INHERITED = ("immutable_tags", "immutable_tags_exclusions", "authorization_webhook")
 
 
@@ -647,6 +721,32 @@ def _repositories(section: _Table, global_: GlobalConfig) -> tuple[RepositoryCon
     return tuple(repositories)
 
 
+def _auth(table: _Table) -> AuthConfig:
+    identities = []
+    for key in sorted(table.section("identity").keys()):
+        entry = table.section("identity").table(key)
+        assert entry is not None
+        identities.append(_build(IdentityConfig, entry, id=key))
+    providers = []
+    oidc_section = table.section("oidc")
+    for name in sorted(oidc_section.keys()):
+        entry = oidc_section.table(name)
+        assert entry is not None
+        providers.append(_build(OidcConfig, entry, _OIDC_EXTRAS, name=name))
+    seen: dict[str, str] = {}
+    for identity in identities:
+        if identity.username in seen:
+            raise table.error("identity", f"username {identity.username!r} is used by both "
+                                          f"{seen[identity.username]!r} and {identity.id!r}", (identity.id,))
+        seen[identity.username] = identity.id
+        if any(provider.name == identity.username for provider in providers):
+            raise table.error("identity", f"username {identity.username!r} is also an OIDC provider name",
+                              (identity.id, "username"))
+    table.accept(_AUTH_EXTRAS)
+    table.finish()
+    return AuthConfig(identities=tuple(identities), oidc=tuple(providers))
+
+
 def _config(root: _Table) -> Config:
     """The `Config` described by the merged document ``root``."""
     for key in _ACCEPTED_SECTIONS:
@@ -657,9 +757,10 @@ def _config(root: _Table) -> Config:
     global_ = _build(GlobalConfig, global_section, _GLOBAL_EXTRAS, **_policies(global_section))
     repositories = _repositories(root.section("repository"), global_)
     ui = _build(UiConfig, root.section("ui"))
+    auth = _auth(root.section("auth"))
     root.finish()
     return Config(server=server, blob_store=blob_store, global_=global_, repositories=repositories, ui=ui,
-                  sources=root.context.sources)
+                  auth=auth, sources=root.context.sources)
 
 
 # --------------------------------------------------------------------------- entry points

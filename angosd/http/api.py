@@ -13,6 +13,8 @@ from klein import Klein
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
+from werkzeug.exceptions import HTTPException
+from werkzeug.routing import PathConverter
 
 from angosd.auth.authorizer import Authorizer
 from angosd.http.request import MemorySink, RegistryRequest
@@ -32,7 +34,7 @@ from angosd.oci.errors import (
     StorageUnavailable,
     Unauthorized,
 )
-from angosd.oci.names import Reference, validate_name
+from angosd.oci.names import Reference, is_valid_name
 from angosd.oci.ranges import parse_content_range, parse_range
 from angosd.registry.registry import Registry, paginate
 from angosd.registry.uploads import UploadOffsetMismatch, UploadSink, parse_session_id
@@ -44,12 +46,20 @@ MAX_PAGE = 10_000
 _log = Logger()
 
 
+class _AnyPath(PathConverter):
+    """Werkzeug's ``path`` converter, but also matching decoded newlines (``%0a``): the
+    catch-all route must see every path, and `parse_route` judges it."""
+
+    regex = "(?s:[^/].*?)"
+
+
 class RegistryAPI:
     """The registry's HTTP face. Also the request gate (`admit`) of `RegistryRequest`."""
 
     app = Klein()
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
+    app.url_map.converters["path"] = _AnyPath  # before the branch route below compiles its rule
 
     def __init__(self, registry: Registry, authorizer: Authorizer, realm: str = "angosd") -> None:
         self.registry = registry
@@ -241,9 +251,9 @@ class RegistryAPI:
         if mount is not None:
             digest = Digest.parse(mount)
             source = route.param("from")
-            if source is not None:
-                validate_name(source)
-            if await self.registry.mount(namespace, digest, source, self._may_read(request)):
+            # A malformed ``from`` cannot own anything: an unsatisfiable mount, never an error.
+            mountable = source is None or is_valid_name(source)
+            if mountable and await self.registry.mount(namespace, digest, source, self._may_read(request)):
                 return self._blob_created(request, namespace, digest)
         algorithm = route.param("digest-algorithm")
         if algorithm is not None and algorithm not in ALGORITHMS:
@@ -311,6 +321,14 @@ class RegistryAPI:
             error = StorageUnavailable("insufficient storage: the registry's disk is full")
         else:
             error = StorageFailure(f"storage error: {failure.value}")
+        return self._error_response(request, error)
+
+    @app.handle_errors(HTTPException)
+    def _routing_error(self, request: IRequest, failure: Failure) -> bytes | None:
+        """Klein's own URL map refused the request before `dispatch` ran (e.g. a path holding
+        a decoded newline, which its catch-all rule cannot match): answer as `dispatch` would."""
+        path = request.path.decode("latin-1")[:200]
+        error: OciError = MethodNotAllowed(path) if getattr(failure.value, "code", None) == 405 else NotFound(path)
         return self._error_response(request, error)
 
     @app.handle_errors(Exception)

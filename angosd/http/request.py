@@ -65,6 +65,7 @@ class RegistryRequest(server.Request):
     route: Route
     sink: BodySink | None = None
     refusal: Failure | None = None
+    _sink_open = False
 
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()  # type: ignore[assignment]

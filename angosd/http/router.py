@@ -86,7 +86,6 @@ def parse_route(method: bytes | str, target: bytes | str) -> Route:
         method = method.decode("latin-1")
     if isinstance(target, bytes):
         target = target.decode("latin-1")
-    method = method.upper()
     raw_path, _, raw_query = target.partition("?")
     # An encoded slash must not become a path separator: keep it literal (and invalid).
     path = unquote(re.sub("%2[fF]", "%252F", raw_path), errors="replace")

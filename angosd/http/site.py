@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+from urllib.parse import unquote_to_bytes
+
 from twisted.web.http import HTTPChannel
+from twisted.web.iweb import IRequest
+from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from angosd.http.api import RegistryAPI
 from angosd.http.request import RegistryRequest
+from angosd.http.responses import JSON, respond
+from angosd.oci.errors import NameInvalid
 
 _TLS_HANDSHAKE = 0x16
 _PLAIN_HTTP_ONLY = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
@@ -33,13 +39,31 @@ class RegistryChannel(HTTPChannel):
         super().dataReceived(data)
 
 
+class _Utf8Paths(Resource):
+    """Answers paths whose percent-escapes are not UTF-8 with an OCI error, not Klein's text."""
+
+    isLeaf = True
+
+    def __init__(self, inner: IResource) -> None:
+        super().__init__()
+        self._inner = inner
+
+    def render(self, request: IRequest) -> bytes:
+        try:
+            unquote_to_bytes(request.path).decode("utf-8")
+        except UnicodeDecodeError:
+            error = NameInvalid("the request path is not valid UTF-8")
+            return respond(request, error.status, error.body(), JSON)
+        return self._inner.render(request)  # type: ignore[no-any-return]
+
+
 class RegistrySite(Site):
     """A site whose requests are admitted by ``api`` before their bodies are read."""
 
     protocol = RegistryChannel  # type: ignore[assignment]
 
     def __init__(self, api: RegistryAPI) -> None:
-        super().__init__(api.app.resource(), requestFactory=RegistryRequest)
+        super().__init__(_Utf8Paths(api.app.resource()), requestFactory=RegistryRequest)
         self.gate = api
         self.noisy = False
 

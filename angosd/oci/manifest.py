@@ -82,7 +82,7 @@ def parse_manifest(body: bytes, content_type: str | None, digest_algorithm: str 
         raise ManifestInvalid(f"manifest is not valid JSON: {str(exc)[:120]}") from None
     if not isinstance(document, dict):
         raise ManifestInvalid("manifest must be a JSON object")
-    if document.get("schemaVersion") != 2 or isinstance(document.get("schemaVersion"), bool):
+    if type(document.get("schemaVersion")) is not int or document["schemaVersion"] != 2:
         raise ManifestInvalid("schemaVersion must be 2")
 
     header_type = mt.base_type(content_type)

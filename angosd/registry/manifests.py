@@ -172,7 +172,13 @@ class ManifestStore:
 
     async def exists(self, namespace: str) -> bool:
         """Whether ``namespace`` holds any revision or tag."""
-        return bool(await self._driver.children(paths.revisions_dir(namespace))) or bool(await self.tags(namespace))
+        if await self.tags(namespace):
+            return True
+        # Deleting the last revision leaves its (empty) algorithm directory behind.
+        for algorithm in await self._driver.children(paths.revisions_dir(namespace)):
+            if await self._driver.children(f"{paths.revisions_dir(namespace)}/{algorithm}"):
+                return True
+        return False
 
     async def list_tags(self, namespace: str) -> list[str]:
         """Tags for the tags/list endpoint; raises `NameUnknown` for an empty namespace."""

@@ -1,0 +1,71 @@
+"""Basic-auth users with argon2 password hashes, verified off the reactor thread."""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+
+from argon2 import PasswordHasher
+from argon2.exceptions import InvalidHashError, VerificationError
+from twisted.internet import threads
+from twisted.internet.interfaces import IReactorThreads, IReactorTime
+
+from angosd.config import IdentityConfig
+
+#: How long a verified (username, password) pair skips argon2; clients such as docker
+#: send Basic credentials on every request, and argon2 costs tens of milliseconds by design.
+VERIFIED_TTL = 60.0
+MAX_VERIFIED = 1024
+
+_hasher = PasswordHasher()
+#: Verified against when the username is unknown (its password is irrelevant).
+_DUMMY_HASH = "$argon2id$v=19$m=65536,t=3,p=4$oxAP82/uu6CkUea1mBcUWA$OXgGT+jFHTrJRPp0z7lX4jOfe7cxXKa+Et91PAvpbHc"
+
+
+def hash_password(password: str) -> str:
+    """An argon2id PHC string for ``password`` (argon2-cffi's recommended parameters)."""
+    return _hasher.hash(password)
+
+
+def _verify(phc: str, password: str) -> bool:
+    try:
+        return _hasher.verify(phc, password)
+    except (VerificationError, InvalidHashError):
+        return False
+
+
+class PasswordUsers:
+    """``[auth.identity.*]``: checks a username and password, returning the identity id."""
+
+    def __init__(self, identities: Sequence[IdentityConfig], reactor: IReactorThreads, clock: IReactorTime) -> None:
+        self._by_username = {identity.username: identity for identity in identities}
+        self._reactor = reactor
+        self._clock = clock
+        self._verified: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
+
+    def __contains__(self, username: str) -> bool:
+        return username in self._by_username
+
+    async def check(self, username: str, password: str) -> str | None:
+        """The identity id when the password is right; None otherwise (unknown user included).
+
+        An unknown user still costs one argon2 verification, so timing does not reveal
+        which usernames exist.
+        """
+        identity = self._by_username.get(username)
+        phc = identity.password if identity is not None else _DUMMY_HASH
+        key = hashlib.sha256(f"{username}\0{password}\0{phc}".encode()).digest()
+        cached = self._verified.get(key)
+        now = self._clock.seconds()
+        if cached is not None and cached[1] > now:
+            return cached[0]
+        pool = self._reactor.getThreadPool()  # type: ignore[attr-defined]
+        ok = await threads.deferToThreadPool(self._reactor, pool, _verify, phc, password)
+        if not ok or identity is None:
+            return None
+        self._verified[key] = (identity.id, now + VERIFIED_TTL)
+        while len(self._verified) > MAX_VERIFIED:
+            self._verified.popitem(last=False)
+        return identity.id
+
