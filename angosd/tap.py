@@ -8,7 +8,9 @@ import sys
 from twisted.application.service import IService
 from twisted.python import usage
 
-from angosd.config import ConfigError, default_config, load_config
+from angosd.auth.policy import PolicyError
+from angosd.config import Config, ConfigError, default_config, load_config
+from angosd.tls import TlsError
 
 
 class Options(usage.Options):
@@ -38,11 +40,13 @@ def makeService(options: Options) -> IService:
 
     from angosd.service import build_service
 
+    def adjust(config: Config) -> Config:
+        if not options["root"]:
+            return config
+        return dataclasses.replace(config, blob_store=dataclasses.replace(config.blob_store, root_dir=options["root"]))
+
     try:
-        config = load_config(options["config"], warn=_warn) if options["config"] else default_config()
-    except ConfigError as exc:
+        config = adjust(load_config(options["config"], warn=_warn) if options["config"] else default_config())
+        return build_service(config, reactor, listen=options["listen"], paths=options["config"], adjust=adjust)
+    except (ConfigError, PolicyError, TlsError) as exc:
         raise SystemExit(f"angosd: configuration error: {exc}") from None
-    if options["root"]:
-        blob_store = dataclasses.replace(config.blob_store, root_dir=options["root"])
-        config = dataclasses.replace(config, blob_store=blob_store)
-    return build_service(config, reactor, listen=options["listen"])

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-_STARTED = re.compile(r"RegistrySite starting on (\d+)")
+_STARTED = re.compile(r"RegistrySite(?: \(TLS\))? starting on (\d+)")
 
 
 @dataclass

@@ -2,11 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
+from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from angosd.auth.authenticator import Authenticator
+from angosd.auth.identity import Identity
+from angosd.auth.policy import AccessPolicy
+from angosd.config import Config
 from angosd.http.router import Route
+from angosd.oci.errors import Denied, Unauthorized
+
+#: Actions that are never behind authentication (probes must work under default-deny).
+UNAUTHENTICATED_ACTIONS = frozenset({"healthz", "readyz"})
+_log = Logger()
 
 
 class Authorizer(Protocol):
@@ -16,7 +27,88 @@ class Authorizer(Protocol):
 
 
 class AllowAll:
-    """The embedded default: anonymous full access."""
+    """Anonymous full access, without looking at credentials."""
 
     async def authorize(self, request: IRequest, route: Route) -> None:
         return None
+
+
+def request_variables(route: Route) -> dict[str, Any]:
+    """The ``request`` variable of access policies; absent fields are omitted (use ``has()``)."""
+    variables: dict[str, Any] = {"action": route.action, "method": route.method, "path": route.path}
+    optional = {
+        "namespace": route.namespace,
+        "reference": route.reference,
+        "digest": route.digest,
+        "session_id": route.session,
+        "uuid": route.session,
+        "n": route.param("n"),
+        "last": route.param("last"),
+        "artifact_type": route.param("artifactType"),
+        "from": route.param("from") if route.action == "mount-blob" else None,
+        "digest_algorithm": route.param("digest-algorithm"),
+    }
+    if route.reference is not None and ":" not in route.reference:
+        optional["tag"] = route.reference
+    if route.action == "list-namespaces":
+        optional["repository"] = route.namespace
+    variables.update({key: value for key, value in optional.items() if value is not None})
+    return variables
+
+
+class PolicyAuthorizer:
+    """Authenticates, then requires the global and the repository policy to allow.
+
+    ``state`` returns the current security state, so a configuration reload takes
+    effect on the next request. A denied anonymous caller gets 401 (with a challenge,
+    so clients retry with credentials); a denied authenticated caller gets 403.
+    """
+
+    def __init__(self, state: Callable[[], SecurityState]) -> None:
+        self._state = state
+
+    async def authorize(self, request: IRequest, route: Route) -> None:
+        if route.action in UNAUTHENTICATED_ACTIONS:
+            return
+        state = self._state()
+        identity: Identity | None = getattr(request, "identity", None)
+        if identity is None:
+            identity = await state.authenticator.authenticate(request)
+            request.identity = identity  # type: ignore[attr-defined]
+        variables = {"identity": identity.to_cel(), "request": request_variables(route)}
+        decision = state.global_policy.decide(variables)
+        if decision.allowed and route.namespace is not None:
+            repository = state.config.repository_for(route.namespace)
+            policy = state.repository_policies.get(repository.name) if repository is not None else None
+            if policy is not None:
+                decision = policy.decide(variables)
+        if decision.allowed:
+            return
+        _log.info("denied {action} on {namespace} for {who}: {reason}", action=route.action,
+                  namespace=route.namespace, who=identity.describe(), reason=decision.reason)
+        if not identity.authenticated:
+            raise Unauthorized("authentication required")
+        raise Denied(f"{route.action} is not allowed for {identity.describe()}")
+
+
+class SecurityState:
+    """Everything authorization derives from one configuration; replaced whole on reload."""
+
+    def __init__(self, config: Config, authenticator: Authenticator, global_policy: AccessPolicy,
+                 repository_policies: dict[str, AccessPolicy]) -> None:
+        self.config = config
+        self.authenticator = authenticator
+        self.global_policy = global_policy
+        self.repository_policies = repository_policies
+
+    @classmethod
+    def build(cls, config: Config, authenticator: Authenticator) -> SecurityState:
+        """Compile every policy of ``config``; raises `PolicyError` naming the rule."""
+        global_policy = AccessPolicy.compile(config.global_.access_policy, "global.access_policy")
+        repository_policies = {
+            repository.name: AccessPolicy.compile(repository.access_policy,
+                                                  f'repository."{repository.name}".access_policy')
+            for repository in config.repositories if repository.access_policy is not None
+        }
+        return cls(config, authenticator, global_policy, repository_policies)
+

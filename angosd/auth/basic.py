@@ -60,7 +60,7 @@ class PasswordUsers:
         now = self._clock.seconds()
         if cached is not None and cached[1] > now:
             return cached[0]
-        pool = self._reactor.getThreadPool()  # type: ignore[attr-defined]
+        pool = self._reactor.getThreadPool()
         ok = await threads.deferToThreadPool(self._reactor, pool, _verify, phc, password)
         if not ok or identity is None:
             return None

@@ -54,7 +54,7 @@ class _Utf8Paths(Resource):
         except UnicodeDecodeError:
             error = NameInvalid("the request path is not valid UTF-8")
             return respond(request, error.status, error.body(), JSON)
-        return self._inner.render(request)  # type: ignore[no-any-return]
+        return self._inner.render(request)
 
 
 class RegistrySite(Site):

@@ -9,13 +9,22 @@ points at a missing manifest. Deletion runs in the reverse order for the same re
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
 from angosd.oci.digest import Digest
-from angosd.oci.errors import DigestInvalid, ManifestBlobUnknown, ManifestUnknown, NameUnknown, OciError, TooLarge
+from angosd.oci.errors import (
+    DigestInvalid,
+    ManifestBlobUnknown,
+    ManifestUnknown,
+    NameUnknown,
+    OciError,
+    TagImmutable,
+    TooLarge,
+)
 from angosd.oci.manifest import Descriptor, Manifest, parse_manifest
 from angosd.oci.names import Reference
 from angosd.registry import paths
@@ -46,8 +55,10 @@ class Revision:
 
 class ManifestStore:
     def __init__(self, driver: IStorageDriver, blobs: BlobStore, clock: IReactorTime, max_manifest_size: int,
-                 require_references: bool = False) -> None:
+                 require_references: bool = False,
+                 tag_immutable: Callable[[str, str], bool] = lambda _namespace, _tag: False) -> None:
         self._driver = driver
+        self._tag_immutable = tag_immutable
         self._blobs = blobs
         self._clock = clock
         self.max_manifest_size = max_manifest_size
@@ -57,7 +68,10 @@ class ManifestStore:
         """Validate and store a manifest; tag it when ``reference`` is a tag.
 
         Raises `ManifestInvalid`, `DigestInvalid` (digest reference that does not match
-        the body), `TooLarge`, or `ManifestBlobUnknown` when references are required.
+        the body), `TooLarge`, `ManifestBlobUnknown` when references are required, or
+        `TagImmutable` when the tag is immutable and already points at another manifest
+        (the first push and a re-push of the same digest succeed). Nothing is written
+        when it raises.
         """
         if len(body) > self.max_manifest_size:
             raise TooLarge(f"manifest exceeds {self.max_manifest_size} bytes")
@@ -67,6 +81,10 @@ class ManifestStore:
             raise DigestInvalid(f"manifest hashes to {manifest.digest}, not {reference.digest}")
         if self._require_references:
             await self._check_references(namespace, manifest)
+        if reference.tag is not None and self._tag_immutable(namespace, reference.tag):
+            current = await self._tag_target(namespace, reference.tag)
+            if current is not None and current != manifest.digest:
+                raise TagImmutable(f"{namespace}:{reference.tag} already points at {current}")
 
         await self._blobs.store_small(manifest.digest, body)
         await self._blobs.grant(namespace, manifest.digest)

@@ -30,15 +30,19 @@ class Registry:
     """Blobs, uploads, manifests, tags, referrers and the catalog of one store.
 
     ``namespace_allowed`` says whether a (valid) namespace is served at all: with
-    repositories configured, only namespaces inside one of them are.
+    repositories configured, only namespaces inside one of them are. ``tag_immutable``
+    says whether a tag of a namespace may not be moved once it exists. Both are asked
+    on every call, so they may follow a reloaded configuration.
     """
 
     def __init__(self, driver: IStorageDriver, clock: IReactorTime, limits: Limits,
-                 namespace_allowed: Callable[[str], bool] = lambda _name: True) -> None:
+                 namespace_allowed: Callable[[str], bool] = lambda _name: True,
+                 tag_immutable: Callable[[str, str], bool] = lambda _namespace, _tag: False) -> None:
         self.driver = driver
         self.blobs = BlobStore(driver)
         self.uploads = UploadSessions(driver, self.blobs, clock, limits.max_blob_size)
-        self.manifests = ManifestStore(driver, self.blobs, clock, limits.max_manifest_size)
+        self.manifests = ManifestStore(driver, self.blobs, clock, limits.max_manifest_size,
+                                       tag_immutable=tag_immutable)
         self._namespace_allowed = namespace_allowed
 
     def check_namespace(self, namespace: str) -> str:

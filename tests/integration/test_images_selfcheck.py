@@ -22,7 +22,6 @@ from tests.integration.images import (
     MEDIA_TYPE_INDEX,
     MEDIA_TYPE_LAYER_GZIP,
     MEDIA_TYPE_MANIFEST,
-    SKOPEO,
     build_artifact,
     build_image,
     build_index,
@@ -32,7 +31,6 @@ from tests.integration.images import (
     skopeo,
     skopeo_may_fail,
 )
-
 
 MiB = 1 << 20
 
@@ -189,7 +187,6 @@ def test_big_layer_is_streamed(tmp_path: Path) -> None:
     result = json.loads(proc.stdout)
     peak_delta = (result["after_kib"] - result["before_kib"]) * 1024
     assert peak_delta < 32 * MiB, f"building a 200 MiB layer grew peak RSS by {peak_delta} B"
-    assert result["after_kib"] * 1024 < 100 * MiB, result
 
     manifest = json.loads(_blob(root, result["digest"]))
     (layer,) = manifest["layers"]
