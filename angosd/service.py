@@ -17,6 +17,7 @@ from angosd.config import Config
 from angosd.http.api import RegistryAPI
 from angosd.http.site import RegistrySite
 from angosd.live import LiveConfig
+from angosd.proxy.cache import PullThroughCache
 from angosd.registry.registry import Limits, Registry
 from angosd.storage.fs import FilesystemDriver
 from angosd.tls import listening_factory
@@ -58,7 +59,10 @@ def build_service(config: Config, reactor: Any, listen: str | None = None, paths
     reloaded when they change (``adjust`` re-applies command-line overrides).
     """
     live = LiveConfig(paths, build_security(config, reactor), lambda new: build_security(new, reactor), adjust)
-    api = RegistryAPI(build_registry(live, reactor), PolicyAuthorizer(lambda: live.security))
+    registry = build_registry(live, reactor)
+    cache = PullThroughCache(registry, lambda namespace: live.config.repository_for(namespace), live.tag_immutable,
+                             reactor)
+    api = RegistryAPI(registry, PolicyAuthorizer(lambda: live.security), cache=cache)
     site = RegistrySite(api)
     top = MultiService()
     if paths:

@@ -6,7 +6,7 @@ hand. Every failure is raised and turned into an OCI error body by `_oci_error`.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from klein import Klein
@@ -17,9 +17,10 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 from angosd.auth.authorizer import Authorizer
+from angosd.config import RepositoryConfig
 from angosd.http.request import MemorySink, RegistryRequest
 from angosd.http.responses import JSON, respond, respond_head, respond_json, upload_headers
-from angosd.http.router import Route
+from angosd.http.router import WRITE_ACTIONS, Route
 from angosd.oci import media_types as mt
 from angosd.oci.digest import ALGORITHMS, Digest
 from angosd.oci.errors import (
@@ -36,6 +37,7 @@ from angosd.oci.errors import (
 )
 from angosd.oci.names import Reference, is_valid_name
 from angosd.oci.ranges import parse_content_range, parse_range
+from angosd.proxy.cache import PullThroughCache
 from angosd.registry.registry import Registry, paginate
 from angosd.registry.uploads import UploadOffsetMismatch, UploadSink, parse_session_id
 from angosd.storage.errors import OutOfSpace, StorageError
@@ -53,6 +55,14 @@ class _AnyPath(PathConverter):
     regex = "(?s:[^/].*?)"
 
 
+def _cache_headers(state: str) -> dict[str, str]:
+    """How a pull-through answer was produced; stale answers also carry a standard Warning."""
+    headers = {"X-Angosd-Cache": state}
+    if state == "stale":
+        headers["Warning"] = '110 angosd "Response is Stale: upstream unreachable"'
+    return headers
+
+
 class RegistryAPI:
     """The registry's HTTP face. Also the request gate (`admit`) of `RegistryRequest`."""
 
@@ -61,8 +71,12 @@ class RegistryAPI:
     app.url_map.strict_slashes = False
     app.url_map.converters["path"] = _AnyPath  # before the branch route below compiles its rule
 
-    def __init__(self, registry: Registry, authorizer: Authorizer, realm: str = "angosd") -> None:
+    def __init__(self, registry: Registry, authorizer: Authorizer, realm: str = "angosd",
+                 extensions: Mapping[str, Handler] | None = None, cache: PullThroughCache | None = None) -> None:
+        """``extensions`` adds or replaces handlers by action (extension API, UI, metrics);
+        ``cache`` serves the namespaces of pull-through repositories."""
         self.registry = registry
+        self.cache = cache
         self.authorizer = authorizer
         self.realm = realm
         self._handlers: dict[str, Handler] = {
@@ -83,6 +97,7 @@ class RegistryAPI:
             "get-referrers": self._referrers,
             "healthz": self._health,
             "readyz": self._ready,
+            **(extensions or {}),
         }
 
     # -- admission: runs on the headers, before the body -------------------------------
@@ -92,6 +107,8 @@ class RegistryAPI:
         route = request.route
         await self.authorizer.authorize(request, route)
         action = route.action
+        if action in WRITE_ACTIONS and self._mirror(route) is not None:
+            raise MethodNotAllowed(f"{route.namespace} is served by a pull-through cache: pushes are refused")
         if action in ("update-upload", "complete-upload"):
             if action == "complete-upload" and length == 0:
                 return None
@@ -126,6 +143,12 @@ class RegistryAPI:
         if handler is None:
             raise NotFound(route.path)
         return await handler(request, route)
+
+    def _mirror(self, route: Route) -> RepositoryConfig | None:
+        """The pull-through repository of the route's namespace, if it has one."""
+        if self.cache is None or route.namespace is None:
+            return None
+        return self.cache.repository(route.namespace)
 
     def _namespace(self, route: Route) -> str:
         return self.registry.check_namespace(route.namespace or "")
@@ -166,7 +189,11 @@ class RegistryAPI:
 
     async def _tags(self, request: RegistryRequest, route: Route) -> bytes:
         namespace = self._namespace(route)
-        tags = await self.registry.manifests.list_tags(namespace)
+        mirror = self._mirror(route)
+        if mirror is not None and self.cache is not None:
+            tags = await self.cache.tags(namespace, mirror)
+        else:
+            tags = await self.registry.manifests.list_tags(namespace)
         page, headers = self._page(route, tags, f"/v2/{namespace}/tags/list")
         return respond_json(request, 200, {"name": namespace, "tags": page}, headers=headers)
 
@@ -174,17 +201,31 @@ class RegistryAPI:
         namespace = self._namespace(route)
         subject = Digest.parse(route.argument or "")
         artifact_type = route.param("artifactType")
-        found = await self.registry.manifests.referrers(namespace, subject, artifact_type)
+        mirror = self._mirror(route)
+        if mirror is not None and self.cache is not None:
+            manifests = await self.cache.referrers(namespace, mirror, subject, artifact_type)
+        else:
+            found = await self.registry.manifests.referrers(namespace, subject, artifact_type)
+            manifests = [d.to_json() for d in found]
         headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type is not None else {}
-        index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": [d.to_json() for d in found]}
+        index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": manifests}
         return respond_json(request, 200, index, mt.OCI_INDEX, headers)
 
     # -- manifests -------------------------------------------------------------------------
 
     async def _get_manifest(self, request: RegistryRequest, route: Route) -> bytes:
         namespace = self._namespace(route)
-        stored = await self.registry.manifests.get(namespace, Reference.parse(route.argument or ""))
-        return respond(request, 200, stored.body, stored.media_type, {"Docker-Content-Digest": str(stored.digest)})
+        reference = Reference.parse(route.argument or "")
+        headers: dict[str, str] = {}
+        mirror = self._mirror(route)
+        if mirror is not None and self.cache is not None:
+            served = await self.cache.manifest(namespace, mirror, reference)
+            stored = served.manifest
+            headers.update(_cache_headers(served.state))
+        else:
+            stored = await self.registry.manifests.get(namespace, reference)
+        headers["Docker-Content-Digest"] = str(stored.digest)
+        return respond(request, 200, stored.body, stored.media_type, headers)
 
     async def _put_manifest(self, request: RegistryRequest, route: Route) -> bytes:
         namespace = self._namespace(route)
@@ -210,9 +251,18 @@ class RegistryAPI:
         digest = Digest.parse(route.argument or "")
         headers = {"Docker-Content-Digest": str(digest), "Accept-Ranges": "bytes",
                    "Content-Type": "application/octet-stream", "ETag": f'"{digest}"'}
+        mirror = self._mirror(route)
         if route.method == "HEAD":
-            respond_head(request, 200, await self.registry.blobs.size(namespace, digest), headers)
+            if mirror is not None and self.cache is not None:
+                size = await self.cache.blob_size(namespace, mirror, digest)
+            else:
+                size = await self.registry.blobs.size(namespace, digest)
+            respond_head(request, 200, size, headers)
             return None
+        if mirror is not None and self.cache is not None:
+            client = request if request.getHeader("Range") is None else None
+            if await self.cache.serve_blob(namespace, mirror, digest, client, headers):
+                return None
         handle = await self.registry.blobs.open(namespace, digest)
         try:
             byte_range = parse_range(request.getHeader("Range"), handle.size)

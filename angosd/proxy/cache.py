@@ -1,0 +1,364 @@
+"""The pull-through cache: serve from the local store, fill misses from upstream.
+
+- A manifest by digest, or by an immutable tag, is served locally once cached and never
+  asks upstream. A mutable tag is revalidated with a HEAD and refetched only if its digest
+  changed. When every upstream fails, cached content is still served (stale-if-error),
+  marked by a header and counted; uncached content fails with `UpstreamUnavailable`.
+- A missing blob is fetched once: the upstream body streams into an upload session and,
+  at the same time, to the client that asked. The last chunk is held back until the
+  digest verifies, so a client never receives a complete body of wrong bytes: on a
+  mismatch, or an upstream that dies mid-body, the client's connection is cut and
+  nothing is cached. Concurrent requests for the same blob wait for that one fill and
+  are then served locally. A client that disconnects does not stop the fill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.iweb import UNKNOWN_LENGTH, IRequest, IResponse
+
+from angosd.config import RepositoryConfig
+from angosd.oci.digest import Digest
+from angosd.oci.errors import BlobUnknown, ManifestUnknown, NameUnknown, OciError
+from angosd.oci.manifest import Descriptor, parse_manifest
+from angosd.oci.names import Reference
+from angosd.proxy.upstream import Upstream, UpstreamError, UpstreamNotFound
+from angosd.registry.manifests import StoredManifest
+from angosd.registry.registry import Registry
+
+_log = Logger()
+_DONE = Failure(ResponseDone())
+
+
+class UpstreamUnavailable(OciError):
+    """Nothing cached, and no upstream could answer (503)."""
+
+    code = "UNAVAILABLE"
+    status = 503
+    message = "upstream registry unreachable and the content is not cached"
+
+
+class CacheMetrics(Protocol):
+    def hit(self, repository: str) -> None: ...
+    def miss(self, repository: str) -> None: ...
+    def stale(self, repository: str) -> None: ...
+    def upstream_error(self, repository: str) -> None: ...
+
+
+class _NoMetrics:
+    def hit(self, repository: str) -> None: ...
+    def miss(self, repository: str) -> None: ...
+    def stale(self, repository: str) -> None: ...
+    def upstream_error(self, repository: str) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Served:
+    """A manifest answer and how the cache produced it: ``hit``, ``miss`` or ``stale``."""
+
+    manifest: StoredManifest
+    state: str
+
+
+class PullThroughCache:
+    """Pull-through behaviour for namespaces of repositories that have upstreams.
+
+    ``repository_for`` maps a namespace to its (current) repository configuration, so a
+    configuration reload changes upstreams without a restart.
+    """
+
+    def __init__(self, registry: Registry, repository_for: Callable[[str], RepositoryConfig | None],
+                 tag_immutable: Callable[[str, str], bool], reactor: Any, metrics: CacheMetrics | None = None) -> None:
+        self._registry = registry
+        self._repository_for = repository_for
+        self._tag_immutable = tag_immutable
+        self._reactor = reactor
+        self._clock: IReactorTime = reactor
+        self.metrics: CacheMetrics = metrics or _NoMetrics()
+        self._clients: dict[Any, Upstream] = {}
+        self._fills: dict[tuple[str, Digest], list[Deferred[None]]] = {}
+
+    def repository(self, namespace: str) -> RepositoryConfig | None:
+        """The pull-through repository serving ``namespace``, or None for local namespaces."""
+        repository = self._repository_for(namespace)
+        return repository if repository is not None and repository.is_pull_through else None
+
+    def _upstreams(self, repository: RepositoryConfig) -> list[Upstream]:
+        return [self._clients.setdefault(config, Upstream(config, self._reactor)) for config in repository.upstreams]
+
+    @staticmethod
+    def _remote_name(repository: RepositoryConfig, namespace: str) -> str:
+        if namespace == repository.name:
+            raise NameUnknown(f"{namespace} is the mirror itself; pull {namespace}/<image>")
+        return namespace[len(repository.name) + 1:]
+
+    # -- manifests -------------------------------------------------------------------------
+
+    async def manifest(self, namespace: str, repository: RepositoryConfig, reference: Reference) -> Served:
+        """The manifest for ``reference``, from the cache or an upstream (see module doc)."""
+        name = self._remote_name(repository, namespace)
+        try:
+            local: StoredManifest | None = await self._registry.manifests.get(namespace, reference)
+        except ManifestUnknown:
+            local = None
+        if local is not None and (reference.digest is not None or
+                                  (reference.tag is not None and self._tag_immutable(namespace, reference.tag))):
+            self.metrics.hit(repository.name)
+            return Served(local, "hit")
+        not_found = False
+        for upstream in self._upstreams(repository):
+            try:
+                if local is not None:
+                    info = await upstream.head_manifest(name, str(reference))
+                    if info.digest == local.digest:
+                        self.metrics.hit(repository.name)
+                        return Served(local, "hit")
+                media_type, body = await upstream.get_manifest(name, str(reference),
+                                                               self._registry.manifests.max_manifest_size)
+                stored = await self._store_manifest(namespace, reference, media_type, body)
+                self.metrics.miss(repository.name)
+                return Served(stored, "miss")
+            except UpstreamNotFound:
+                not_found = True
+                break
+            except (UpstreamError, OciError) as exc:
+                self.metrics.upstream_error(repository.name)
+                _log.warn("upstream {url} failed for {name}:{reference}: {error}", url=upstream.url, name=name,
+                          reference=str(reference), error=str(exc))
+        if local is not None:
+            self.metrics.stale(repository.name)
+            return Served(local, "stale")
+        if not_found:
+            raise ManifestUnknown(str(reference))
+        raise UpstreamUnavailable(f"no upstream of {repository.name!r} answered for {name}:{reference}")
+
+    async def _store_manifest(self, namespace: str, reference: Reference, media_type: str,
+                              body: bytes) -> StoredManifest:
+        """Verify an upstream manifest and store it (tagged when fetched by tag)."""
+        if reference.digest is not None and Digest.of(body, reference.digest.algorithm) != reference.digest:
+            raise UpstreamError(f"upstream manifest does not hash to {reference.digest}")
+        manifest = await self._registry.manifests.put(namespace, reference, media_type or None, body)
+        return StoredManifest(manifest.digest, manifest.media_type, body)
+
+    async def tags(self, namespace: str, repository: RepositoryConfig) -> list[str]:
+        """Upstream tags merged with cached ones; cached ones alone when upstream fails."""
+        name = self._remote_name(repository, namespace)
+        local = await self._registry.manifests.tags(namespace)
+        for upstream in self._upstreams(repository):
+            try:
+                return sorted(set(local) | set(await upstream.tags(name)))
+            except UpstreamNotFound:
+                break
+            except UpstreamError:
+                self.metrics.upstream_error(repository.name)
+        if not local:
+            raise NameUnknown(namespace)
+        return local
+
+    async def referrers(self, namespace: str, repository: RepositoryConfig, subject: Digest,
+                        artifact_type: str | None) -> list[dict[str, Any]]:
+        """Upstream referrers merged with cached ones, as descriptor objects."""
+        name = self._remote_name(repository, namespace)
+        found = {str(d.digest): d.to_json()
+                 for d in await self._registry.manifests.referrers(namespace, subject, artifact_type)}
+        for upstream in self._upstreams(repository):
+            try:
+                for entry in await upstream.referrers(name, subject):
+                    if artifact_type is None or entry.get("artifactType") == artifact_type:
+                        found.setdefault(str(entry.get("digest")), entry)
+                break
+            except UpstreamError:
+                self.metrics.upstream_error(repository.name)
+        return [found[key] for key in sorted(found)]
+
+    # -- blobs -----------------------------------------------------------------------------
+
+    async def blob_size(self, namespace: str, repository: RepositoryConfig, digest: Digest) -> int:
+        """For HEAD: the cached size, else the upstream's (nothing is fetched)."""
+        if await self._registry.blobs.owns(namespace, digest):
+            return await self._registry.blobs.size(namespace, digest)
+        name = self._remote_name(repository, namespace)
+        for upstream in self._upstreams(repository):
+            try:
+                return await upstream.head_blob(name, digest)
+            except UpstreamNotFound:
+                raise BlobUnknown(str(digest)) from None
+            except UpstreamError:
+                self.metrics.upstream_error(repository.name)
+        raise UpstreamUnavailable(f"no upstream of {repository.name!r} answered for {name}@{digest}")
+
+    async def serve_blob(self, namespace: str, repository: RepositoryConfig, digest: Digest,
+                         request: IRequest | None, headers: dict[str, str]) -> bool:
+        """Fill a missing blob while streaming it to ``request`` (if given).
+
+        Returns False when the blob is (now) cached and should be served locally; True
+        when this call streamed the response itself.
+        """
+        if await self._registry.blobs.owns(namespace, digest):
+            self.metrics.hit(repository.name)
+            return False
+        followers = self._fills.get((namespace, digest))
+        if followers is not None:
+            done: Deferred[None] = Deferred()
+            followers.append(done)
+            await done
+            if await self._registry.blobs.owns(namespace, digest):
+                return False
+            raise UpstreamUnavailable(f"filling {digest} from upstream failed")
+        self._fills[(namespace, digest)] = []
+        try:
+            response = await self._open_upstream_blob(namespace, repository, digest)
+            await self._fill(namespace, repository, digest, response, request, headers)
+        finally:
+            for follower in self._fills.pop((namespace, digest)):
+                follower.callback(None)
+        if request is None:
+            if not await self._registry.blobs.owns(namespace, digest):
+                raise UpstreamUnavailable(f"filling {digest} from upstream failed")
+            return False
+        return True
+
+    async def _open_upstream_blob(self, namespace: str, repository: RepositoryConfig, digest: Digest) -> IResponse:
+        name = self._remote_name(repository, namespace)
+        for upstream in self._upstreams(repository):
+            try:
+                return await upstream.get_blob(name, digest)
+            except UpstreamNotFound:
+                raise BlobUnknown(str(digest)) from None
+            except UpstreamError as exc:
+                self.metrics.upstream_error(repository.name)
+                _log.warn("upstream {url} failed for blob {digest}: {error}", url=upstream.url, digest=str(digest),
+                          error=str(exc))
+        raise UpstreamUnavailable(f"no upstream of {repository.name!r} answered for {name}@{digest}")
+
+    async def _fill(self, namespace: str, repository: RepositoryConfig, digest: Digest, response: IResponse,
+                    request: IRequest | None, headers: dict[str, str]) -> None:
+        uploads = self._registry.uploads
+        session = await uploads.start(namespace, digest.algorithm)
+        sink = await uploads.open_sink(namespace, session, 0)
+        if request is not None:
+            request.setResponseCode(200)
+            for header, value in {**headers, "X-Angosd-Cache": "miss"}.items():
+                request.setHeader(header, value)
+            if response.length is not UNKNOWN_LENGTH:
+                request.setHeader("Content-Length", str(response.length))
+        body = _TeeBody(sink, request, self._clock, repository.upstreams[0].read_timeout_secs if repository.upstreams
+                        else 300.0)
+        response.deliverBody(body)
+        try:
+            await body.finished
+            await sink.finish()
+            await uploads.complete(namespace, session, digest)
+        except BaseException as exc:
+            sink.abort()
+            await uploads.cancel(namespace, session)
+            self.metrics.upstream_error(repository.name)
+            _log.warn("fill of {digest} into {namespace} failed: {error}", digest=str(digest), namespace=namespace,
+                      error=str(exc))
+            body.fail_client()
+            return
+        self.metrics.miss(repository.name)
+        body.release_client()
+
+
+class _TeeBody(TwistedProtocol):
+    """Upstream body -> upload sink (always) and the client (while it listens).
+
+    The client's transport throttles the upstream while the client is attached; after it
+    disconnects the fill continues at full speed. The last chunk is withheld until the
+    caller has verified the digest (`release_client`), or the connection is cut
+    (`fail_client`).
+    """
+
+    def __init__(self, sink: Any, client: IRequest | None, clock: IReactorTime, idle_timeout: float) -> None:
+        self._sink = sink
+        self._client = client
+        self._clock = clock
+        self._idle_timeout = idle_timeout
+        self._held = b""
+        self._idle: IDelayedCall | None = None
+        self._error: Exception | None = None
+        self._producer: Any = None
+        self.finished: Deferred[None] = Deferred()
+        if client is not None:
+            client.notifyFinish().addErrback(self._client_gone)  # type: ignore[attr-defined]
+
+    def connectionMade(self) -> None:  # noqa: N802 - Twisted interface
+        self._producer = self.transport  # the upstream connection, as an IPushProducer
+        if self._client is not None:
+            self._client.registerProducer(self._producer, True)  # type: ignore[attr-defined]
+        self._arm()
+
+    def _arm(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self._idle_timeout)
+        else:
+            self._idle = self._clock.callLater(self._idle_timeout, self._timed_out)
+
+    def _timed_out(self) -> None:
+        self._error = UpstreamError(f"upstream sent nothing for {self._idle_timeout:.0f}s")
+        if self._producer is not None:
+            self._producer.stopProducing()
+
+    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted interface
+        self._arm()
+        if self._error is not None:
+            return
+        try:
+            self._sink.write(data)
+        except Exception as exc:
+            self._error = exc
+            self._producer.stopProducing()
+            return
+        if self._client is not None:
+            if self._held:
+                self._client.write(self._held)
+            self._held = data
+
+    def connectionLost(self, reason: Failure = _DONE) -> None:  # noqa: N802 - Twisted interface
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        if self._client is not None:
+            self._client.unregisterProducer()  # type: ignore[attr-defined]
+        if self._error is not None:
+            self.finished.errback(self._error)
+        elif reason.check(ResponseDone, PotentialDataLoss):
+            self.finished.callback(None)
+        else:
+            self.finished.errback(UpstreamError(f"upstream body failed: {reason.getErrorMessage()}"))
+
+    def _client_gone(self, _reason: Failure) -> None:
+        client, self._client = self._client, None
+        if client is not None and self._producer is not None:
+            client.unregisterProducer()  # type: ignore[attr-defined]
+            self._producer.resumeProducing()
+
+    def release_client(self) -> None:
+        if self._client is not None:
+            if self._held:
+                self._client.write(self._held)
+            self._client.finish()
+
+    def fail_client(self) -> None:
+        if self._client is not None:
+            self._client.loseConnection()  # type: ignore[attr-defined]
+
+
+def descriptors(manifest_body: bytes, media_type: str) -> list[Descriptor]:
+    """Child manifests and blobs a cached manifest refers to (for prefetching)."""
+    try:
+        manifest = parse_manifest(manifest_body, media_type)
+    except OciError:
+        return []
+    return [*manifest.manifests, *manifest.referenced_blobs()]
+
