@@ -13,6 +13,7 @@ from twisted.internet import endpoints
 from angosd.auth.authenticator import Authenticator, TokenValidator
 from angosd.auth.authorizer import PolicyAuthorizer, SecurityState
 from angosd.auth.basic import PasswordUsers
+from angosd.auth.oidc import OidcProviders, make_http_client
 from angosd.config import Config
 from angosd.http.api import RegistryAPI
 from angosd.http.site import RegistrySite
@@ -36,8 +37,6 @@ def build_security(config: Config, reactor: Any) -> SecurityState:
     """Users, OIDC providers and compiled policies for ``config``; raises `PolicyError`."""
     oidc: TokenValidator | None = None
     if config.auth.oidc:
-        from angosd.auth.oidc import OidcProviders, make_http_client
-
         oidc = OidcProviders(config.auth.oidc, {p.name: make_http_client(reactor, p) for p in config.auth.oidc},
                              reactor)
     authenticator = Authenticator(PasswordUsers(config.auth.identities, reactor, reactor), oidc)

@@ -13,6 +13,8 @@ from twisted.web.iweb import IRequest
 from angosd.auth.basic import PasswordUsers
 from angosd.auth.credentials import BasicCredentials, BearerToken, parse_authorization
 from angosd.auth.identity import CertificateIdentity, Identity, OidcIdentity
+from angosd.auth.mtls import certificate_identity
+from angosd.auth.oidc import InvalidToken
 from angosd.oci.errors import Unauthorized
 
 
@@ -25,8 +27,6 @@ class TokenValidator(Protocol):
 
 def peer_certificate(request: IRequest) -> CertificateIdentity:
     """The verified client certificate of the request's connection, if any."""
-    from angosd.auth.mtls import certificate_identity
-
     channel = getattr(request, "channel", None)
     return certificate_identity(getattr(channel, "transport", None))
 
@@ -63,8 +63,6 @@ class Authenticator:
     async def _token(self, token: str, provider: Any) -> OidcIdentity:
         if self._oidc is None:
             raise Unauthorized("bearer tokens are not accepted: no OIDC provider is configured")
-        from angosd.auth.oidc import InvalidToken
-
         try:
             if provider is not None:
                 return await provider.validate(token)

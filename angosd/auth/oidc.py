@@ -135,13 +135,21 @@ class _KeySet:
         try:
             # Binding the algorithm here makes pyjwt refuse a token whose header says otherwise,
             # and fails for a key of the wrong type or curve.
-            return jwt.PyJWK(jwk, algorithm=algorithm)
+            key = jwt.PyJWK(jwk, algorithm=algorithm)
+            too_weak = key.Algorithm.check_key_length(key.key)  # e.g. RSA below 2048 bits
         except Exception:  # remote data: any malformed key is just not a usable key
             return None
+        return None if too_weak else key
 
 
 def _is_number(value: object) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    """An int (any size: ``math.isfinite`` would overflow) or a finite float; not a bool.
+
+    pyjwt parses JSON with ``json.loads``, which accepts ``NaN`` and ``Infinity``.
+    """
+    if isinstance(value, bool):
+        return False
+    return isinstance(value, int) or (isinstance(value, float) and math.isfinite(value))
 
 
 def _claim_matches(actual: object, required: object) -> bool:
@@ -360,9 +368,6 @@ class OidcProviders:
         ]
         self._by_name = {validator.config.name: validator for validator in self._validators}
 
-    def __bool__(self) -> bool:
-        return bool(self._validators)
-
     def by_name(self, name: str) -> OidcValidator | None:
         """The provider configured as ``[auth.oidc.<name>]``, if any."""
         return self._by_name.get(name)
@@ -374,11 +379,10 @@ class OidcProviders:
         `InvalidToken` carries the first refusal.
         """
         try:
-            payload = jwt.decode_complete(_check_shape(token), options={"verify_signature": False})["payload"]
-            claims = json.loads(payload)
+            claims = jwt.decode(_check_shape(token), options={"verify_signature": False})
         except (jwt.PyJWTError, ValueError, TypeError, RecursionError):
             raise InvalidToken("malformed token") from None
-        issuer = claims.get("iss") if isinstance(claims, dict) else None
+        issuer = claims.get("iss")
         refusal: InvalidToken | None = None
         for validator in self._validators:
             if not isinstance(issuer, str) or validator.config.issuer != issuer:
@@ -409,6 +413,8 @@ def make_http_client(reactor: Any, config: OidcConfig, *, pool: HTTPConnectionPo
         with open(config.server_ca_bundle, "rb") as bundle:
             pems = [block + b"-----END CERTIFICATE-----" for block in bundle.read().split(b"-----END CERTIFICATE-----")
                     if b"-----BEGIN CERTIFICATE-----" in block]
+        if not pems:
+            raise ValueError(f"{config.server_ca_bundle}: no PEM certificate")
         policy = _TrustRootPolicy(trustRootFromCertificates([Certificate.loadPEM(pem) for pem in pems]))
     if pool is None:
         pool = HTTPConnectionPool(reactor, persistent=True)

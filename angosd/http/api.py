@@ -21,6 +21,7 @@ from angosd.config import RepositoryConfig
 from angosd.http.request import MemorySink, RegistryRequest
 from angosd.http.responses import JSON, respond, respond_head, respond_json, upload_headers
 from angosd.http.router import WRITE_ACTIONS, Route
+from angosd.http.sendfile import SendfileProducer, sendfile_transport
 from angosd.oci import media_types as mt
 from angosd.oci.digest import ALGORITHMS, Digest
 from angosd.oci.errors import (
@@ -280,7 +281,15 @@ class RegistryAPI:
         if handle.size == 0 or request._disconnected:
             handle.close()
             return b""
-        await handle.write_to(request, first, last)
+        fd = handle.fileno()
+        transport = sendfile_transport(request) if fd is not None else None
+        if fd is None or transport is None:
+            await handle.write_to(request, first, last)
+            return None
+        try:
+            await SendfileProducer(request, transport, fd, first, last - first + 1).start()
+        finally:
+            handle.close()
         return None
 
     async def _delete_blob(self, request: RegistryRequest, route: Route) -> bytes:

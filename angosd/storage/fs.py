@@ -56,6 +56,9 @@ class _FileReadHandle:
         self._source.seek(first)
         return FileRangeProducer(self._source, last - first + 1, consumer).start()
 
+    def fileno(self) -> int | None:
+        return int(self._source.fileno())
+
     def read_all(self) -> Deferred[bytes]:
         try:
             return succeed(self._source.read())

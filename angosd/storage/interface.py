@@ -24,6 +24,9 @@ class IReadHandle(Interface):
         transfer; the handle is closed either way.
         """
 
+    def fileno() -> int | None:
+        """An OS file descriptor of the object's bytes (for zero-copy sends), or None."""
+
     def read_all() -> Deferred[bytes]:
         """The whole object, for small objects only. Closes the handle."""
 

@@ -97,6 +97,9 @@ class _MemoryReadHandle:
         self._source.seek(first)
         return FileRangeProducer(self._source, last - first + 1, consumer).start()
 
+    def fileno(self) -> int | None:
+        return None
+
     def read_all(self) -> Deferred[bytes]:
         """The rest of the object; closes the handle."""
         try:
