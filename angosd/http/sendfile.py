@@ -78,7 +78,7 @@ class SendfileProducer:
                 self._finish()  # the client went away; the transport reports the loss itself
                 return
             if sent == 0:
-                self._finish(IOError("blob shorter than its recorded size"))
+                self._finish(OSError("blob shorter than its recorded size"))
                 return
             self._offset += sent
             self._remaining -= sent

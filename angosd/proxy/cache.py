@@ -293,7 +293,7 @@ class _TeeBody(TwistedProtocol):
         if client is not None:
             client.notifyFinish().addErrback(self._client_gone)  # type: ignore[attr-defined]
 
-    def connectionMade(self) -> None:  # noqa: N802 - Twisted interface
+    def connectionMade(self) -> None:
         self._producer = self.transport  # the upstream connection, as an IPushProducer
         if self._client is not None:
             self._client.registerProducer(self._producer, True)  # type: ignore[attr-defined]
@@ -310,7 +310,7 @@ class _TeeBody(TwistedProtocol):
         if self._producer is not None:
             self._producer.stopProducing()
 
-    def dataReceived(self, data: bytes) -> None:  # noqa: N802 - Twisted interface
+    def dataReceived(self, data: bytes) -> None:
         self._arm()
         if self._error is not None:
             return
@@ -325,7 +325,7 @@ class _TeeBody(TwistedProtocol):
                 self._client.write(self._held)
             self._held = data
 
-    def connectionLost(self, reason: Failure = _DONE) -> None:  # noqa: N802 - Twisted interface
+    def connectionLost(self, reason: Failure = _DONE) -> None:
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         if self._client is not None:

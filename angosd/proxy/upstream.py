@@ -71,7 +71,7 @@ class _UpstreamTLS:
             with open(config.client_certificate, "rb") as cert, open(config.client_private_key, "rb") as key:
                 self._client = ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read())
 
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:  # noqa: N802 - Twisted interface
+    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
         return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust,
                                        clientCertificate=self._client)
 
