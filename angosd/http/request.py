@@ -58,6 +58,13 @@ class Gate(Protocol):
         Raise (or fail) to refuse the request."""
 
 
+class RequestObserver(Protocol):
+    """Sees every request begin (headers in) and end (response sent, or connection lost)."""
+
+    def started(self, request: RegistryRequest) -> None: ...
+    def finished(self, request: RegistryRequest, failed: bool) -> None: ...
+
+
 class RegistryRequest(server.Request):
     """A request whose body is admitted, and routed to its sink, before it is read."""
 
@@ -74,11 +81,19 @@ class RegistryRequest(server.Request):
         self._sink_open = False
         self._ready: Deferred[None] = Deferred()
         self._paused = False
-        gate: Gate = getattr(self.channel, "site").gate  # noqa: B009 - set by Site.buildProtocol
+        site = getattr(self.channel, "site")  # noqa: B009 - set by Site.buildProtocol
+        for observer in site.observers:
+            observer.started(self)
+        self.notifyFinish().addBoth(self._notify_finished, site.observers)
+        gate: Gate = site.gate
         admission = maybeDeferred(gate.admit, self, length)
         admission.addCallbacks(self._admitted, self._refused)
         if self._held is not None:
             self._pause()
+
+    def _notify_finished(self, result: object, observers: list[RequestObserver]) -> None:
+        for observer in observers:
+            observer.finished(self, isinstance(result, Failure))
 
     def _pause(self) -> None:
         transport = getattr(self.channel, "transport", None)

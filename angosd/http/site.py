@@ -10,7 +10,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
 from angosd.http.api import RegistryAPI
-from angosd.http.request import RegistryRequest
+from angosd.http.request import RegistryRequest, RequestObserver
 from angosd.http.responses import JSON, respond
 from angosd.oci.errors import NameInvalid
 
@@ -62,9 +62,10 @@ class RegistrySite(Site):
 
     protocol = RegistryChannel  # type: ignore[assignment]
 
-    def __init__(self, api: RegistryAPI) -> None:
+    def __init__(self, api: RegistryAPI, observers: list[RequestObserver] | None = None) -> None:
         super().__init__(_Utf8Paths(api.app.resource()), requestFactory=RegistryRequest)
         self.gate = api
+        self.observers: list[RequestObserver] = list(observers or [])
         self.noisy = False
 
     def log(self, request: object) -> None:

@@ -45,7 +45,8 @@ def read_response(connection: socket.socket, pause_every: int = 0) -> tuple[byte
     while b"\r\n\r\n" not in data:
         data += connection.recv(65536)
     head, _, body = data.partition(b"\r\n\r\n")
-    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n") if line.lower().startswith(b"content-length")))
+    length = int(next(line.split(b":")[1] for line in head.split(b"\r\n")
+                      if line.lower().startswith(b"content-length")))
     received = [body]
     total = len(body)
     while total < length:
@@ -59,7 +60,7 @@ def read_response(connection: socket.socket, pause_every: int = 0) -> tuple[byte
 
 
 def test_slow_reader_gets_every_byte_in_bounded_memory(shared_daemon: Daemon, big_blob: tuple[str, bytes]) -> None:
-    digest, data = big_blob
+    digest, _ = big_blob
     before = rss_mib(shared_daemon)
     connection = open_get(shared_daemon, f"/v2/stream/blobs/{digest}")
     time.sleep(1.0)  # the reader is stalled: the daemon must not read the blob ahead into memory
