@@ -248,6 +248,24 @@ def _algorithms(value: object) -> tuple[str, ...]:
     return algorithms
 
 
+EVENTS = ("manifest.push", "manifest.pull", "manifest.delete", "blob.push", "blob.pull", "tag.create", "tag.delete")
+
+
+def _events(value: object) -> tuple[str, ...]:
+    events = _as_strings(value)
+    for index, event in enumerate(events):
+        if event not in EVENTS:
+            raise _Invalid(f"unknown event {event!r} (one of {', '.join(EVENTS)})", (index,))
+    return events
+
+
+def _basic_auth(value: object) -> dict[str, str]:
+    if not isinstance(value, dict) or set(value) != {"username", "password"} or \
+            not all(isinstance(v, str) for v in value.values()):
+        raise _Invalid("expected { username = \"...\", password = \"...\" }")
+    return dict(value)
+
+
 def parse_size(value: object) -> int:
     """A byte count from an integer or a string such as ``"4MiB"``, ``"5 MB"``, ``"1024"``.
 
@@ -370,6 +388,7 @@ class RepositoryConfig:
     retention_policy: RetentionPolicyConfig | None = None
     upstreams: tuple[UpstreamConfig, ...] = ()
     authorization_webhook: str | None = None
+    event_webhooks: tuple[str, ...] = ()
 
     @property
     def is_pull_through(self) -> bool:
@@ -391,6 +410,7 @@ class GlobalConfig:
     gc_grace_secs: int = field(default=300, metadata=_parse(_int_range(0)))
     shutdown_drain_secs: int = field(default=30, metadata=_parse(_int_range(0)))
     authorization_webhook: str | None = None
+    event_webhooks: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -423,11 +443,57 @@ class OidcConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WebhookTlsConfig:
+    """Client-side TLS of a webhook: a private CA and an optional client certificate."""
+
+    server_ca_bundle: str | None = None
+    client_certificate_bundle: str | None = None
+    client_private_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthWebhookConfig:
+    """``[auth.webhook.NAME]``: an external service asked after the policies allowed."""
+
+    name: str
+    url: str = field(metadata=_parse(_http_url))
+    timeout_ms: int = field(metadata=_parse(_int_range(1, 600_000)))
+    bearer_token: str | None = None
+    basic_auth: Mapping[str, str] | None = field(default=None, metadata=_parse(_basic_auth))
+    forward_headers: tuple[str, ...] = ()
+    cache_ttl: int = field(default=60, metadata=_parse(_int_range(0, 86400)))
+    tls: WebhookTlsConfig = WebhookTlsConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class EventWebhookConfig:
+    """``[event_webhook.NAME]``: where registry events are POSTed, and how firmly."""
+
+    name: str
+    url: str = field(metadata=_parse(_http_url))
+    policy: str = field(default="optional", metadata=_parse(_choice("required", "optional", "async")))
+    events: tuple[str, ...] = field(default=(), metadata=_parse(_events))
+    token: str | None = None
+    timeout_ms: int = field(default=5000, metadata=_parse(_int_range(1, 600_000)))
+    max_retries: int | None = field(default=None, metadata=_parse(_int_range(0, 16)))
+    repository_filter: tuple[str, ...] = field(default=(), metadata=_parse(_regexes))
+    tls: WebhookTlsConfig = WebhookTlsConfig()
+
+    @property
+    def retries(self) -> int:
+        """Retries after the first attempt: 3 for required receivers, 0 otherwise, unless set."""
+        if self.max_retries is not None:
+            return self.max_retries
+        return 3 if self.policy == "required" else 0
+
+
+@dataclass(frozen=True, slots=True)
 class AuthConfig:
-    """``[auth]``: the users and OIDC providers that can authenticate."""
+    """``[auth]``: the users, OIDC providers and authorization webhooks."""
 
     identities: tuple[IdentityConfig, ...] = ()
     oidc: tuple[OidcConfig, ...] = ()
+    webhooks: tuple[AuthWebhookConfig, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -448,6 +514,7 @@ class Config:
     repositories: tuple[RepositoryConfig, ...] = ()
     ui: UiConfig = UiConfig()
     auth: AuthConfig = AuthConfig()
+    event_webhooks: tuple[EventWebhookConfig, ...] = ()
     sources: tuple[str, ...] = ()
 
     def repository_for(self, namespace: str) -> RepositoryConfig | None:
@@ -637,10 +704,11 @@ def _build(cls: type[_T], table: _Table, accept: Iterable[str] = (), **given: An
 
 _SERVER_EXTRAS = ("query_timeout", "query_timeout_grace_period", "handshake_timeout", "workers", "listen")
 _GLOBAL_EXTRAS = ("max_concurrent_requests", "max_concurrent_cache_jobs", "enable_redirect", "enable_blob_redirect",
-                  "enable_manifest_redirect", "allow_missing_manifest_references", "event_webhooks", "trusted_proxies")
-_REPOSITORY_EXTRAS = ("namespace", "event_webhooks")
-_ACCEPTED_SECTIONS = ("metadata_store", "cache", "event_webhook", "observability")
-_AUTH_EXTRAS = ("webhook", "token_service")
+                  "enable_manifest_redirect", "allow_missing_manifest_references", "trusted_proxies")
+_REPOSITORY_EXTRAS = ("namespace",)
+_ACCEPTED_SECTIONS = ("metadata_store", "cache", "observability")
+_AUTH_EXTRAS = ("token_service",)
+_TLS_KEYS = ("server_ca_bundle", "client_certificate_bundle", "client_private_key")
 _OIDC_EXTRAS = ("provider", "client_certificate_bundle", "client_private_key", "bearer_token_file",
                 "jwks_refresh_timeout_secs")
 _INHERITED = ("immutable_tags", "immutable_tags_exclusions", "authorization_webhook")
@@ -742,9 +810,49 @@ def _auth(table: _Table) -> AuthConfig:
         if any(provider.name == identity.username for provider in providers):
             raise table.error("identity", f"username {identity.username!r} is also an OIDC provider name",
                               (identity.id, "username"))
+    webhook_section = table.section("webhook")
+    webhooks = tuple(_build(AuthWebhookConfig, entry, name=name, tls=_webhook_tls(entry))
+                     for name, entry in _named_tables(webhook_section))
+    webhook_section.finish()
     table.accept(_AUTH_EXTRAS)
     table.finish()
-    return AuthConfig(identities=tuple(identities), oidc=tuple(providers))
+    return AuthConfig(identities=tuple(identities), oidc=tuple(providers), webhooks=webhooks)
+
+
+def _named_tables(section: _Table) -> list[tuple[str, _Table]]:
+    found = []
+    for name in sorted(section.keys()):
+        entry = section.table(name)
+        assert entry is not None
+        found.append((name, entry))
+    return found
+
+
+def _webhook_tls(table: _Table) -> WebhookTlsConfig:
+    values = {key: table.get(key, _as_str) for key in _TLS_KEYS if key in table}
+    tls = WebhookTlsConfig(**values)
+    if (tls.client_certificate_bundle is None) != (tls.client_private_key is None):
+        present = "client_certificate_bundle" if tls.client_private_key is None else "client_private_key"
+        raise table.error(present, "client_certificate_bundle and client_private_key must be set together")
+    return tls
+
+
+def _check_webhook_references(root: _Table, global_: GlobalConfig, repositories: tuple[RepositoryConfig, ...],
+                              auth: AuthConfig, events: tuple[EventWebhookConfig, ...]) -> None:
+    """Every webhook named by [global] or a repository must be defined ("" disables)."""
+    auth_names = {webhook.name for webhook in auth.webhooks}
+    event_names = {webhook.name for webhook in events}
+    places: list[tuple[tuple[str | int, ...], str | None, tuple[str, ...]]] = [
+        (("global",), global_.authorization_webhook, global_.event_webhooks)]
+    places += [(("repository", r.name), r.authorization_webhook, r.event_webhooks) for r in repositories]
+    for path, authorization, event_list in places:
+        if authorization and authorization not in auth_names:
+            raise ConfigError(f"{root.context.origin((*path, 'authorization_webhook'))}: "
+                              f"{_dotted((*path, 'authorization_webhook'))}: no [auth.webhook.{authorization}]")
+        for index, name in enumerate(event_list):
+            if name not in event_names:
+                raise ConfigError(f"{root.context.origin((*path, 'event_webhooks'))}: "
+                                  f"{_dotted((*path, 'event_webhooks', index))}: no [event_webhook.{name}]")
 
 
 def _config(root: _Table) -> Config:
@@ -758,9 +866,14 @@ def _config(root: _Table) -> Config:
     repositories = _repositories(root.section("repository"), global_)
     ui = _build(UiConfig, root.section("ui"))
     auth = _auth(root.section("auth"))
+    event_section = root.section("event_webhook")
+    events = tuple(_build(EventWebhookConfig, entry, name=name, tls=_webhook_tls(entry))
+                   for name, entry in _named_tables(event_section))
+    event_section.finish()
+    _check_webhook_references(root, global_, repositories, auth, events)
     root.finish()
     return Config(server=server, blob_store=blob_store, global_=global_, repositories=repositories, ui=ui,
-                  auth=auth, sources=root.context.sources)
+                  auth=auth, event_webhooks=events, sources=root.context.sources)
 
 
 # --------------------------------------------------------------------------- entry points

@@ -22,6 +22,7 @@ from angosd.proxy.cache import PullThroughCache
 from angosd.registry.registry import Limits, Registry
 from angosd.storage.fs import FilesystemDriver
 from angosd.tls import listening_factory
+from angosd.webhooks import AuthorizationWebhooks, EventBus
 
 #: Seconds between looks at the configuration files' modification times.
 RELOAD_INTERVAL = 2.0
@@ -40,7 +41,7 @@ def build_security(config: Config, reactor: Any) -> SecurityState:
         oidc = OidcProviders(config.auth.oidc, {p.name: make_http_client(reactor, p) for p in config.auth.oidc},
                              reactor)
     authenticator = Authenticator(PasswordUsers(config.auth.identities, reactor, reactor), oidc)
-    return SecurityState.build(config, authenticator)
+    return SecurityState.build(config, authenticator, AuthorizationWebhooks(config.auth.webhooks, reactor))
 
 
 def build_registry(live: LiveConfig, reactor: Any) -> Registry:
@@ -61,9 +62,11 @@ def build_service(config: Config, reactor: Any, listen: str | None = None, paths
     registry = build_registry(live, reactor)
     cache = PullThroughCache(registry, lambda namespace: live.config.repository_for(namespace), live.tag_immutable,
                              reactor)
-    api = RegistryAPI(registry, PolicyAuthorizer(lambda: live.security), cache=cache)
+    events = EventBus(lambda: live.config, reactor, drain_seconds=config.global_.shutdown_drain_secs)
+    api = RegistryAPI(registry, PolicyAuthorizer(lambda: live.security), cache=cache, events=events)
     site = RegistrySite(api)
     top = MultiService()
+    events.setServiceParent(top)  # added before the listener, so it stops (drains) after it
     if paths:
         TimerService(RELOAD_INTERVAL, live.poll).setServiceParent(top)
     endpoint = endpoints.serverFromString(reactor, listen or endpoint_description(config))

@@ -10,7 +10,7 @@ from twisted.web.iweb import IRequest
 
 from angosd.auth.authenticator import Authenticator
 from angosd.auth.identity import Identity
-from angosd.auth.policy import AccessPolicy
+from angosd.auth.policy import AccessPolicy, Decision
 from angosd.config import Config
 from angosd.http.router import Route
 from angosd.oci.errors import Denied, Unauthorized
@@ -77,11 +77,15 @@ class PolicyAuthorizer:
             request.identity = identity  # type: ignore[attr-defined]
         variables = {"identity": identity.to_cel(), "request": request_variables(route)}
         decision = state.global_policy.decide(variables)
-        if decision.allowed and route.namespace is not None:
-            repository = state.config.repository_for(route.namespace)
-            policy = state.repository_policies.get(repository.name) if repository is not None else None
+        repository = state.config.repository_for(route.namespace) if route.namespace is not None else None
+        if decision.allowed and repository is not None:
+            policy = state.repository_policies.get(repository.name)
             if policy is not None:
                 decision = policy.decide(variables)
+            webhook = repository.authorization_webhook
+            if decision.allowed and webhook and state.webhooks is not None and \
+                    not await state.webhooks.allows(webhook, identity, route, request):
+                decision = Decision(False, f"authorization webhook {webhook!r} denied")
         if decision.allowed:
             return
         _log.info("denied {action} on {namespace} for {who}: {reason}", action=route.action,
@@ -91,18 +95,23 @@ class PolicyAuthorizer:
         raise Denied(f"{route.action} is not allowed for {identity.describe()}")
 
 
+class WebhookCheck(Protocol):
+    async def allows(self, name: str, identity: Identity, route: Route, request: IRequest) -> bool: ...
+
+
 class SecurityState:
     """Everything authorization derives from one configuration; replaced whole on reload."""
 
     def __init__(self, config: Config, authenticator: Authenticator, global_policy: AccessPolicy,
-                 repository_policies: dict[str, AccessPolicy]) -> None:
+                 repository_policies: dict[str, AccessPolicy], webhooks: WebhookCheck | None = None) -> None:
         self.config = config
         self.authenticator = authenticator
         self.global_policy = global_policy
         self.repository_policies = repository_policies
+        self.webhooks = webhooks
 
     @classmethod
-    def build(cls, config: Config, authenticator: Authenticator) -> SecurityState:
+    def build(cls, config: Config, authenticator: Authenticator, webhooks: WebhookCheck | None = None) -> SecurityState:
         """Compile every policy of ``config``; raises `PolicyError` naming the rule."""
         global_policy = AccessPolicy.compile(config.global_.access_policy, "global.access_policy")
         repository_policies = {
@@ -110,5 +119,5 @@ class SecurityState:
                                                   f'repository."{repository.name}".access_policy')
             for repository in config.repositories if repository.access_policy is not None
         }
-        return cls(config, authenticator, global_policy, repository_policies)
+        return cls(config, authenticator, global_policy, repository_policies, webhooks)
 

@@ -42,6 +42,7 @@ from angosd.proxy.cache import PullThroughCache
 from angosd.registry.registry import Registry, paginate
 from angosd.registry.uploads import UploadOffsetMismatch, UploadSink, parse_session_id
 from angosd.storage.errors import OutOfSpace, StorageError
+from angosd.webhooks import EventBus
 
 Handler = Callable[[RegistryRequest, Route], Awaitable[bytes | None]]
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}
@@ -73,11 +74,14 @@ class RegistryAPI:
     app.url_map.converters["path"] = _AnyPath  # before the branch route below compiles its rule
 
     def __init__(self, registry: Registry, authorizer: Authorizer, realm: str = "angosd",
-                 extensions: Mapping[str, Handler] | None = None, cache: PullThroughCache | None = None) -> None:
+                 extensions: Mapping[str, Handler] | None = None, cache: PullThroughCache | None = None,
+                 events: EventBus | None = None) -> None:
         """``extensions`` adds or replaces handlers by action (extension API, UI, metrics);
-        ``cache`` serves the namespaces of pull-through repositories."""
+        ``cache`` serves the namespaces of pull-through repositories; ``events`` publishes
+        registry events to webhooks before each operation."""
         self.registry = registry
         self.cache = cache
+        self.events = events
         self.authorizer = authorizer
         self.realm = realm
         self._handlers: dict[str, Handler] = {
@@ -144,6 +148,20 @@ class RegistryAPI:
         if handler is None:
             raise NotFound(route.path)
         return await handler(request, route)
+
+    async def _publish(self, kind: str, request: RegistryRequest, namespace: str, **details: str | None) -> None:
+        """Publish an event; a required webhook's refusal raises and stops the operation."""
+        if self.events is not None:
+            await self.events.publish(kind, namespace, getattr(request, "identity", None), **details)
+
+    async def _publish_blob_push(self, request: RegistryRequest, namespace: str, session: str,
+                                 digest: Digest) -> None:
+        """``blob.push`` before an upload completes; a refusal discards the session's bytes."""
+        try:
+            await self._publish("blob.push", request, namespace, digest=str(digest))
+        except OciError:
+            await self.registry.uploads.cancel(namespace, session)
+            raise
 
     def _mirror(self, route: Route) -> RepositoryConfig | None:
         """The pull-through repository of the route's namespace, if it has one."""
@@ -226,14 +244,22 @@ class RegistryAPI:
         else:
             stored = await self.registry.manifests.get(namespace, reference)
         headers["Docker-Content-Digest"] = str(stored.digest)
+        if route.method == "GET":
+            await self._publish("manifest.pull", request, namespace, digest=str(stored.digest),
+                                reference=str(reference), tag=reference.tag)
         return respond(request, 200, stored.body, stored.media_type, headers)
 
     async def _put_manifest(self, request: RegistryRequest, route: Route) -> bytes:
         namespace = self._namespace(route)
         reference = Reference.parse(route.argument or "")
         assert isinstance(request.sink, MemorySink)
-        manifest = await self.registry.manifests.put(
-            namespace, reference, request.getHeader("Content-Type"), request.sink.getvalue())
+        body = request.sink.getvalue()
+        digest = reference.digest or Digest.of(body)
+        await self._publish("manifest.push", request, namespace, digest=str(digest), reference=str(reference),
+                            tag=reference.tag)
+        if reference.tag is not None:
+            await self._publish("tag.create", request, namespace, digest=str(digest), tag=reference.tag)
+        manifest = await self.registry.manifests.put(namespace, reference, request.getHeader("Content-Type"), body)
         headers = {"Location": f"/v2/{namespace}/manifests/{manifest.digest}",
                    "Docker-Content-Digest": str(manifest.digest)}
         if manifest.subject is not None:
@@ -242,7 +268,13 @@ class RegistryAPI:
 
     async def _delete_manifest(self, request: RegistryRequest, route: Route) -> bytes:
         namespace = self._namespace(route)
-        await self.registry.manifests.delete(namespace, Reference.parse(route.argument or ""))
+        reference = Reference.parse(route.argument or "")
+        if reference.tag is not None:
+            await self._publish("tag.delete", request, namespace, reference=reference.tag, tag=reference.tag)
+        else:
+            await self._publish("manifest.delete", request, namespace, digest=str(reference.digest),
+                                reference=str(reference))
+        await self.registry.manifests.delete(namespace, reference)
         return respond(request, 202)
 
     # -- blobs -------------------------------------------------------------------------------
@@ -278,6 +310,11 @@ class RegistryAPI:
         for name, value in headers.items():
             request.setHeader(name, value)
         request.setHeader("Content-Length", str(last - first + 1))
+        try:
+            await self._publish("blob.pull", request, namespace, digest=str(digest))
+        except OciError:
+            handle.close()
+            raise
         if handle.size == 0 or request._disconnected:
             handle.close()
             return b""
@@ -304,6 +341,7 @@ class RegistryAPI:
         uploads = self.registry.uploads
         if route.param("digest") is not None and isinstance(request.sink, UploadSink):
             digest = Digest.parse(route.param("digest") or "")
+            await self._publish_blob_push(request, namespace, request.sink.session, digest)
             await uploads.complete(namespace, request.sink.session, digest)
             return self._blob_created(request, namespace, digest)
         mount = route.param("mount")
@@ -313,6 +351,11 @@ class RegistryAPI:
             # A malformed ``from`` cannot own anything: an unsatisfiable mount, never an error.
             mountable = source is None or is_valid_name(source)
             if mountable and await self.registry.mount(namespace, digest, source, self._may_read(request)):
+                try:
+                    await self._publish("blob.push", request, namespace, digest=str(digest))
+                except OciError:
+                    await self.registry.blobs.revoke(namespace, digest)
+                    raise
                 return self._blob_created(request, namespace, digest)
         algorithm = route.param("digest-algorithm")
         if algorithm is not None and algorithm not in ALGORITHMS:
@@ -354,6 +397,8 @@ class RegistryAPI:
         if digest_text is None:
             raise DigestInvalid("the digest query parameter is required")
         digest = Digest.parse(digest_text)
+        await self.registry.uploads.info(namespace, session)
+        await self._publish_blob_push(request, namespace, session, digest)
         await self.registry.uploads.complete(namespace, session, digest)
         return self._blob_created(request, namespace, digest)
 

@@ -18,14 +18,13 @@ from typing import Any
 
 import treq
 from treq.client import HTTPClient
-from twisted.internet import ssl
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent, _HTTP11ClientFactory
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IPolicyForHTTPS, IResponse
-from zope.interface import implementer
+from twisted.web.iweb import IResponse
 
 from angosd.config import UpstreamConfig
+from angosd.http_client import ClientTLS, make_client
 from angosd.oci import media_types as mt
 from angosd.oci.digest import Digest
 from angosd.oci.errors import OciError
@@ -33,12 +32,6 @@ from angosd.oci.errors import OciError
 MANIFEST_ACCEPT = ", ".join([mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST])
 MAX_JSON = 4 * 1024 * 1024
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """The pool's connection factory, without a log line per connection."""
-
-    noisy = False
 
 
 class UpstreamError(Exception):
@@ -56,26 +49,6 @@ class ManifestInfo:
     size: int
 
 
-@implementer(IPolicyForHTTPS)
-class _UpstreamTLS:
-    """Verify the upstream against a private CA (or the system roots) and present a client cert."""
-
-    def __init__(self, config: UpstreamConfig) -> None:
-        self._trust: Any = None
-        self._client: Any = None
-        if config.server_ca_bundle:
-            with open(config.server_ca_bundle, "rb") as bundle:
-                pems = re.findall(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", bundle.read(), re.S)
-            self._trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(pem) for pem in pems])
-        if config.client_certificate and config.client_private_key:
-            with open(config.client_certificate, "rb") as cert, open(config.client_private_key, "rb") as key:
-                self._client = ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read())
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust,
-                                       clientCertificate=self._client)
-
-
 def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
     """``Bearer realm="...",service="..."`` -> ("bearer", {"realm": ..., "service": ...})."""
     scheme, _, rest = header.strip().partition(" ")
@@ -89,16 +62,10 @@ class Upstream:
         self.config = config
         self.url = config.url.rstrip("/")
         self._clock: IReactorTime = reactor
+        self._pool: HTTPConnectionPool | None = None
         if http is None:
-            pool = HTTPConnectionPool(reactor, persistent=True)
-            pool.maxPersistentPerHost = 8
-            pool._factory = _QuietClientFactory
-            agent = Agent(reactor, contextFactory=_UpstreamTLS(config), pool=pool,
-                          connectTimeout=config.connect_timeout_secs)
-            http = HTTPClient(RedirectAgent(agent, redirectLimit=config.max_redirect))
-            self._pool: HTTPConnectionPool | None = pool
-        else:
-            self._pool = None
+            tls = ClientTLS(config.server_ca_bundle, config.client_certificate, config.client_private_key)
+            http, self._pool = make_client(reactor, tls, config.connect_timeout_secs, config.max_redirect)
         self._http = http
         self._tokens: dict[str, tuple[str, float]] = {}
 

@@ -207,11 +207,12 @@ def test_full_angos_style_file_loads_without_warnings(tmp_path: Path) -> None:
         immutable_tags_exclusions=("^latest$",),
         access_policy=AccessPolicyConfig(default="deny", rules=("identity.username != null",)),
         retention_policy=RetentionPolicyConfig(rules=("image.tag != null", "top_pushed(10)")),
-        gc_grace_secs=60, shutdown_drain_secs=5, authorization_webhook="authz",
+        gc_grace_secs=60, shutdown_drain_secs=5, authorization_webhook="authz", event_webhooks=("audit",),
     )
     hub, app = config.repositories
     assert hub == RepositoryConfig(
         name="docker-io", immutable_tags=True, immutable_tags_exclusions=("^latest$",), authorization_webhook="",
+        event_webhooks=("audit",),
         upstreams=(
             UpstreamConfig(url="https://registry-1.docker.io", username="mirror", password="secret", max_redirect=3),
             UpstreamConfig(url="http://mirror.internal:5000", server_ca_bundle="/tls/mirror-ca.crt",
@@ -568,6 +569,10 @@ def test_repositories_inherit_global_settings(tmp_path: Path) -> None:
         immutable_tags = true
         immutable_tags_exclusions = ["^latest$"]
         authorization_webhook = "authz"
+
+        [auth.webhook.authz]
+        url = "https://authz.example"
+        timeout_ms = 500
 
         [repository."inherits"]
 
