@@ -105,6 +105,10 @@ class RegistryRequest(server.Request):
         held, self._held = self._held or [], None
         self.sink = sink
         self._sink_open = sink is not None
+        register = getattr(sink, "registerProducer", None)
+        transport = getattr(self.channel, "transport", None)
+        if register is not None and transport is not None:
+            register(transport, True)
         for chunk in held:
             self._consume(chunk)
         self._resume()
@@ -141,13 +145,20 @@ class RegistryRequest(server.Request):
     def _close_sink(self) -> None:
         if self._sink_open and self.sink is not None:
             self._sink_open = False
+            self._unregister()
             self.sink.abort()
+
+    def _unregister(self) -> None:
+        unregister = getattr(self.sink, "unregisterProducer", None)
+        if unregister is not None:
+            unregister()
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         def finish_sink(_: object) -> Any:
             if not self._sink_open or self.refusal is not None or self.sink is None:
                 return None
             self._sink_open = False
+            self._unregister()
             return maybeDeferred(self.sink.finish).addErrback(record)
 
         def record(failure: Failure) -> None:

@@ -13,6 +13,7 @@ import json
 import uuid as uuid_module
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
@@ -85,6 +86,17 @@ class UploadSink:
     @property
     def offset(self) -> int:
         return int(self._writer.offset)
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802 - Twisted interface
+        """Let the writer pause ``producer`` (the client's connection) while it catches up."""
+        register = getattr(self._writer, "registerProducer", None)
+        if register is not None:
+            register(producer, streaming)
+
+    def unregisterProducer(self) -> None:  # noqa: N802 - Twisted interface
+        unregister = getattr(self._writer, "unregisterProducer", None)
+        if unregister is not None:
+            unregister()
 
     def write(self, data: bytes) -> None:
         if self.offset + len(data) > self._limit:

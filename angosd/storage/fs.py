@@ -69,40 +69,134 @@ class _FileReadHandle:
         self._source.close()
 
 
-@implementer(IAppendWriter)
+#: Bytes an append writer may hold queued before it pauses its producer, and resumes below.
+HIGH_WATER = 8 * 1024 * 1024
+LOW_WATER = 2 * 1024 * 1024
+
+
+@implementer(IAppendWriter, IConsumer)
 class _FileAppendWriter:
+    """Appends on a pool thread, in order, while the reactor keeps receiving.
+
+    At most one write job runs at a time; bytes arriving meanwhile are queued. Past
+    `HIGH_WATER` queued bytes the registered producer (the client's connection) is
+    paused until the queue drains below `LOW_WATER`, so memory stays bounded. A write
+    error is kept and raised by the next `write` and by `finish`.
+    """
+
     def __init__(self, path: str, key: str, sync: bool, reactor: IReactorThreads) -> None:
         self._key = key
         self._sync = sync
         self._reactor = reactor
         self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - closed by finish/abort
         self.offset = self._file.tell()
+        self._queue: list[bytes] = []
+        self._queued = 0
+        self._running = False
+        self._error: StorageError | None = None
+        self._aborted = False
+        self._drained: list[Deferred[None]] = []
+        self._producer: Any = None
+        self._paused = False
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802 - Twisted interface
+        self._producer = producer
+
+    def unregisterProducer(self) -> None:  # noqa: N802 - Twisted interface
+        self._resume()
+        self._producer = None
 
     def write(self, data: bytes) -> None:
+        if self._error is not None:
+            raise self._error
+        if self._aborted:
+            raise StorageError(f"write after abort ({self._key})")
+        self._queue.append(data)
+        self._queued += len(data)
+        self.offset += len(data)
+        if not self._running:
+            self._start()
+        if self._queued > HIGH_WATER and self._producer is not None and not self._paused:
+            self._paused = True
+            self._producer.pauseProducing()
+
+    def _start(self) -> None:
+        batch, self._queue = self._queue, []
+        self._running = True
+        pool = self._reactor.getThreadPool()
+        done = threads.deferToThreadPool(self._reactor, pool, self._write_batch, batch)
+        done.addCallbacks(self._written, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
+
+    def _write_batch(self, batch: list[bytes]) -> None:
         try:
-            view = memoryview(data)
-            while view:
-                written = self._file.write(view)
-                view = view[written:]
+            for chunk in batch:
+                view = memoryview(chunk)
+                while view:
+                    view = view[self._file.write(view):]
         except OSError as exc:
             raise _translate(exc, self._key) from None
-        self.offset += len(data)
+
+    def _written(self, _result: object, batch: list[bytes]) -> None:
+        self._settle(batch)
+
+    def _failed(self, failure: Any, batch: list[bytes]) -> None:
+        error = failure.value
+        self._error = error if isinstance(error, StorageError) else StorageError(f"{error} ({self._key})")
+        self._queue = []
+        self._settle(batch)
+
+    def _settle(self, batch: list[bytes]) -> None:
+        self._queued -= sum(len(chunk) for chunk in batch)
+        self._running = False
+        if self._queue and self._error is None:
+            self._start()
+            return
+        if self._queued < LOW_WATER or self._error is not None:
+            self._resume()
+        waiters, self._drained = self._drained, []
+        for waiter in waiters:
+            waiter.callback(None)
+
+    def _resume(self) -> None:
+        if self._paused and self._producer is not None:
+            self._paused = False
+            self._producer.resumeProducing()
+
+    def _drain(self) -> Deferred[None]:
+        if not self._running:
+            return succeed(None)
+        waiter: Deferred[None] = Deferred()
+        self._drained.append(waiter)
+        return waiter
 
     def finish(self) -> Deferred[None]:
-        if not self._sync:
-            self._file.close()
-            return succeed(None)
-
-        def sync_and_close() -> None:
-            try:
-                os.fsync(self._file.fileno())
-            finally:
+        def close(_: object) -> Any:
+            if self._error is not None:
                 self._file.close()
+                raise self._error
+            if not self._sync:
+                self._file.close()
+                return None
 
-        return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), sync_and_close)
+            def sync_and_close() -> None:
+                try:
+                    os.fsync(self._file.fileno())
+                finally:
+                    self._file.close()
 
-    def abort(self) -> None:
-        self._file.close()
+            return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), sync_and_close)
+
+        return self._drain().addCallback(close)
+
+    def abort(self) -> Deferred[None]:
+        """Accept no more writes; finish writing what was queued, then close."""
+        self._aborted = True
+        self._resume()
+
+        def close(_: object) -> None:
+            self._file.close()
+
+        return self._drain().addCallback(close)
 
 
 @implementer(IStorageDriver)

@@ -45,8 +45,9 @@ class IAppendWriter(Interface):
     def finish() -> Deferred[None]:
         """Flush everything written; fires when it is durable as configured."""
 
-    def abort() -> None:
-        """Stop writing; bytes already appended stay (the upload reports them)."""
+    def abort() -> Deferred[None]:
+        """Accept no more writes; bytes already handed to `write` are still appended (the
+        upload then reports them). Fires once the object is closed."""
 
 
 class IStorageDriver(Interface):

@@ -136,9 +136,10 @@ class _MemoryAppendWriter:
         self._closed = True
         return succeed(None)
 
-    def abort(self) -> None:
+    def abort(self) -> Deferred[None]:
         """Close the writer; what was appended stays."""
         self._closed = True
+        return succeed(None)
 
 
 @implementer(IStorageDriver)

@@ -59,7 +59,7 @@ async def test_drivers_provide_the_interface(driver: IStorageDriver) -> None:
     handle.close()
     writer = await driver.open_append("k")
     assert verifyObject(IAppendWriter, writer)
-    writer.abort()
+    await writer.abort()
 
 
 # Whole objects --------------------------------------------------------------------------
@@ -336,7 +336,7 @@ async def test_append_writer_offsets(driver: IStorageDriver) -> None:
     assert again.offset == 7
     again.write(b"hi")
     assert again.offset == 9
-    again.abort()  # aborted writers keep what they appended
+    await again.abort()  # aborted writers keep what they appended
     assert await driver.read("uploads/u1/data") == b"abcdefghi"
 
     big = payload(3 * CHUNK_SIZE + 1)
@@ -468,7 +468,7 @@ async def test_memory_capacity_simulates_a_full_disk() -> None:
     with pytest.raises(OutOfSpace):
         writer.write(b"!")
     assert writer.offset == 10
-    writer.abort()
+    await writer.abort()
     assert await driver.read("b") == b"0123456789"
 
 
@@ -486,3 +486,39 @@ async def test_object_and_prefix_conflicts_fail_alike(kind: str, tmp_path: Any) 
         assert not isinstance(caught.value, (InvalidPath, PathNotFound))
     assert await driver.read("f") == b"file"
     assert await driver.read("d/x") == b"in d"
+
+
+class _Producer:
+    def __init__(self) -> None:
+        self.paused = False
+        self.pauses = 0
+
+    def pauseProducing(self) -> None:  # noqa: N802 - Twisted interface
+        self.paused = True
+        self.pauses += 1
+
+    def resumeProducing(self) -> None:  # noqa: N802 - Twisted interface
+        self.paused = False
+
+    def stopProducing(self) -> None:  # noqa: N802 - Twisted interface
+        pass
+
+
+@pytest_twisted.ensureDeferred
+async def test_fs_append_writer_pauses_its_producer_until_the_queue_drains(tmp_path: Path) -> None:
+    from angosd.storage.fs import HIGH_WATER
+
+    driver = FilesystemDriver(str(tmp_path / "root"), reactor)
+    writer = await driver.open_append("uploads/u/data")
+    producer = _Producer()
+    writer.registerProducer(producer, True)
+    chunk = payload(1024 * 1024)
+    written = b""
+    while not producer.paused:
+        writer.write(chunk)
+        written += chunk
+        assert len(written) <= HIGH_WATER + 2 * len(chunk), "the writer must push back before it holds much more"
+    await writer.finish()
+    assert not producer.paused, "draining resumes the producer"
+    assert producer.pauses >= 1
+    assert await driver.read("uploads/u/data") == written
