@@ -87,13 +87,13 @@ class UploadSink:
     def offset(self) -> int:
         return int(self._writer.offset)
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802 - Twisted interface
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
         """Let the writer pause ``producer`` (the client's connection) while it catches up."""
         register = getattr(self._writer, "registerProducer", None)
         if register is not None:
             register(producer, streaming)
 
-    def unregisterProducer(self) -> None:  # noqa: N802 - Twisted interface
+    def unregisterProducer(self) -> None:
         unregister = getattr(self._writer, "unregisterProducer", None)
         if unregister is not None:
             unregister()

@@ -99,10 +99,10 @@ class _FileAppendWriter:
         self._producer: Any = None
         self._paused = False
 
-    def registerProducer(self, producer: Any, streaming: bool) -> None:  # noqa: N802 - Twisted interface
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
         self._producer = producer
 
-    def unregisterProducer(self) -> None:  # noqa: N802 - Twisted interface
+    def unregisterProducer(self) -> None:
         self._resume()
         self._producer = None
 

@@ -493,14 +493,14 @@ class _Producer:
         self.paused = False
         self.pauses = 0
 
-    def pauseProducing(self) -> None:  # noqa: N802 - Twisted interface
+    def pauseProducing(self) -> None:
         self.paused = True
         self.pauses += 1
 
-    def resumeProducing(self) -> None:  # noqa: N802 - Twisted interface
+    def resumeProducing(self) -> None:
         self.paused = False
 
-    def stopProducing(self) -> None:  # noqa: N802 - Twisted interface
+    def stopProducing(self) -> None:
         pass
 
 
