@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pathlib
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any, cast
@@ -20,7 +21,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from angosd.storage.errors import InvalidPath, PathNotFound, StorageError
-from angosd.storage.fs import FilesystemDriver
+from angosd.storage.fs import HIGH_WATER, FilesystemDriver
 from angosd.storage.interface import IAppendWriter, IReadHandle, IStorageDriver
 from angosd.storage.memory import MemoryDriver
 from angosd.storage.producers import CHUNK_SIZE
@@ -505,9 +506,7 @@ class _Producer:
 
 
 @pytest_twisted.ensureDeferred
-async def test_fs_append_writer_pauses_its_producer_until_the_queue_drains(tmp_path: Path) -> None:
-    from angosd.storage.fs import HIGH_WATER
-
+async def test_fs_append_writer_pauses_its_producer_until_the_queue_drains(tmp_path: pathlib.Path) -> None:
     driver = FilesystemDriver(str(tmp_path / "root"), reactor)
     writer = await driver.open_append("uploads/u/data")
     producer = _Producer()
