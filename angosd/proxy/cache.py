@@ -14,18 +14,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IRequest, IResponse
+from zope.interface import implementer
 
 from angosd.config import RepositoryConfig
 from angosd.oci.digest import Digest
@@ -37,6 +38,8 @@ from angosd.registry.manifests import StoredManifest
 from angosd.registry.registry import Registry
 
 _log = Logger()
+_T = TypeVar("_T")
+T = TypeVar("T")
 _DONE = Failure(ResponseDone())
 
 
@@ -115,32 +118,47 @@ class PullThroughCache:
                                   (reference.tag is not None and self._tag_immutable(namespace, reference.tag))):
             self.metrics.hit(repository.name)
             return Served(local, "hit")
-        not_found = False
-        for upstream in self._upstreams(repository):
+        async def fetch(upstream: Upstream) -> Served:
+            if local is not None:
+                info = await upstream.head_manifest(name, str(reference))
+                if info.digest == local.digest:
+                    return Served(local, "hit")
+            media_type, body = await upstream.get_manifest(name, str(reference),
+                                                           self._registry.manifests.max_manifest_size)
             try:
-                if local is not None:
-                    info = await upstream.head_manifest(name, str(reference))
-                    if info.digest == local.digest:
-                        self.metrics.hit(repository.name)
-                        return Served(local, "hit")
-                media_type, body = await upstream.get_manifest(name, str(reference),
-                                                               self._registry.manifests.max_manifest_size)
-                stored = await self._store_manifest(namespace, reference, media_type, body)
-                self.metrics.miss(repository.name)
-                return Served(stored, "miss")
-            except UpstreamNotFound:
-                not_found = True
-                break
-            except (UpstreamError, OciError) as exc:
-                self.metrics.upstream_error(repository.name)
-                _log.warn("upstream {url} failed for {name}:{reference}: {error}", url=upstream.url, name=name,
-                          reference=str(reference), error=str(exc))
-        if local is not None:
+                return Served(await self._store_manifest(namespace, reference, media_type, body), "miss")
+            except OciError as exc:
+                raise UpstreamError(f"{upstream.url} sent an unusable manifest: {exc}") from None
+
+        try:
+            served = await self._ask(repository, f"{name}:{reference}", fetch,
+                                     lambda: ManifestUnknown(str(reference)))
+        except (UpstreamUnavailable, ManifestUnknown):
+            if local is None:
+                raise
             self.metrics.stale(repository.name)
             return Served(local, "stale")
-        if not_found:
-            raise ManifestUnknown(str(reference))
-        raise UpstreamUnavailable(f"no upstream of {repository.name!r} answered for {name}:{reference}")
+        (self.metrics.hit if served.state == "hit" else self.metrics.miss)(repository.name)
+        return served
+
+    async def _ask(self, repository: RepositoryConfig, what: str, call: Callable[[Upstream], Awaitable[_T]],
+                   not_found: Callable[[], OciError]) -> _T:
+        """The first answer of the repository's upstreams, tried in order.
+
+        An upstream's "not found" is an answer (raised as ``not_found()``); when none
+        answers, `UpstreamUnavailable` names every upstream's failure.
+        """
+        problems = []
+        for upstream in self._upstreams(repository):
+            try:
+                return await call(upstream)
+            except UpstreamNotFound:
+                raise not_found() from None
+            except UpstreamError as exc:
+                self.metrics.upstream_error(repository.name)
+                problems.append(str(exc))
+                _log.warn("upstream {url} failed for {what}: {error}", url=upstream.url, what=what, error=str(exc))
+        raise UpstreamUnavailable(f"no upstream of {repository.name!r} answered for {what}: " + "; ".join(problems))
 
     async def _store_manifest(self, namespace: str, reference: Reference, media_type: str,
                               body: bytes) -> StoredManifest:
@@ -188,14 +206,8 @@ class PullThroughCache:
         if await self._registry.blobs.owns(namespace, digest):
             return await self._registry.blobs.size(namespace, digest)
         name = self._remote_name(repository, namespace)
-        for upstream in self._upstreams(repository):
-            try:
-                return await upstream.head_blob(name, digest)
-            except UpstreamNotFound:
-                raise BlobUnknown(str(digest)) from None
-            except UpstreamError:
-                self.metrics.upstream_error(repository.name)
-        raise UpstreamUnavailable(f"no upstream of {repository.name!r} answered for {name}@{digest}")
+        return await self._ask(repository, f"{name}@{digest}", lambda upstream: upstream.head_blob(name, digest),
+                               lambda: BlobUnknown(str(digest)))
 
     async def serve_blob(self, namespace: str, repository: RepositoryConfig, digest: Digest,
                          request: IRequest | None, headers: dict[str, str]) -> bool:
@@ -216,36 +228,38 @@ class PullThroughCache:
                 return False
             raise UpstreamUnavailable(f"filling {digest} from upstream failed")
         self._fills[(namespace, digest)] = []
-        try:
-            response = await self._open_upstream_blob(namespace, repository, digest)
-            await self._fill(namespace, repository, digest, response, request, headers)
-        finally:
-            for follower in self._fills.pop((namespace, digest)):
-                follower.callback(None)
+        # The fill runs on its own: cancelling this request's handler (Klein does so when the
+        # client disconnects) must not cancel it, or every waiting follower fails with it.
+        await _shielded(Deferred.fromCoroutine(self._lead_fill(namespace, repository, digest, request, headers)))
         if request is None:
             if not await self._registry.blobs.owns(namespace, digest):
                 raise UpstreamUnavailable(f"filling {digest} from upstream failed")
             return False
         return True
 
+    async def _lead_fill(self, namespace: str, repository: RepositoryConfig, digest: Digest,
+                         request: IRequest | None, headers: dict[str, str]) -> None:
+        try:
+            response = await self._open_upstream_blob(namespace, repository, digest)
+            await self._fill(namespace, repository, digest, response, request, headers)
+        finally:
+            for follower in self._fills.pop((namespace, digest)):
+                follower.callback(None)  # a cancelled follower ignores this (Deferred.cancel)
+
     async def _open_upstream_blob(self, namespace: str, repository: RepositoryConfig, digest: Digest) -> IResponse:
         name = self._remote_name(repository, namespace)
-        for upstream in self._upstreams(repository):
-            try:
-                return await upstream.get_blob(name, digest)
-            except UpstreamNotFound:
-                raise BlobUnknown(str(digest)) from None
-            except UpstreamError as exc:
-                self.metrics.upstream_error(repository.name)
-                _log.warn("upstream {url} failed for blob {digest}: {error}", url=upstream.url, digest=str(digest),
-                          error=str(exc))
-        raise UpstreamUnavailable(f"no upstream of {repository.name!r} answered for {name}@{digest}")
+        return await self._ask(repository, f"{name}@{digest}", lambda upstream: upstream.get_blob(name, digest),
+                               lambda: BlobUnknown(str(digest)))
 
     async def _fill(self, namespace: str, repository: RepositoryConfig, digest: Digest, response: IResponse,
                     request: IRequest | None, headers: dict[str, str]) -> None:
         uploads = self._registry.uploads
-        session = await uploads.start(namespace, digest.algorithm)
-        sink = await uploads.open_sink(namespace, session, 0)
+        try:
+            session = await uploads.start(namespace, digest.algorithm)
+            sink = await uploads.open_sink(namespace, session, 0)
+        except BaseException:
+            response.deliverBody(_Discard())  # read and drop the body so the connection is released
+            raise
         if request is not None:
             request.setResponseCode(200)
             for header, value in {**headers, "X-Angosd-Cache": "miss"}.items():
@@ -264,11 +278,16 @@ class PullThroughCache:
             await uploads.cancel(namespace, session)
             self.metrics.upstream_error(repository.name)
             _log.warn("fill of {digest} into {namespace} failed: {error}", digest=str(digest), namespace=namespace,
-                      error=str(exc))
+                      error=f"{type(exc).__name__}: {exc}")
             body.fail_client()
             return
         self.metrics.miss(repository.name)
         body.release_client()
+
+
+class _Discard(TwistedProtocol):
+    def dataReceived(self, data: bytes) -> None:
+        pass
 
 
 class _TeeBody(TwistedProtocol):
@@ -287,6 +306,7 @@ class _TeeBody(TwistedProtocol):
         self._idle_timeout = idle_timeout
         self._held = b""
         self._idle: IDelayedCall | None = None
+        self._paused = False  # by the client: the idle timeout does not run meanwhile
         self._error: Exception | None = None
         self._producer: Any = None
         self.finished: Deferred[None] = Deferred()
@@ -296,10 +316,14 @@ class _TeeBody(TwistedProtocol):
     def connectionMade(self) -> None:
         self._producer = self.transport  # the upstream connection, as an IPushProducer
         if self._client is not None:
-            self._client.registerProducer(self._producer, True)  # type: ignore[attr-defined]
+            # Not the upstream transport itself: the client's transport calls stopProducing
+            # on its producer when the client disconnects, which must not stop the fill.
+            self._client.registerProducer(_ClientThrottle(self), True)  # type: ignore[attr-defined]
         self._arm()
 
     def _arm(self) -> None:
+        if self._paused:
+            return
         if self._idle is not None and self._idle.active():
             self._idle.reset(self._idle_timeout)
         else:
@@ -337,11 +361,28 @@ class _TeeBody(TwistedProtocol):
         else:
             self.finished.errback(UpstreamError(f"upstream body failed: {reason.getErrorMessage()}"))
 
-    def _client_gone(self, _reason: Failure) -> None:
+    def _client_gone(self, _reason: object = None) -> None:
+        """The client disconnected: go on filling at full speed. (Its connection is gone, so
+        there is nothing to unregister from: the channel has already dropped the request.)"""
         client, self._client = self._client, None
         if client is not None and self._producer is not None:
-            client.unregisterProducer()  # type: ignore[attr-defined]
             self._producer.resumeProducing()
+            self._paused = False
+            self._arm()
+
+    def throttle(self, pause: bool) -> None:
+        """The client's transport asks to pause or resume the upstream (while it listens).
+
+        A pause is not the upstream going quiet: the idle timeout stops until the resume."""
+        if self._client is not None and self._producer is not None:
+            self._paused = pause
+            if pause:
+                self._producer.pauseProducing()
+                if self._idle is not None and self._idle.active():
+                    self._idle.cancel()
+            else:
+                self._producer.resumeProducing()
+                self._arm()
 
     def release_client(self) -> None:
         if self._client is not None:
@@ -352,6 +393,40 @@ class _TeeBody(TwistedProtocol):
     def fail_client(self) -> None:
         if self._client is not None:
             self._client.loseConnection()  # type: ignore[attr-defined]
+
+
+@implementer(IPushProducer)
+class _ClientThrottle:
+    """The producer a filling client's transport sees: it pauses and resumes the upstream
+    while the client listens; its stopProducing (the client is gone) only detaches the client."""
+
+    def __init__(self, tee: _TeeBody) -> None:
+        self._tee = tee
+
+    def pauseProducing(self) -> None:
+        self._tee.throttle(True)
+
+    def resumeProducing(self) -> None:
+        self._tee.throttle(False)
+
+    def stopProducing(self) -> None:
+        self._tee._client_gone()
+
+
+def _shielded(deferred: Deferred[T]) -> Deferred[T]:
+    """A Deferred with ``deferred``'s result whose cancellation leaves ``deferred`` running."""
+    waiter: Deferred[T] = Deferred()
+
+    def relay(result: T | Failure) -> None:
+        if waiter.called:  # cancelled (the client left): the fill's outcome is not needed
+            return
+        if isinstance(result, Failure):
+            waiter.errback(result)
+        else:
+            waiter.callback(result)
+
+    deferred.addBoth(relay)
+    return waiter
 
 
 def descriptors(manifest_body: bytes, media_type: str) -> list[Descriptor]:
