@@ -105,6 +105,5 @@ class SendfileProducer:
             self._pump()
 
     def stopProducing(self) -> None:
-        if not self._done:
-            self._done = True
-            self.deferred.callback(None)
+        """The connection is going away: unregister before the handler resumes and finishes."""
+        self._finish()

@@ -74,7 +74,5 @@ class FileRangeProducer:
         self._pump()
 
     def stopProducing(self) -> None:
-        if not self._done:
-            self._done = True
-            self._source.close()
-            self.deferred.callback(None)
+        """The consumer is going away: unregister before the caller resumes and finishes."""
+        self._finish(None)
