@@ -143,7 +143,7 @@ def build_context(tls: TlsConfig) -> SSL.Context:
     chain = _certificates(cert_path, _read(cert_path, "server certificate bundle"), "server certificate bundle")
     key = _private_key(key_path, _read(key_path, "server private key"))
     leaf = chain[0]
-    if _public_der(key) != _public_der(leaf.public_key()):
+    if _public_der(key.public_key()) != _public_der(leaf.public_key()):
         raise TlsError(key_path, f"private key does not match the certificate in {cert_path}")
     authorities: list[x509.Certificate] = []
     if tls.client_ca_bundle is not None:
