@@ -9,7 +9,7 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.11",
     packages=find_packages(exclude=["tests*", "bench*"]) + ["twisted.plugins"],
-    package_data={"angosd": ["py.typed"]},
+    package_data={"angosd": ["py.typed"], "angosd.ui": ["static/*"]},
     install_requires=[
         "twisted[tls]>=24.7",
         "klein>=24.8",
@@ -20,9 +20,11 @@ setup(
         "prometheus-client>=0.20",
         "argon2-cffi>=23.1",
         "common-expression-language>=0.10",
+        "botocore>=1.34",  # SigV4 signing of S3 requests ([blob_store.s3]); transport is treq
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff", "mypy", "mypy-zope"],
+        "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff", "mypy", "mypy-zope",
+                 "playwright>=1.46", "moto[server]>=5.0"],
     },
     entry_points={"console_scripts": ["angosd = angosd.cli:main"]},
 )

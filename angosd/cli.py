@@ -11,6 +11,9 @@ from angosd import __version__
 #: Modules under angosd.commands, one subcommand each (see angosd/commands/__init__.py).
 COMMANDS = (
     "argon",
+    "check_config",
+    "mirror", "export", "import_",
+    "prune", "scrub",
 )
 
 

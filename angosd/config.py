@@ -42,8 +42,10 @@ __all__ = [
     "GlobalConfig",
     "IdentityConfig",
     "OidcConfig",
+    "RedisConfig",
     "RepositoryConfig",
     "RetentionPolicyConfig",
+    "S3StoreConfig",
     "ServerConfig",
     "TlsConfig",
     "UiConfig",
@@ -175,6 +177,14 @@ def _choice(*options: str) -> _Parser:
     return parse
 
 
+def _non_empty(value: object) -> str:
+    """A string with something other than whitespace in it."""
+    text = _as_str(value)
+    if not text.strip():
+        raise _Invalid("must not be empty")
+    return text
+
+
 def _ip_address(value: object) -> str:
     """A string that parses as an IPv4 or IPv6 address, returned as given."""
     text = _as_str(value)
@@ -208,6 +218,22 @@ def _regexes(value: object) -> tuple[str, ...]:
         except (re.error, OverflowError, RecursionError, ValueError) as error:
             raise _Invalid(f"invalid regular expression {pattern!r}: {error}", (index,)) from None
     return patterns
+
+
+_PLATFORM = re.compile(r"[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+(?:/[A-Za-z0-9_.-]+)?")
+
+
+def _platforms(value: object) -> tuple[str, ...]:
+    """``"all"`` as ``("all",)``, or an array of ``"os/arch[/variant]"`` strings."""
+    if value == "all":
+        return ("all",)
+    if isinstance(value, str):
+        raise _Invalid(f'expected "all" or an array of "os/arch[/variant]" strings, got {value!r}')
+    platforms = _as_strings(value)
+    for index, platform in enumerate(platforms):
+        if platform != "all" and not _PLATFORM.fullmatch(platform):
+            raise _Invalid(f'expected "os/arch" or "os/arch/variant", got {platform!r}', (index,))
+    return platforms
 
 
 #: Lower-cased unit -> bytes: KB..PB are powers of 1000, KiB..PiB powers of 1024.
@@ -293,6 +319,29 @@ def parse_size(value: object) -> int:
     return int(size)
 
 
+def _part_size(value: object) -> int:
+    """A size S3 accepts for the parts of a multipart upload: 5 MiB to 5 GiB."""
+    size = parse_size(value)
+    if not 5 * 1024**2 <= size <= 5 * 1024**3:
+        raise _Invalid(f"must be between 5MiB and 5GiB (S3's part size limits), got {value!r}")
+    return size
+
+
+def _redis_url(value: object) -> str:
+    """A ``redis://[[user]:password@]host[:port][/db]`` URL."""
+    text = _as_str(value)
+    try:
+        parts = urlsplit(text)
+        valid = parts.scheme == "redis" and bool(parts.hostname)
+        _ = parts.port  # raises ValueError for a bad port
+        valid = valid and (parts.path.strip("/") == "" or parts.path.strip("/").isdigit())
+    except ValueError:
+        valid = False
+    if not valid:
+        raise _Invalid("expected a redis://host[:port][/db] URL")  # the URL may hold a password: not echoed
+    return text
+
+
 def _parse(parser: _Parser) -> dict[str, _Parser]:
     """Dataclass field metadata: read this field's TOML value with ``parser``."""
     return {"parse": parser}
@@ -332,6 +381,11 @@ class ServerConfig:
     bind_address: str = field(default="127.0.0.1", metadata=_parse(_ip_address))
     port: int = field(default=5000, metadata=_parse(_int_range(0, 65535)))
     tls: TlsConfig | None = None
+    #: ``"systemd"`` (the socket passed by systemd) or a Twisted server endpoint string;
+    #: replaces ``bind_address``/``port`` when set (``--listen`` overrides it).
+    listen: str | None = field(default=None, metadata=_parse(_non_empty))
+    #: One JSON line per request in the ``angosd.access`` log namespace; off for benchmarks.
+    access_log: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,6 +394,41 @@ class FsStoreConfig:
 
     root_dir: str = "./registry-data"
     sync_to_disk: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class S3StoreConfig:
+    """``[blob_store.s3]``: an S3-compatible bucket (path-style requests to ``endpoint``).
+
+    ``multipart_part_size`` is the size of the parts an upload is stored in (and the
+    memory an upload may hold, about three parts); ``presign_ttl_secs`` is how long a
+    blob redirect URL stays valid. The secret key is never printed.
+    """
+
+    endpoint: str = field(metadata=_parse(_http_url))
+    bucket: str = field(metadata=_parse(_non_empty))
+    access_key_id: str = field(metadata=_parse(_non_empty))
+    secret_key: str = field(repr=False)
+    region: str = "us-east-1"
+    key_prefix: str = ""
+    multipart_part_size: int = field(default=16 * 1024**2, metadata=_parse(_part_size))
+    max_attempts: int = field(default=3, metadata=_parse(_int_range(1, 20)))
+    operation_timeout_secs: float = field(default=900.0, metadata=_parse(_positive_float))
+    operation_attempt_timeout_secs: float = field(default=300.0, metadata=_parse(_positive_float))
+    presign_ttl_secs: int = field(default=1800, metadata=_parse(_int_range(1, 7 * 86400)))
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """``[cache.redis]``: state shared by several daemons (upload locks). Absent: in memory.
+
+    A lock a daemon holds expires ``lock_ttl_secs`` after its last renewal, so a killed
+    daemon blocks nobody for longer. The URL (it may hold a password) is never printed.
+    """
+
+    url: str = field(repr=False, metadata=_parse(_redis_url))
+    key_prefix: str = "angosd:"
+    lock_ttl_secs: float = field(default=15.0, metadata=_parse(_positive_float))
 
 
 @dataclass(frozen=True, slots=True)
@@ -389,6 +478,9 @@ class RepositoryConfig:
     upstreams: tuple[UpstreamConfig, ...] = ()
     authorization_webhook: str | None = None
     event_webhooks: tuple[str, ...] = ()
+    #: Pull-through only: when an index is cached, fetch these platforms' manifests and
+    #: blobs in the background (``("all",)`` for every platform; empty: no prefetch).
+    prefetch_platforms: tuple[str, ...] = field(default=(), metadata=_parse(_platforms))
 
     @property
     def is_pull_through(self) -> bool:
@@ -403,6 +495,8 @@ class GlobalConfig:
     max_manifest_size: int = field(default=4 * 1024 * 1024, metadata=_parse(parse_size))
     max_blob_size: int = field(default=100 * 1024**3, metadata=_parse(parse_size))
     update_pull_time: bool = False
+    #: Answer blob GETs with a 307 to a presigned URL when the store can make one (S3).
+    enable_blob_redirect: bool = True
     immutable_tags: bool = False
     immutable_tags_exclusions: tuple[str, ...] = field(default=(), metadata=_parse(_regexes))
     access_policy: AccessPolicyConfig = AccessPolicyConfig()
@@ -510,6 +604,10 @@ class Config:
 
     server: ServerConfig = ServerConfig()
     blob_store: FsStoreConfig = FsStoreConfig()
+    #: ``[blob_store.s3]``: when set, the store is this bucket and ``blob_store`` is unused.
+    blob_store_s3: S3StoreConfig | None = None
+    #: ``[cache.redis]``: shared state for several daemons; None keeps it in memory.
+    redis: RedisConfig | None = None
     global_: GlobalConfig = GlobalConfig()
     repositories: tuple[RepositoryConfig, ...] = ()
     ui: UiConfig = UiConfig()
@@ -702,8 +800,8 @@ def _build(cls: type[_T], table: _Table, accept: Iterable[str] = (), **given: An
 
 # --------------------------------------------------------------------------- sections
 
-_SERVER_EXTRAS = ("query_timeout", "query_timeout_grace_period", "handshake_timeout", "workers", "listen")
-_GLOBAL_EXTRAS = ("max_concurrent_requests", "max_concurrent_cache_jobs", "enable_redirect", "enable_blob_redirect",
+_SERVER_EXTRAS = ("query_timeout", "query_timeout_grace_period", "handshake_timeout", "workers")
+_GLOBAL_EXTRAS = ("max_concurrent_requests", "max_concurrent_cache_jobs", "enable_redirect",
                   "enable_manifest_redirect", "allow_missing_manifest_references", "trusted_proxies")
 _REPOSITORY_EXTRAS = ("namespace",)
 _ACCEPTED_SECTIONS = ("metadata_store", "cache", "observability")
@@ -726,14 +824,30 @@ def _server(table: _Table) -> ServerConfig:
     return _build(ServerConfig, table, _SERVER_EXTRAS, tls=None if tls is None else _tls(tls))
 
 
-def _blob_store(table: _Table) -> FsStoreConfig:
+_S3_EXTRAS = ("multipart_copy_threshold", "multipart_copy_chunk_size", "multipart_copy_jobs",
+              "multipart_uniform_parts")
+
+
+def _blob_store(table: _Table) -> tuple[FsStoreConfig, S3StoreConfig | None]:
+    """``[blob_store]``: the filesystem store, or an S3 bucket (not both)."""
     fs = table.table("fs")
-    if table.table("s3") is not None:  # its keys are accepted unread
-        if fs is None:
-            raise table.error("s3", "S3 storage is not supported by this build yet")
-        table.warn("s3", "S3 storage is not supported by this build yet, ignored in favour of blob_store.fs")
+    s3 = table.table("s3")
+    if fs is not None and s3 is not None:
+        raise table.error("s3", "set either [blob_store.fs] or [blob_store.s3], not both")
     table.finish()
-    return FsStoreConfig() if fs is None else _build(FsStoreConfig, fs)
+    if s3 is not None:
+        return FsStoreConfig(), _build(S3StoreConfig, s3, _S3_EXTRAS)
+    return (FsStoreConfig() if fs is None else _build(FsStoreConfig, fs)), None
+
+
+def _redis(root: _Table) -> RedisConfig | None:
+    """``[cache.redis]`` (or its alias ``[cache_store.redis]``); other ``[cache]`` keys are accepted."""
+    for name in ("cache", "cache_store"):
+        cache = root.table(name)
+        redis = cache.table("redis") if cache is not None else None
+        if redis is not None:
+            return _build(RedisConfig, redis)
+    return None
 
 
 def _access_policy(table: _Table) -> AccessPolicyConfig:
@@ -860,9 +974,13 @@ def _config(root: _Table) -> Config:
     for key in _ACCEPTED_SECTIONS:
         root.table(key)  # must be a table; contents accepted unread
     server = _server(root.section("server"))
-    blob_store = _blob_store(root.section("blob_store"))
+    blob_store, blob_store_s3 = _blob_store(root.section("blob_store"))
+    redis = _redis(root)
     global_section = root.section("global")
-    global_ = _build(GlobalConfig, global_section, _GLOBAL_EXTRAS, **_policies(global_section))
+    legacy_redirect = {}
+    if "enable_blob_redirect" not in global_section and "enable_redirect" in global_section:
+        legacy_redirect["enable_blob_redirect"] = global_section.get("enable_redirect", _as_bool)
+    global_ = _build(GlobalConfig, global_section, _GLOBAL_EXTRAS, **_policies(global_section), **legacy_redirect)
     repositories = _repositories(root.section("repository"), global_)
     ui = _build(UiConfig, root.section("ui"))
     auth = _auth(root.section("auth"))
@@ -872,7 +990,8 @@ def _config(root: _Table) -> Config:
     event_section.finish()
     _check_webhook_references(root, global_, repositories, auth, events)
     root.finish()
-    return Config(server=server, blob_store=blob_store, global_=global_, repositories=repositories, ui=ui,
+    return Config(server=server, blob_store=blob_store, blob_store_s3=blob_store_s3, redis=redis,
+                  global_=global_, repositories=repositories, ui=ui,
                   auth=auth, event_webhooks=events, sources=root.context.sources)
 
 

@@ -2,26 +2,42 @@
 
 from __future__ import annotations
 
+import functools
 import os
+import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
 from twisted.application.service import MultiService
-from twisted.internet import endpoints
 
-from angosd.auth.authenticator import Authenticator, TokenValidator
+from angosd import systemd
+from angosd.auth.authenticator import Authenticator, AuthRecorder, TokenValidator
 from angosd.auth.authorizer import PolicyAuthorizer, SecurityState
 from angosd.auth.basic import PasswordUsers
 from angosd.auth.oidc import OidcProviders, make_http_client
 from angosd.config import Config
+from angosd.coordination import Coordination, RedisCoordination
+from angosd.http.accesslog import AccessLog
 from angosd.http.api import RegistryAPI
+from angosd.http.extensions import ExtensionAPI
 from angosd.http.site import RegistrySite
-from angosd.live import LiveConfig
+from angosd.http_client import make_client
+from angosd.live import LiveConfig, tag_immutable
+from angosd.metrics import Metrics
+from angosd.proxy import prefetch
 from angosd.proxy.cache import PullThroughCache
+from angosd.registry.gc import collector_service
+from angosd.registry.paths import REPOSITORIES
+from angosd.registry.pulls import PullTimeFlusher
 from angosd.registry.registry import Limits, Registry
+from angosd.shutdown import DrainService
 from angosd.storage.fs import FilesystemDriver
+from angosd.storage.interface import IStorageDriver
+from angosd.storage.s3 import S3Driver
+from angosd.storage.s3_client import S3Options
 from angosd.tls import listening_factory
+from angosd.ui import UserInterface
 from angosd.webhooks import AuthorizationWebhooks, EventBus
 
 #: Seconds between looks at the configuration files' modification times.
@@ -29,26 +45,75 @@ RELOAD_INTERVAL = 2.0
 
 
 def endpoint_description(config: Config) -> str:
-    """The Twisted server endpoint string for ``[server]``."""
+    """The Twisted server endpoint string for ``[server]`` (``listen``, else ``bind_address``/``port``)."""
+    if config.server.listen:
+        return config.server.listen
     interface = config.server.bind_address.replace(":", "\\:")
     return f"tcp:{config.server.port}:interface={interface}"
 
 
-def build_security(config: Config, reactor: Any) -> SecurityState:
-    """Users, OIDC providers and compiled policies for ``config``; raises `PolicyError`."""
+def build_security(config: Config, reactor: Any, record_auth: AuthRecorder | None = None) -> SecurityState:
+    """Users, OIDC providers and compiled policies for ``config``; raises `PolicyError`.
+    ``record_auth`` counts authentications (metrics)."""
     oidc: TokenValidator | None = None
     if config.auth.oidc:
         oidc = OidcProviders(config.auth.oidc, {p.name: make_http_client(reactor, p) for p in config.auth.oidc},
                              reactor)
-    authenticator = Authenticator(PasswordUsers(config.auth.identities, reactor, reactor), oidc)
+    authenticator = Authenticator(PasswordUsers(config.auth.identities, reactor, reactor), oidc, record_auth)
     return SecurityState.build(config, authenticator, AuthorizationWebhooks(config.auth.webhooks, reactor))
 
 
 def build_registry(live: LiveConfig, reactor: Any) -> Registry:
-    config = live.config
-    driver = FilesystemDriver(os.path.abspath(config.blob_store.root_dir), reactor, config.blob_store.sync_to_disk)
+    return _registry(live.config, reactor, live.namespace_allowed, live.tag_immutable,
+                     update_pull_time=lambda: live.config.global_.update_pull_time)
+
+
+def build_driver(config: Config, reactor: Any) -> IStorageDriver:
+    """The store of ``config``: the ``[blob_store.s3]`` bucket when set, else the filesystem."""
+    s3 = config.blob_store_s3
+    if s3 is None:
+        return FilesystemDriver(os.path.abspath(config.blob_store.root_dir), reactor, config.blob_store.sync_to_disk)
+    http, pool = make_client(reactor, connect_timeout=min(30.0, s3.operation_attempt_timeout_secs))
+    pool.maxPersistentPerHost = 32
+    options = S3Options(endpoint=s3.endpoint, bucket=s3.bucket, access_key_id=s3.access_key_id,
+                        secret_key=s3.secret_key, region=s3.region, key_prefix=s3.key_prefix,
+                        part_size=s3.multipart_part_size, max_attempts=s3.max_attempts,
+                        operation_timeout=s3.operation_timeout_secs, attempt_timeout=s3.operation_attempt_timeout_secs)
+    return S3Driver(reactor, http, options)
+
+
+def build_coordination(config: Config, reactor: Any) -> Coordination | None:
+    """Shared state for several daemons (``[cache.redis]``); None: this process only."""
+    if config.redis is None:
+        return None
+    return RedisCoordination(reactor, config.redis.url, config.redis.key_prefix, config.redis.lock_ttl_secs)
+
+
+def blob_redirect_ttl(config: Config) -> int | None:
+    """Lifetime of blob redirect URLs under ``config``; None when blob GETs are served inline."""
+    if config.blob_store_s3 is None or not config.global_.enable_blob_redirect:
+        return None
+    return config.blob_store_s3.presign_ttl_secs
+
+
+def _registry(config: Config, reactor: Any, namespace_allowed: Callable[[str], bool],
+              immutable: Callable[[str, str], bool], update_pull_time: Callable[[], bool]) -> Registry:
     limits = Limits(config.global_.max_manifest_size, config.global_.max_blob_size)
-    return Registry(driver, reactor, limits, live.namespace_allowed, live.tag_immutable)
+    registry = Registry(build_driver(config, reactor), reactor, limits, namespace_allowed, immutable,
+                        update_pull_time=update_pull_time)
+    registry.uploads.coordination = build_coordination(config, reactor)
+    return registry
+
+
+def open_store(config: Config, reactor: Any) -> tuple[Registry, PullThroughCache]:
+    """The registry and pull-through cache of ``config``'s store, for maintenance commands
+    (``angosd mirror/export/import``): no listener, no reload, no background prefetch.
+
+    Every write they make is atomic, so they may run beside a daemon on the same store.
+    """
+    immutable = functools.partial(tag_immutable, config)
+    registry = _registry(config, reactor, config.namespace_allowed, immutable, update_pull_time=lambda: False)
+    return registry, PullThroughCache(registry, config.repository_for, immutable, reactor)
 
 
 def build_service(config: Config, reactor: Any, listen: str | None = None, paths: Sequence[str] = (),
@@ -58,20 +123,36 @@ def build_service(config: Config, reactor: Any, listen: str | None = None, paths
     ``paths`` are the configuration files ``config`` came from: they are watched and
     reloaded when they change (``adjust`` re-applies command-line overrides).
     """
-    live = LiveConfig(paths, build_security(config, reactor), lambda new: build_security(new, reactor), adjust)
+    metrics = Metrics(time.monotonic)
+    live = LiveConfig(paths, build_security(config, reactor, metrics.auth_attempt),
+                      lambda new: build_security(new, reactor, metrics.auth_attempt), adjust)
     registry = build_registry(live, reactor)
+    metrics.watch_uploads(lambda: registry.uploads.writing)
     cache = PullThroughCache(registry, lambda namespace: live.config.repository_for(namespace), live.tag_immutable,
-                             reactor)
+                             reactor, metrics=metrics.pull_through)
+    prefetch.attach(cache, registry, reactor)  # [repository] prefetch_platforms
     events = EventBus(lambda: live.config, reactor, drain_seconds=config.global_.shutdown_drain_secs)
-    api = RegistryAPI(registry, PolicyAuthorizer(lambda: live.security), cache=cache, events=events)
-    site = RegistrySite(api)
+    extensions = {**ExtensionAPI(registry, lambda: live.config).handlers(),
+                  **UserInterface(lambda: live.config.ui).handlers(), **metrics.handlers()}
+    api = RegistryAPI(registry, PolicyAuthorizer(lambda: live.security), cache=cache, events=events,
+                      extensions=extensions, blob_redirect=lambda: blob_redirect_ttl(live.config))
+    drain = DrainService(lambda: live.config.global_.shutdown_drain_secs, reactor)
+    access_log = [AccessLog(time.monotonic, reactor.seconds)] if config.server.access_log else []
+    site = RegistrySite(api, observers=[drain, metrics.requests, *access_log])
     top = MultiService()
     events.setServiceParent(top)  # added before the listener, so it stops (drains) after it
+    PullTimeFlusher(registry.pulls, reactor).setServiceParent(top)  # flushes every few seconds and at stop
+    collector_service(registry.driver, registry.blobs, reactor,  # online garbage collection
+                      lambda: live.config.global_.gc_grace_secs).setServiceParent(top)
     if paths:
         TimerService(RELOAD_INTERVAL, live.poll).setServiceParent(top)
-    endpoint = endpoints.serverFromString(reactor, listen or endpoint_description(config))
+    endpoint = systemd.ObservedEndpoint(systemd.listen_endpoint(reactor, listen or endpoint_description(config)))
     factory, listener_services = listening_factory(config, site, reactor)
     StreamServerEndpointService(endpoint, factory).setServiceParent(top)
     for service in listener_services:
         service.setServiceParent(top)
+    drain.setServiceParent(top)
+    systemd.SystemdService(systemd.Notifier.from_environment(), reactor, endpoint.listening,
+                           lambda: registry.driver.children(REPOSITORIES), live.reload,
+                           systemd.watchdog_interval()).setServiceParent(top)  # last: stops (STOPPING=1) first
     return top

@@ -10,6 +10,7 @@ from twisted.python import usage
 
 from angosd.auth.policy import PolicyError
 from angosd.config import Config, ConfigError, default_config, load_config
+from angosd.systemd import ListenError
 from angosd.tls import TlsError
 
 
@@ -48,5 +49,5 @@ def makeService(options: Options) -> IService:
     try:
         config = adjust(load_config(options["config"], warn=_warn) if options["config"] else default_config())
         return build_service(config, reactor, listen=options["listen"], paths=options["config"], adjust=adjust)
-    except (ConfigError, PolicyError, TlsError) as exc:
+    except (ConfigError, PolicyError, TlsError, ListenError) as exc:
         raise SystemExit(f"angosd: configuration error: {exc}") from None

@@ -25,6 +25,8 @@ class Daemon:
     configs: tuple[str, ...] = ()
     extra: tuple[str, ...] = ()
     listen: str = "tcp:0:interface=127.0.0.1"
+    env: dict[str, str] = field(default_factory=dict)  # added to the daemon's environment
+    pass_fds: tuple[int, ...] = ()  # descriptors the daemon inherits
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
     log_path: str = field(init=False, default="")
@@ -39,10 +41,10 @@ class Daemon:
     def start(self, timeout: float = 30) -> Daemon:
         os.makedirs(self.workdir, exist_ok=True)
         self.log_path = os.path.join(self.workdir, f"angosd-{time.monotonic_ns()}.log")
-        env = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+        env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", ""), **self.env}
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(self.command(), cwd=self.workdir, stdout=log, stderr=subprocess.STDOUT,
-                                            env=env)
+                                            env=env, pass_fds=self.pass_fds)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:

@@ -6,6 +6,7 @@ invalid fail the request at once (401), they never degrade to anonymous.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.web.iweb import IRequest
@@ -36,13 +37,53 @@ def client_ip(request: IRequest) -> str | None:
     return getattr(address, "host", None)
 
 
+#: Records one authentication as (method, result), see `angosd.metrics.Metrics.auth_attempt`.
+AuthRecorder = Callable[[str, str], None]
+
+
+def _record_nothing(method: str, result: str) -> None:
+    """The default `AuthRecorder`."""
+
+
 class Authenticator:
-    def __init__(self, users: PasswordUsers, oidc: TokenValidator | None) -> None:
+    def __init__(self, users: PasswordUsers, oidc: TokenValidator | None,
+                 record: AuthRecorder | None = None) -> None:
         self._users = users
         self._oidc = oidc
+        self._record = record or _record_nothing
 
     async def authenticate(self, request: IRequest) -> Identity:
-        """The caller's identity; raises `Unauthorized` for invalid credentials."""
+        """The caller's identity; raises `Unauthorized` for invalid credentials. Each call is
+        recorded once as (`auth_method`, ``success`` or ``failure``)."""
+        try:
+            identity = await self._identify(request)
+        except Exception:
+            self._record(self.auth_method(request), "failure")
+            raise
+        self._record(self.auth_method(request), "success")
+        return identity
+
+    def auth_method(self, request: IRequest) -> str:
+        """``bearer``, ``basic`` or ``oidc-basic`` by the Authorization scheme (and Basic user
+        name); without that header ``certificate`` or ``anonymous``. An unsupported scheme
+        counts as ``anonymous``: no known method was attempted."""
+        header = request.getHeader("Authorization")
+        text = header.decode("latin-1") if isinstance(header, bytes) else header
+        scheme = (text or "").strip().partition(" ")[0].lower()
+        if scheme == "bearer":
+            return "bearer"
+        if scheme == "basic":
+            try:
+                credentials = parse_authorization(text)
+            except Unauthorized:
+                return "basic"
+            if isinstance(credentials, BasicCredentials) and self._oidc is not None and \
+                    self._oidc.by_name(credentials.username) is not None:
+                return "oidc-basic"
+            return "basic"
+        return "certificate" if text is None and peer_certificate(request) else "anonymous"
+
+    async def _identify(self, request: IRequest) -> Identity:
         certificate = peer_certificate(request)
         ip = client_ip(request)
         header = request.getHeader("Authorization")

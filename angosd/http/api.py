@@ -39,9 +39,11 @@ from angosd.oci.errors import (
 from angosd.oci.names import Reference, is_valid_name
 from angosd.oci.ranges import parse_content_range, parse_range
 from angosd.proxy.cache import PullThroughCache
+from angosd.registry import paths
 from angosd.registry.registry import Registry, paginate
 from angosd.registry.uploads import UploadOffsetMismatch, UploadSink, parse_session_id
 from angosd.storage.errors import OutOfSpace, StorageError
+from angosd.storage.interface import IRedirectingDriver
 from angosd.webhooks import EventBus
 
 Handler = Callable[[RegistryRequest, Route], Awaitable[bytes | None]]
@@ -75,10 +77,12 @@ class RegistryAPI:
 
     def __init__(self, registry: Registry, authorizer: Authorizer, realm: str = "angosd",
                  extensions: Mapping[str, Handler] | None = None, cache: PullThroughCache | None = None,
-                 events: EventBus | None = None) -> None:
+                 events: EventBus | None = None, blob_redirect: Callable[[], int | None] = lambda: None) -> None:
         """``extensions`` adds or replaces handlers by action (extension API, UI, metrics);
         ``cache`` serves the namespaces of pull-through repositories; ``events`` publishes
-        registry events to webhooks before each operation."""
+        registry events to webhooks before each operation; ``blob_redirect`` gives the
+        lifetime (seconds) of blob redirect URLs, None when blob GETs are not redirected."""
+        self.blob_redirect = blob_redirect
         self.registry = registry
         self.cache = cache
         self.events = events
@@ -247,6 +251,8 @@ class RegistryAPI:
         if route.method == "GET":
             await self._publish("manifest.pull", request, namespace, digest=str(stored.digest),
                                 reference=str(reference), tag=reference.tag)
+            if request.getHeader("X-Angosd-Browse") is None:  # the web UI's reads are not pulls
+                self.registry.pulls.record(namespace, stored.digest)  # in memory; flushed in batches
         return respond(request, 200, stored.body, stored.media_type, headers)
 
     async def _put_manifest(self, request: RegistryRequest, route: Route) -> bytes:
@@ -296,6 +302,10 @@ class RegistryAPI:
             client = request if request.getHeader("Range") is None else None
             if await self.cache.serve_blob(namespace, mirror, digest, client, headers):
                 return None
+        location = await self._redirect_url(request, namespace, digest)
+        if location is not None:
+            await self._publish("blob.pull", request, namespace, digest=str(digest))
+            return respond(request, 307, headers={"Location": location, "Docker-Content-Digest": str(digest)})
         handle = await self.registry.blobs.open(namespace, digest)
         try:
             byte_range = parse_range(request.getHeader("Range"), handle.size)
@@ -328,6 +338,21 @@ class RegistryAPI:
         finally:
             handle.close()
         return None
+
+    async def _redirect_url(self, request: RegistryRequest, namespace: str, digest: Digest) -> str | None:
+        """A URL the client may fetch the blob from directly, when the store offers one and
+        redirects are on; None for other stores, ranges, ``X-Angosd-No-Redirect``, and a
+        browser's fetch() (``Sec-Fetch-Dest: empty``: the web UI, whose CSP only allows its
+        own origin). Raises `BlobUnknown` (before any URL exists) when the namespace does
+        not own the blob."""
+        ttl = self.blob_redirect()
+        driver = IRedirectingDriver(self.registry.driver, None)
+        inline = any(request.getHeader(name) is not None for name in ("Range", "X-Angosd-No-Redirect",
+                                                                      "X-Angosd-Browse"))
+        if ttl is None or driver is None or inline or request.getHeader("Sec-Fetch-Dest") == "empty":
+            return None
+        await self.registry.blobs.size(namespace, digest)
+        return driver.redirect_url(paths.blob_data(digest), ttl)
 
     async def _delete_blob(self, request: RegistryRequest, route: Route) -> bytes:
         namespace = self._namespace(route)

@@ -73,6 +73,7 @@ class RegistryRequest(server.Request):
     sink: BodySink | None = None
     refusal: Failure | None = None
     _sink_open = False
+    received_bytes = 0  # body bytes read from the connection (metrics, access log)
 
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()  # type: ignore[assignment]
@@ -126,6 +127,7 @@ class RegistryRequest(server.Request):
         self._ready.callback(None)
 
     def handleContentChunk(self, data: bytes) -> None:
+        self.received_bytes += len(data)
         if self._held is not None:
             self._held.append(data)
             self._pause()

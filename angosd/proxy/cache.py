@@ -33,6 +33,7 @@ from angosd.oci.digest import Digest
 from angosd.oci.errors import BlobUnknown, ManifestUnknown, NameUnknown, OciError
 from angosd.oci.manifest import Descriptor, parse_manifest
 from angosd.oci.names import Reference
+from angosd.proxy import prefetch
 from angosd.proxy.upstream import Upstream, UpstreamError, UpstreamNotFound
 from angosd.registry.manifests import StoredManifest
 from angosd.registry.registry import Registry
@@ -139,6 +140,7 @@ class PullThroughCache:
             self.metrics.stale(repository.name)
             return Served(local, "stale")
         (self.metrics.hit if served.state == "hit" else self.metrics.miss)(repository.name)
+        prefetch.after_fill(self, namespace, repository, served)  # background; only for fresh indexes
         return served
 
     async def _ask(self, repository: RepositoryConfig, what: str, call: Callable[[Upstream], Awaitable[_T]],

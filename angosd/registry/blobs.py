@@ -4,20 +4,38 @@ A namespace may read a blob only if it owns it: it uploaded it, mounted it, or h
 manifest with that digest. Ownership is a marker under the namespace plus a reverse
 marker beside the blob; the reverse marker is written first and removed last, so the
 reverse index is always a superset of the truth (what garbage collection needs).
+
+Every writer that makes a blob live (stores its bytes, grants it) first *touches* it:
+it removes the garbage collector's candidate mark, which tells a collection that is
+deciding about the blob at that moment to keep it (see `angosd.registry.gc`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from angosd.oci.digest import Digest
 from angosd.oci.errors import BlobUnknown
 from angosd.registry import paths
-from angosd.storage.errors import PathNotFound
+from angosd.storage.errors import PathNotFound, StorageError
 from angosd.storage.interface import IReadHandle, IStorageDriver
 
 
 class BlobStore:
     def __init__(self, driver: IStorageDriver) -> None:
         self._driver = driver
+        #: Called with every touched digest (the in-process collector listens).
+        self.touch_listeners: list[Callable[[Digest], None]] = []
+
+    async def touch(self, digest: Digest) -> None:
+        """Withdraw ``digest`` from garbage collection now: remove its candidate mark.
+
+        Writers call this before they store or grant a blob, so that a collection
+        deciding about it meanwhile sees the change and keeps it.
+        """
+        for listener in self.touch_listeners:
+            listener(digest)
+        await self._driver.delete(paths.gc_mark(digest))
 
     async def owns(self, namespace: str, digest: Digest) -> bool:
         """Whether ``namespace`` may read ``digest`` and the bytes are present."""
@@ -48,9 +66,17 @@ class BlobStore:
         return await self._driver.stat(paths.blob_data(digest)) is not None
 
     async def grant(self, namespace: str, digest: Digest) -> None:
-        """Record that ``namespace`` owns ``digest`` (idempotent)."""
+        """Record that ``namespace`` owns ``digest`` (idempotent).
+
+        Raises `StorageError` when the bytes are gone once ownership is written (a
+        collection reclaimed them just before): the caller reports a failure, never a
+        success for a blob that does not exist.
+        """
+        await self.touch(digest)
         await self._driver.write(paths.blob_owner(digest, namespace), b"")
         await self._driver.write(paths.owned_blob(namespace, digest), b"")
+        if await self._driver.stat(paths.blob_data(digest)) is None:
+            raise StorageError(f"blob {digest} was reclaimed while being stored; retry")
 
     async def revoke(self, namespace: str, digest: Digest) -> None:
         """Remove ``namespace``'s ownership of ``digest``; raises `BlobUnknown` if not owned."""
@@ -65,6 +91,7 @@ class BlobStore:
 
     async def store_small(self, digest: Digest, data: bytes) -> None:
         """Store bytes already known to hash to ``digest`` (manifests)."""
+        await self.touch(digest)
         await self._driver.write(paths.blob_data(digest), data)
 
     async def read_small(self, digest: Digest) -> bytes:

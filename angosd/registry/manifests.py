@@ -86,6 +86,8 @@ class ManifestStore:
             if current is not None and current != manifest.digest:
                 raise TagImmutable(f"{namespace}:{reference.tag} already points at {current}")
 
+        for referenced in (*manifest.referenced_blobs(), *manifest.manifests):
+            await self._blobs.touch(referenced.digest)  # a collection deciding about them now keeps them
         await self._blobs.store_small(manifest.digest, body)
         await self._blobs.grant(namespace, manifest.digest)
         record = {

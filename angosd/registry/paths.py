@@ -7,6 +7,9 @@
     repositories/<ns>/_manifests/tags/<tag>         the digest the tag points at
     repositories/<ns>/_referrers/<alg>/<hex>/<alg>-<hex> referrer descriptor (JSON)
     repositories/<ns>/_uploads/<uuid>/{data,info}   an upload session
+    _gc/marks/<alg>/<hex>                           GC candidate mark (JSON: since, token)
+    _gc/trash/<alg>-<hex>-<token>                   a blob directory being reclaimed
+    _quarantine/<stamp>-<id>/{object,note.json}     what scrub could not repair
 
 Namespace components never start with ``_``, so the ``_``-prefixed directories cannot
 collide with a nested namespace.
@@ -17,6 +20,11 @@ from __future__ import annotations
 from angosd.oci.digest import Digest
 
 REPOSITORIES = "repositories"
+BLOBS = "blobs"
+GC_MARKS = "_gc/marks"
+GC_TRASH = "_gc/trash"
+SCRUB_ASIDE = "_gc/scrub"
+QUARANTINE = "_quarantine"
 
 
 def blob_dir(digest: Digest) -> str:
@@ -41,6 +49,10 @@ def owner_namespace(marker: str) -> str:
 
 def namespace_dir(namespace: str) -> str:
     return f"{REPOSITORIES}/{namespace}"
+
+
+def owned_blobs_dir(namespace: str) -> str:
+    return f"{namespace_dir(namespace)}/_blobs"
 
 
 def owned_blob(namespace: str, digest: Digest) -> str:
@@ -85,3 +97,11 @@ def upload_data(namespace: str, session: str) -> str:
 
 def upload_info(namespace: str, session: str) -> str:
     return f"{upload_dir(namespace, session)}/info"
+
+
+def gc_mark(digest: Digest) -> str:
+    return f"{GC_MARKS}/{digest.algorithm}/{digest.hex}"
+
+
+def gc_trash(digest: Digest, token: str) -> str:
+    return f"{GC_TRASH}/{digest.algorithm}-{digest.hex}-{token}"

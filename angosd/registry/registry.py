@@ -13,6 +13,7 @@ from angosd.oci.names import validate_name
 from angosd.registry import paths
 from angosd.registry.blobs import BlobStore
 from angosd.registry.manifests import ManifestStore
+from angosd.registry.pulls import PullTimes
 from angosd.registry.uploads import UploadSessions
 from angosd.storage.interface import IStorageDriver
 
@@ -37,13 +38,16 @@ class Registry:
 
     def __init__(self, driver: IStorageDriver, clock: IReactorTime, limits: Limits,
                  namespace_allowed: Callable[[str], bool] = lambda _name: True,
-                 tag_immutable: Callable[[str, str], bool] = lambda _namespace, _tag: False) -> None:
+                 tag_immutable: Callable[[str, str], bool] = lambda _namespace, _tag: False,
+                 update_pull_time: Callable[[], bool] = lambda: False) -> None:
         self.driver = driver
         self.blobs = BlobStore(driver)
         self.uploads = UploadSessions(driver, self.blobs, clock, limits.max_blob_size)
         self.manifests = ManifestStore(driver, self.blobs, clock, limits.max_manifest_size,
                                        tag_immutable=tag_immutable)
         self._namespace_allowed = namespace_allowed
+        #: Last-pull times, recorded when ``update_pull_time()`` says so.
+        self.pulls = PullTimes(driver, clock, update_pull_time)
 
     def check_namespace(self, namespace: str) -> str:
         """Validate a namespace and check it is served; raises `NameInvalid`/`NameUnknown`."""
@@ -82,6 +86,29 @@ class Registry:
                     await visit(f"{prefix}/{child}", f"{name}/{child}" if name else child)
 
         await visit(paths.REPOSITORIES, "")
+        return sorted(n for n in found if self._namespace_allowed(n))
+
+    async def namespaces(self, under: str | None = None) -> list[str]:
+        """Served namespaces holding a manifest or an upload session, sorted.
+
+        With ``under`` (a valid name), only ``under`` itself and the namespaces below
+        ``under/``; only that part of the store is walked.
+        """
+        found: list[str] = []
+
+        async def visit(prefix: str, name: str) -> None:
+            children = await self.driver.children(prefix)
+            if ("_manifests" in children and await self.manifests.exists(name)) or \
+                    ("_uploads" in children and await self.driver.children(paths.uploads_dir(name))):
+                found.append(name)
+            for child in children:
+                if not child.startswith("_"):
+                    await visit(f"{prefix}/{child}", f"{name}/{child}" if name else child)
+
+        if under is None:
+            await visit(paths.REPOSITORIES, "")
+        else:
+            await visit(paths.namespace_dir(validate_name(under)), under)
         return sorted(n for n in found if self._namespace_allowed(n))
 
 

@@ -15,8 +15,11 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.logger import Logger
 
+from angosd.coordination import Coordination, Lease
 from angosd.oci.digest import ALGORITHMS, Digest, Hasher, new_hasher
 from angosd.oci.errors import BlobUploadUnknown, DigestInvalid, RangeNotSatisfiable, TooLarge
 from angosd.registry import paths
@@ -26,6 +29,7 @@ from angosd.storage.interface import IAppendWriter, IStorageDriver
 
 #: Hash states kept in memory; beyond this the oldest sessions fall back to rehashing.
 MAX_HASH_STATES = 4096
+_log = Logger()
 
 
 class UploadOffsetMismatch(RangeNotSatisfiable):
@@ -121,10 +125,10 @@ class UploadSink:
             self._sessions._release(self.session)
 
     def abort(self) -> None:
+        """Stop writing; the session is released once what was written is stored."""
         if not self._closed:
             self._closed = True
-            self._writer.abort()
-            self._sessions._release(self.session)
+            self._writer.abort().addBoth(lambda _: self._sessions._release(self.session))
 
 
 class UploadSessions:
@@ -135,6 +139,14 @@ class UploadSessions:
         self.max_blob_size = max_blob_size
         self._states: OrderedDict[str, _HashState] = OrderedDict()
         self._busy: set[str] = set()
+        #: Shared with other daemons on the same store (Redis); None: this process only.
+        self.coordination: Coordination | None = None
+        self._leases: dict[str, Lease] = {}
+
+    @property
+    def writing(self) -> int:
+        """Sessions with a chunk being written right now (a sink open and not yet released)."""
+        return len(self._busy)
 
     async def start(self, namespace: str, algorithm: str | None = None) -> str:
         """Create an empty session and return its id."""
@@ -180,12 +192,17 @@ class UploadSessions:
         if first is not None and first != info.size:
             raise UploadOffsetMismatch(namespace, session, info.size,
                                        f"chunk starts at {first}, upload has {info.size} bytes")
-        self._busy.add(session)
+        await self._lock(namespace, session, info.size)
         try:
             writer = await self._driver.open_append(paths.upload_data(namespace, session))
         except BaseException:
-            self._busy.discard(session)
+            self._release(session)
             raise
+        if first is not None and first != writer.offset:  # another daemon appended meanwhile
+            await writer.abort()
+            self._release(session)
+            raise UploadOffsetMismatch(namespace, session, writer.offset,
+                                       f"chunk starts at {first}, upload has {writer.offset} bytes")
         state = self._states.get(session)
         if state is None or state.offset != writer.offset:
             self._forget(session)
@@ -199,8 +216,14 @@ class UploadSessions:
         raised; nothing becomes visible. The commit is a rename, so the blob appears whole.
         """
         info = await self.info(namespace, session)
-        if session in self._busy:
-            raise UploadOffsetMismatch(namespace, session, info.size, "another request is writing to this upload")
+        await self._lock(namespace, session, info.size)
+        try:
+            return await self._complete(namespace, session, digest)
+        finally:
+            self._release(session)
+
+    async def _complete(self, namespace: str, session: str, digest: Digest) -> int:
+        info = await self.info(namespace, session)  # again: another daemon may have appended before we locked
         if info.algorithm is not None and info.algorithm != digest.algorithm:
             await self.cancel(namespace, session)
             raise DigestInvalid(f"upload was started for {info.algorithm}, not {digest.algorithm}")
@@ -212,6 +235,7 @@ class UploadSessions:
         if actual != digest.hex:
             await self.cancel(namespace, session)
             raise DigestInvalid(f"content hashes to {digest.algorithm}:{actual}, not {digest}")
+        await self._blobs.touch(digest)  # before the bytes appear: a collection deciding now keeps them
         await self._driver.move(paths.upload_data(namespace, session), paths.blob_data(digest))
         await self._blobs.grant(namespace, digest)
         await self.cancel(namespace, session)
@@ -230,5 +254,31 @@ class UploadSessions:
     def _forget(self, session: str) -> None:
         self._states.pop(session, None)
 
+    async def _lock(self, namespace: str, session: str, size: int) -> None:
+        """Mark ``session`` busy here and, with coordination, for every daemon.
+
+        Raises `UploadOffsetMismatch` when a request (of any daemon) is already writing
+        to it, `CoordinationError` when the shared state cannot be reached.
+        """
+        if session in self._busy:
+            raise UploadOffsetMismatch(namespace, session, size, "another request is writing to this upload")
+        self._busy.add(session)
+        if self.coordination is None:
+            return
+        try:
+            lease = await self.coordination.acquire(f"upload:{session}")
+        except BaseException:
+            self._busy.discard(session)
+            raise
+        if lease is None:
+            self._busy.discard(session)
+            raise UploadOffsetMismatch(namespace, session, size, "another request is writing to this upload")
+        self._leases[session] = lease
+
     def _release(self, session: str) -> None:
         self._busy.discard(session)
+        lease = self._leases.pop(session, None)
+        if lease is not None and self.coordination is not None:
+            Deferred.fromCoroutine(self.coordination.release(lease)).addErrback(
+                lambda failure: _log.warn("could not release {name}: {error}", name=lease.name,
+                                          error=failure.getErrorMessage()))

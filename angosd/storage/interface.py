@@ -85,3 +85,13 @@ class IStorageDriver(Interface):
 
     def hash_object(key: str, algorithm: str) -> Deferred[str]:
         """Hex digest of an object's bytes, computed without loading it into memory."""
+
+
+class IRedirectingDriver(Interface):
+    """Optional: a driver whose objects clients may fetch directly (S3 presigned URLs)."""
+
+    def redirect_url(key: str, ttl: int) -> str | None:
+        """A URL serving the bytes of ``key`` without credentials for ``ttl`` seconds, or None.
+
+        The URL is computed locally; it does not say whether the object exists.
+        """

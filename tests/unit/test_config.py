@@ -20,8 +20,10 @@ from angosd.config import (
     ConfigError,
     FsStoreConfig,
     GlobalConfig,
+    RedisConfig,
     RepositoryConfig,
     RetentionPolicyConfig,
+    S3StoreConfig,
     ServerConfig,
     TlsConfig,
     UiConfig,
@@ -259,12 +261,69 @@ def test_default_and_default_allow_in_one_file_conflict(tmp_path: Path) -> None:
     assert load_error(path).startswith(f"{path}: global.access_policy.default_allow: conflicts with 'default'")
 
 
-def test_s3_next_to_fs_is_ignored_with_a_warning(tmp_path: Path) -> None:
+def test_s3_next_to_fs_is_refused(tmp_path: Path) -> None:
     path = write(tmp_path, "a.toml", '[blob_store.fs]\nroot_dir = "/d"\n[blob_store.s3]\nbucket = "b"\n')
+    assert load_error(path) == f"{path}: blob_store.s3: set either [blob_store.fs] or [blob_store.s3], not both"
+
+
+S3_SECTION = """
+[blob_store.s3]
+endpoint = "http://127.0.0.1:9000"
+bucket = "registry"
+access_key_id = "AKID"
+secret_key = "very-secret"
+"""
+
+
+def test_s3_store_defaults(tmp_path: Path) -> None:
+    config, warnings = load(write(tmp_path, "a.toml", S3_SECTION))
+    assert warnings == []
+    s3 = config.blob_store_s3
+    assert s3 == S3StoreConfig(endpoint="http://127.0.0.1:9000", bucket="registry", access_key_id="AKID",
+                               secret_key="very-secret")
+    assert (s3.region, s3.key_prefix, s3.multipart_part_size, s3.max_attempts) == ("us-east-1", "", 16 * 1024**2, 3)
+    assert (s3.operation_timeout_secs, s3.operation_attempt_timeout_secs, s3.presign_ttl_secs) == (900.0, 300.0, 1800)
+    assert "very-secret" not in repr(config)
+    assert config.global_.enable_blob_redirect is True
+    assert config.redis is None
+
+
+def test_s3_store_all_keys(tmp_path: Path) -> None:
+    extra = """region = "eu-west-3"
+key_prefix = "angosd/prod"
+multipart_part_size = "64MiB"
+max_attempts = 5
+operation_timeout_secs = 60
+operation_attempt_timeout_secs = 7.5
+presign_ttl_secs = 300
+multipart_copy_jobs = 4
+[global]
+enable_blob_redirect = false
+[cache.redis]
+url = "redis://:pw@10.0.0.5:6380/2"
+key_prefix = "reg:"
+lock_ttl_secs = 5
+"""
+    config, warnings = load(write(tmp_path, "a.toml", S3_SECTION + extra))
+    assert warnings == []
+    s3 = config.blob_store_s3
+    assert s3 is not None
+    assert (s3.region, s3.key_prefix, s3.multipart_part_size) == ("eu-west-3", "angosd/prod", 64 * 1024**2)
+    assert (s3.max_attempts, s3.operation_timeout_secs, s3.operation_attempt_timeout_secs) == (5, 60.0, 7.5)
+    assert s3.presign_ttl_secs == 300
+    assert config.global_.enable_blob_redirect is False
+    assert config.redis == RedisConfig(url="redis://:pw@10.0.0.5:6380/2", key_prefix="reg:", lock_ttl_secs=5.0)
+    assert ":pw@" not in repr(config)
+
+
+def test_legacy_enable_redirect_and_cache_store_alias(tmp_path: Path) -> None:
+    path = write(tmp_path, "a.toml", '[global]\nenable_redirect = false\n[cache_store.redis]\nurl = "redis://r"\n')
     config, warnings = load(path)
-    assert config.blob_store.root_dir == "/d"
-    assert len(warnings) == 1
-    assert warnings[0].startswith(f"{path}: blob_store.s3: S3 storage is not supported")
+    assert warnings == []
+    assert config.global_.enable_blob_redirect is False
+    assert config.redis is not None and config.redis.url == "redis://r"
+    both = write(tmp_path, "b.toml", "[global]\nenable_redirect = false\nenable_blob_redirect = true\n")
+    assert load(both)[0].global_.enable_blob_redirect is True
 
 
 # --------------------------------------------------------------------------- the example file
@@ -290,14 +349,28 @@ def _uncomment(first: str, last: str) -> str:
     return "\n".join(line for line in enabled if not line.startswith("#")) + "\n"
 
 
+def test_example_file_s3_section_is_valid(tmp_path: Path) -> None:
+    example = EXAMPLE.read_text(encoding="utf-8")
+    without_fs = example.replace("[blob_store.fs]\n", "[unused_fs_example]\n")  # s3 replaces fs
+    base = write(tmp_path, "base.toml", without_fs)
+    s3 = write(tmp_path, "s3.toml", _uncomment("# [blob_store.s3]", "# presign_ttl_secs = 1800"))
+    config, warnings = load(base, s3)
+    assert warnings == [f"{base}: unused_fs_example: unknown key, ignored"]
+    assert config.blob_store_s3 == S3StoreConfig(endpoint="https://s3.example.com", bucket="registry",
+                                                 access_key_id="...", secret_key="...", key_prefix="angosd")
+    assert config.global_.enable_blob_redirect is True
+
+
 def test_example_file_commented_sections_are_valid(tmp_path: Path) -> None:
     tls = _uncomment("# [server.tls]", '# client_auth = "optional"')
     hub = _uncomment('# [repository."hub"]', "# read_timeout_secs = 300")
-    extras = write(tmp_path, "extras.toml", tls + hub)
+    redis = _uncomment("# [cache.redis]", "# lock_ttl_secs = 15")
+    extras = write(tmp_path, "extras.toml", tls + hub + redis)
     config, warnings = load(str(EXAMPLE), extras)
     assert warnings == []
     assert config.server.tls == TlsConfig("/etc/angosd/tls/server.crt", "/etc/angosd/tls/server.key",
                                           client_ca_bundle="/etc/angosd/tls/clients-ca.crt")
+    assert config.redis == RedisConfig(url="redis://localhost:6379/0")
     hub_config = config.repository_for("hub/library/alpine")
     assert hub_config is not None and hub_config.is_pull_through
     assert hub_config.upstreams[0].url == "https://registry-1.docker.io"
@@ -417,8 +490,18 @@ ERROR_CASES = [
     pytest.param("[repository]\napps = 3\n", "", "repository.apps", "expected a table, got integer",
                  id="repository-not-table"),
     pytest.param("server = 5\n", "", "server", "expected a table, got integer", id="section-not-table"),
-    pytest.param('[blob_store.s3]\nbucket = "b"\n', "", "blob_store.s3",
-                 "S3 storage is not supported by this build yet", id="s3-only"),
+    pytest.param('[blob_store.s3]\nbucket = "b"\n', "", "blob_store.s3.endpoint",
+                 "required key is missing", id="s3-without-endpoint"),
+    pytest.param(S3_SECTION, '[blob_store.s3]\nmultipart_part_size = "1MiB"\n', "blob_store.s3.multipart_part_size",
+                 "must be between 5MiB and 5GiB", id="s3-part-too-small"),
+    pytest.param(S3_SECTION, '[blob_store.s3]\nendpoint = "s3.local"\n', "blob_store.s3.endpoint",
+                 "expected an http:// or https:// URL", id="s3-bad-endpoint"),
+    pytest.param(S3_SECTION + "max_attempts = 0\n", "", "blob_store.s3.max_attempts", "must be between 1 and 20",
+                 id="s3-no-attempts"),
+    pytest.param('[cache.redis]\nurl = "http://:secret@r"\n', "", "cache.redis.url",
+                 "expected a redis://host[:port][/db] URL", id="redis-bad-url"),
+    pytest.param("[cache.redis]\nkey_prefix = 'x'\n", "", "cache.redis.url", "required key is missing",
+                 id="redis-without-url"),
     pytest.param('[ui]\nname = ["x"]\n', "", "ui.name", "expected a string, got array", id="string-expected"),
     pytest.param("[global.access_policy]\nrules = 'x'\n", "", "global.access_policy.rules",
                  "expected an array of strings, got string", id="array-expected"),
@@ -702,6 +785,14 @@ TYPED_KEYS: list[tuple[str, str, str, tuple[type, ...]]] = [
     ("", "server", "server", (dict,)),
     ("", "repository", "repository", (dict,)),
     ("[blob_store]", "fs", "blob_store.fs", (dict,)),
+    ("[blob_store.s3]\nendpoint = 'http://s3'\nbucket = 'b'\naccess_key_id = 'a'", "secret_key",
+     "blob_store.s3.secret_key", (str,)),
+    ("[blob_store.s3]\nendpoint = 'http://s3'\nbucket = 'b'\naccess_key_id = 'a'\nsecret_key = 's'",
+     "multipart_part_size", "blob_store.s3.multipart_part_size", (int, str)),
+    ("[blob_store.s3]\nendpoint = 'http://s3'\nbucket = 'b'\naccess_key_id = 'a'\nsecret_key = 's'",
+     "presign_ttl_secs", "blob_store.s3.presign_ttl_secs", (int,)),
+    ("[global]", "enable_blob_redirect", "global.enable_blob_redirect", (bool,)),
+    ("[cache.redis]", "url", "cache.redis.url", (str,)),
     ('[repository."r"]', "upstream", "repository.r.upstream", (list,)),
 ]
 
@@ -749,3 +840,42 @@ def test_any_repository_name_gives_config_error_or_config(scratch: Path, name: s
         assert "invalid repository name" in str(error)
     else:
         assert config.repositories[0].name == name
+
+
+# --------------------------------------------------------------------------- prefetch_platforms
+
+
+def test_prefetch_platforms(tmp_path: Path) -> None:
+    path = write(tmp_path, "p.toml", """
+        [repository."hub"]
+        prefetch_platforms = ["linux/amd64", "linux/arm/v7"]
+        [[repository."hub".upstream]]
+        url = "https://registry-1.docker.io"
+        [repository."all"]
+        prefetch_platforms = "all"
+        [repository."none"]
+    """)
+    config, warnings = load(path)
+    assert warnings == []
+    platforms = {repository.name: repository.prefetch_platforms for repository in config.repositories}
+    assert platforms == {"all": ("all",), "hub": ("linux/amd64", "linux/arm/v7"), "none": ()}
+
+
+@pytest.mark.parametrize(("value", "problem"), [
+    ('"linux/amd64"', 'expected "all" or an array'),
+    ('["linux"]', 'expected "os/arch" or "os/arch/variant"'),
+    ('["linux/arm/v7/x"]', 'expected "os/arch" or "os/arch/variant"'),
+    ("true", "expected an array of strings"),
+])
+def test_prefetch_platforms_errors(tmp_path: Path, value: str, problem: str) -> None:
+    path = write(tmp_path, "p.toml", f'[repository."hub"]\nprefetch_platforms = {value}\n')
+    assert load_error(path).startswith(f"{path}: repository.hub.prefetch_platforms"), load_error(path)
+    assert problem in load_error(path)
+
+
+def test_example_file_documents_prefetch_platforms(tmp_path: Path) -> None:
+    hub = _uncomment('# [repository."hub"]', "# read_timeout_secs = 300")
+    config, warnings = load(str(EXAMPLE), write(tmp_path, "hub.toml", hub))
+    assert warnings == []
+    hub_config = config.repository_for("hub/library/alpine")
+    assert hub_config is not None and hub_config.prefetch_platforms == ("linux/amd64", "linux/arm64")

@@ -1,0 +1,248 @@
+"""The extension API (``/v2/_ext/...``): listings for the web UI and for operators.
+
+Field names and types follow ``spec/API.md`` exactly; extra fields sit beside them.
+
+- ``GET /v2/_ext/_repositories``: the configured repositories, sorted, with their
+  namespace count and flags. With no repository configured (the embedded default),
+  each first name component of a stored namespace stands for one (``"configured": false``),
+  so the UI can still be browsed.
+- ``GET /v2/_ext/REPO/_namespaces``: namespaces equal to REPO or below ``REPO/`` that
+  belong to that repository (a nested repository keeps its own), holding a manifest or
+  an upload session. An unknown repository is 404 ``NAME_UNKNOWN``; with no repository
+  configured, REPO is a plain namespace prefix (404 when nothing is stored under it).
+- ``GET /v2/_ext/NS/_revisions``: every manifest revision with its tags, the index that
+  lists it (``parent``), push and last-pull times (epoch seconds), plus ``children``,
+  ``platform``, ``referrers`` (manifests whose subject it is, and Docker attestation
+  manifests that name it), ``size``, ``artifact_type`` and ``subject``.
+- ``GET /v2/_ext/NS/_uploads``: upload sessions in progress.
+
+A namespace's count of namespaces and its listing include namespaces that hold only an
+upload session, so abandoned uploads can be found and cancelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from angosd.config import Config, RepositoryConfig
+from angosd.http.api import Handler
+from angosd.http.request import RegistryRequest
+from angosd.http.responses import respond_json
+from angosd.http.router import Route
+from angosd.oci import media_types as mt
+from angosd.oci.digest import Digest
+from angosd.oci.errors import ManifestUnknown, NameUnknown, OciError
+from angosd.oci.manifest import Descriptor, Manifest, parse_manifest
+from angosd.oci.names import Reference, validate_name
+from angosd.registry.registry import Registry
+from angosd.storage.errors import PathNotFound
+
+#: Config media types that do not make a manifest an artifact: runnable images' configs, and
+#: the empty config (an artifact with it declares ``artifactType`` itself).
+IMAGE_CONFIGS = frozenset({"application/vnd.oci.image.config.v1+json",
+                           "application/vnd.docker.container.image.v1+json", mt.OCI_EMPTY})
+#: Annotations BuildKit puts on the index entry of an attestation manifest.
+DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"
+DOCKER_REFERENCE_DIGEST = "vnd.docker.reference.digest"
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryView:
+    """A repository as the extension API shows it (configured, or derived from storage)."""
+
+    name: str
+    is_pull_through: bool
+    immutable_tags: bool
+    configured: bool
+
+    @classmethod
+    def of(cls, repository: RepositoryConfig) -> RepositoryView:
+        return cls(repository.name, repository.is_pull_through, repository.immutable_tags, True)
+
+
+@dataclass(slots=True)
+class _Entry:
+    """One revision being assembled (mutable only while `revisions` builds it)."""
+
+    digest: Digest
+    media_type: str
+    size: int
+    pushed_at: int
+    subject: Digest | None
+    artifact_type: str | None
+    children: tuple[Descriptor, ...] = ()
+    parents: list[Digest] = field(default_factory=list)
+    platform: dict[str, Any] | None = None
+    referrers: list[dict[str, Any]] = field(default_factory=list)
+
+
+def artifact_type(manifest: Manifest) -> str | None:
+    """The artifact type of a manifest as the image spec defines it: ``artifactType``, else
+    the config's media type unless that is an image config (plain images have none)."""
+    if manifest.artifact_type is not None:
+        return manifest.artifact_type
+    if manifest.config is not None and manifest.config.media_type not in IMAGE_CONFIGS:
+        return manifest.config.media_type
+    return None
+
+
+def _descriptor_json(descriptor: Descriptor) -> dict[str, Any]:
+    return {"digest": str(descriptor.digest), "media_type": descriptor.media_type, "size": descriptor.size,
+            "artifact_type": descriptor.artifact_type, "platform": descriptor.platform,
+            "annotations": descriptor.annotations or {}}
+
+
+class ExtensionAPI:
+    """Handlers of the ``list-repositories``, ``list-namespaces``, ``list-revisions`` and
+    ``list-uploads`` actions. ``config`` returns the current configuration (it may reload)."""
+
+    def __init__(self, registry: Registry, config: Callable[[], Config]) -> None:
+        self.registry = registry
+        self._config = config
+
+    def handlers(self) -> dict[str, Handler]:
+        """The handlers by action, for `RegistryAPI(extensions=...)`."""
+        return {
+            "list-repositories": self._list_repositories,
+            "list-namespaces": self._list_namespaces,
+            "list-revisions": self._list_revisions,
+            "list-uploads": self._list_uploads,
+        }
+
+    # -- repositories and namespaces ---------------------------------------------------------
+
+    async def repositories(self) -> list[RepositoryView]:
+        """Configured repositories sorted by name; derived ones when none is configured."""
+        config = self._config()
+        if config.repositories:
+            return sorted((RepositoryView.of(r) for r in config.repositories), key=lambda r: r.name)
+        tops = sorted({name.split("/", 1)[0] for name in await self.registry.namespaces()})
+        return [RepositoryView(top, False, config.global_.immutable_tags, False) for top in tops]
+
+    async def namespaces_of(self, repository: str) -> list[str]:
+        """Namespaces of ``repository`` (see the module docstring), sorted.
+
+        Raises `NameInvalid` for a malformed name and `NameUnknown` for an unknown
+        repository (or, with none configured, an empty prefix).
+        """
+        validate_name(repository)
+        config = self._config()
+        if not config.repositories:
+            found = await self.registry.namespaces(repository)
+            if not found:
+                raise NameUnknown(repository)
+            return found
+        if not any(r.name == repository for r in config.repositories):
+            raise NameUnknown(repository)
+        owned = []
+        for name in await self.registry.namespaces(repository):
+            owner = config.repository_for(name)
+            if owner is not None and owner.name == repository:
+                owned.append(name)
+        return owned
+
+    async def _list_repositories(self, request: RegistryRequest, route: Route) -> bytes:
+        listed = []
+        for repository in await self.repositories():
+            count = len(await self.namespaces_of(repository.name))
+            listed.append({"name": repository.name, "namespaces": count,
+                           "is_pull_through": repository.is_pull_through,
+                           "immutable_tags": repository.immutable_tags, "configured": repository.configured})
+        return respond_json(request, 200, {"repositories": listed})
+
+    async def _list_namespaces(self, request: RegistryRequest, route: Route) -> bytes:
+        name = route.namespace or ""
+        namespaces = await self.namespaces_of(name)
+        listed = []
+        for namespace in namespaces:
+            manifests = self.registry.manifests
+            listed.append({"name": namespace, "manifests": len(await manifests.revisions(namespace)),
+                           "uploads": len(await self.registry.uploads.list(namespace)),
+                           "tags": len(await manifests.tags(namespace))})
+        config = self._config()
+        repository = next((r for r in config.repositories if r.name == name), None)
+        view = RepositoryView.of(repository) if repository is not None else \
+            RepositoryView(name, False, config.global_.immutable_tags, False)
+        return respond_json(request, 200, {"namespaces": listed, "repository": view.name,
+                                           "is_pull_through": view.is_pull_through,
+                                           "immutable_tags": view.immutable_tags})
+
+    # -- revisions and uploads ---------------------------------------------------------------
+
+    async def revisions(self, namespace: str) -> list[dict[str, Any]]:
+        """Every revision of ``namespace`` as listed by ``_revisions``, newest push first."""
+        manifests = self.registry.manifests
+        entries: dict[Digest, _Entry] = {}
+        for digest in await manifests.revisions(namespace):
+            entry = await self._entry(namespace, digest)
+            if entry is not None:
+                entries[digest] = entry
+        for entry in sorted(entries.values(), key=lambda e: str(e.digest)):
+            for child in entry.children:
+                target = entries.get(child.digest)
+                if target is not None:
+                    target.parents.append(entry.digest)
+                    if target.platform is None:
+                        target.platform = child.platform
+                attested = (child.annotations or {}).get(DOCKER_REFERENCE_DIGEST)
+                if attested is not None and (child.annotations or {}).get(DOCKER_REFERENCE_TYPE):
+                    try:
+                        subject = entries.get(Digest.parse(attested))
+                    except OciError:
+                        subject = None
+                    if subject is not None:
+                        subject.referrers.append(_descriptor_json(child))
+            if entry.subject is not None and entry.subject in entries:
+                referrer = Descriptor(entry.media_type, entry.digest, entry.size, entry.artifact_type)
+                entries[entry.subject].referrers.append(_descriptor_json(referrer))
+        tags = await manifests.tags_of(namespace)
+        pulled = await self.registry.pulls.last_pulled_many(namespace, entries)
+        listed = []
+        for entry in sorted(entries.values(), key=lambda e: (-e.pushed_at, str(e.digest))):
+            listed.append({
+                "digest": str(entry.digest),
+                "media_type": entry.media_type,
+                "tags": sorted(tags.get(entry.digest, [])),
+                "parent": str(entry.parents[0]) if entry.parents else None,
+                "pushed_at": entry.pushed_at,
+                "last_pulled_at": pulled.get(entry.digest),
+                "size": entry.size,
+                "artifact_type": entry.artifact_type,
+                "subject": str(entry.subject) if entry.subject is not None else None,
+                "parents": [str(p) for p in entry.parents],
+                "platform": entry.platform,
+                "children": [_descriptor_json(child) for child in entry.children],
+                "referrers": sorted(entry.referrers, key=lambda r: r["digest"]),
+            })
+        return listed
+
+    async def _entry(self, namespace: str, digest: Digest) -> _Entry | None:
+        """A revision and what its manifest says, or None if it vanished meanwhile."""
+        manifests = self.registry.manifests
+        try:
+            revision = await manifests.revision(namespace, digest)
+            stored = await manifests.get(namespace, Reference(digest=digest))
+        except (ManifestUnknown, PathNotFound):
+            return None
+        entry = _Entry(digest, revision.media_type, len(stored.body), revision.pushed_at, revision.subject, None)
+        with contextlib.suppress(OciError, ValueError):  # unparsable: listed, without children
+            manifest = parse_manifest(stored.body, revision.media_type, digest.algorithm)
+            entry.children = manifest.manifests
+            entry.artifact_type = artifact_type(manifest)
+        return entry
+
+    async def _list_revisions(self, request: RegistryRequest, route: Route) -> bytes:
+        namespace = self.registry.check_namespace(route.namespace or "")
+        revisions = await self.revisions(namespace)
+        if not revisions and not await self.registry.uploads.list(namespace):
+            raise NameUnknown(namespace)
+        return respond_json(request, 200, {"name": namespace, "revisions": revisions})
+
+    async def _list_uploads(self, request: RegistryRequest, route: Route) -> bytes:
+        namespace = self.registry.check_namespace(route.namespace or "")
+        sessions = sorted(await self.registry.uploads.list(namespace), key=lambda s: (s.started_at, s.session))
+        uploads = [{"uuid": s.session, "size": s.size, "started_at": s.started_at} for s in sessions]
+        return respond_json(request, 200, {"name": namespace, "uploads": uploads})

@@ -1,0 +1,234 @@
+"""Prometheus metrics, served at ``GET /metrics`` (action ``metrics``, under the access policy).
+
+Everything lives on one `prometheus_client.CollectorRegistry` that `Metrics` creates (or
+is given); nothing touches prometheus-client's global default registry.
+
+HTTP (recorded by `RequestMetrics`, a `RequestObserver` of the site):
+
+- ``angosd_http_requests_total{action,method,status}``: counter, one per finished request.
+- ``angosd_http_request_duration_seconds{action,method}``: histogram, headers in to response
+  sent (or connection lost); buckets `DURATION_BUCKETS`, 0.5 ms to 10 min.
+- ``angosd_http_requests_in_flight``: gauge of *requests* (not connections) started and not
+  finished; each request is added once and removed exactly once, disconnects included.
+- ``angosd_http_request_bytes_total{action}``: request body bytes read from the connection
+  (refused bodies included: they are read and discarded).
+- ``angosd_http_response_bytes_total{action}``: response body bytes sent (headers excluded).
+
+Label values are bounded: ``action`` is the router's action (a fixed set, ``unknown``
+included), never the path or namespace; ``method`` is one of `HTTP_METHODS` or ``OTHER``;
+``status`` is the numeric response code, ``499`` when the client went away before a
+response was started (see `angosd.http.accesslog.response_status`).
+
+Other:
+
+- ``angosd_uploads_in_progress``: gauge of upload sessions whose bytes are being written
+  right now (a PATCH/PUT chunk or monolithic POST admitted and not yet finished), read from
+  the callable given to `Metrics.watch_uploads`. Idle open sessions are not counted.
+- ``angosd_auth_attempts_total{method,result}``: one per authentication (once per request
+  that is not a health probe); ``method`` is one of `AUTH_METHODS`, ``result`` one of
+  `AUTH_RESULTS`. Record with `Metrics.auth_attempt` (the `Authenticator`'s ``record``).
+- Pull-through cache, by configured repository name (bounded by the configuration, never a
+  namespace): ``angosd_pull_through_hits_total``, ``angosd_pull_through_misses_total``,
+  ``angosd_pull_through_stale_served_total``, ``angosd_pull_through_upstream_errors_total``.
+- The standard ``process_*``, ``python_gc_*`` and ``python_info`` collectors.
+
+Pull-through recorder API (`PullThroughMetrics`, available as ``Metrics.pull_through``;
+it satisfies `angosd.proxy.cache.CacheMetrics`). Each call adds one to a counter and
+never raises for a valid name; ``repository`` is the repository's configured name:
+
+- ``hit(repository)``: served from the local store without fetching content upstream;
+- ``miss(repository)``: fetched from an upstream (and stored);
+- ``stale(repository)``: served from the local store because every upstream failed;
+- ``upstream_error(repository)``: one upstream request failed (a failover counts each);
+- ``declare(repositories)``: create the four series at 0 for these names, so dashboards
+  see them before the first event.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    GCCollector,
+    Histogram,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+
+from angosd.http.accesslog import received_bytes, response_status
+from angosd.http.api import Handler
+from angosd.http.request import RegistryRequest
+from angosd.http.responses import respond
+from angosd.http.router import Route
+
+__all__ = [
+    "AUTH_METHODS",
+    "AUTH_RESULTS",
+    "DURATION_BUCKETS",
+    "HTTP_METHODS",
+    "Metrics",
+    "PullThroughMetrics",
+    "RequestMetrics",
+    "method_label",
+]
+
+#: Histogram buckets (seconds) for request durations: sub-millisecond manifest hits to
+#: multi-minute blob transfers.
+DURATION_BUCKETS = (.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
+#: Methods reported as themselves; any other is reported as ``OTHER``.
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+#: ``method`` label values of ``angosd_auth_attempts_total``.
+AUTH_METHODS = ("certificate", "bearer", "basic", "oidc-basic", "anonymous")
+#: ``result`` label values of ``angosd_auth_attempts_total``.
+AUTH_RESULTS = ("success", "failure")
+
+
+def method_label(method: str) -> str:
+    """``method`` if it is a standard registry method, else ``OTHER`` (keeps the label bounded)."""
+    return method if method in HTTP_METHODS else "OTHER"
+
+
+def _route(request: Any) -> tuple[str, str]:
+    """(action, method label) of a request; ``unknown`` when it was never routed."""
+    route = getattr(request, "route", None)
+    if route is None:
+        return "unknown", "OTHER"
+    return route.action, method_label(route.method)
+
+
+class RequestMetrics:
+    """The HTTP metrics, fed by the site as a `RequestObserver`.
+
+    ``clock`` returns monotonic seconds. Every request seen in `started` is counted once
+    in `finished`, and the in-flight gauge goes up and down exactly once for it; a
+    `finished` without `started` (or a second one) changes nothing.
+    """
+
+    def __init__(self, registry: CollectorRegistry, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._started: dict[Any, float] = {}
+        self.requests = Counter("angosd_http_requests", "HTTP requests finished, by route action, method and status.",
+                                ("action", "method", "status"), registry=registry)
+        self.duration = Histogram("angosd_http_request_duration_seconds",
+                                  "Time from request headers received to response sent, by route action and method.",
+                                  ("action", "method"), buckets=DURATION_BUCKETS, registry=registry)
+        self.in_flight = Gauge("angosd_http_requests_in_flight", "HTTP requests started and not finished.",
+                               registry=registry)
+        self.received = Counter("angosd_http_request_bytes", "Request body bytes received, by route action.",
+                                ("action",), registry=registry)
+        self.sent = Counter("angosd_http_response_bytes", "Response body bytes sent, by route action.",
+                            ("action",), registry=registry)
+
+    def started(self, request: Any) -> None:
+        """Headers of ``request`` are in: it is in flight."""
+        if request in self._started:
+            return
+        self._started[request] = self._clock()
+        self.in_flight.inc()
+
+    def finished(self, request: Any, failed: bool) -> None:
+        """``request`` was answered (or its connection lost): count it, once."""
+        began = self._started.pop(request, None)
+        if began is None:
+            return
+        self.in_flight.dec()
+        action, method = _route(request)
+        self.requests.labels(action, method, str(response_status(request, failed))).inc()
+        self.duration.labels(action, method).observe(max(self._clock() - began, 0.0))
+        received = received_bytes(request)
+        if received:
+            self.received.labels(action).inc(received)
+        sent = int(getattr(request, "sentLength", 0) or 0)
+        if sent:
+            self.sent.labels(action).inc(sent)
+
+
+class PullThroughMetrics:
+    """Counters of the pull-through cache by repository name (see the module docstring)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.hits = Counter("angosd_pull_through_hits", "Pull-through requests served from the local store.",
+                            ("repository",), registry=registry)
+        self.misses = Counter("angosd_pull_through_misses", "Pull-through requests whose content came from upstream.",
+                              ("repository",), registry=registry)
+        self.stale_served = Counter("angosd_pull_through_stale_served",
+                                    "Pull-through requests served from the local store because upstreams failed.",
+                                    ("repository",), registry=registry)
+        self.upstream_errors = Counter("angosd_pull_through_upstream_errors", "Failed upstream requests.",
+                                       ("repository",), registry=registry)
+
+    def hit(self, repository: str) -> None:
+        """One answer served locally."""
+        self.hits.labels(repository).inc()
+
+    def miss(self, repository: str) -> None:
+        """One answer fetched from an upstream."""
+        self.misses.labels(repository).inc()
+
+    def stale(self, repository: str) -> None:
+        """One answer served locally because no upstream answered."""
+        self.stale_served.labels(repository).inc()
+
+    def upstream_error(self, repository: str) -> None:
+        """One failed upstream request."""
+        self.upstream_errors.labels(repository).inc()
+
+    def declare(self, repositories: Iterable[str]) -> None:
+        """Make the four series of each repository exist (at 0) before any event."""
+        for repository in repositories:
+            for counter in (self.hits, self.misses, self.stale_served, self.upstream_errors):
+                counter.labels(repository)
+
+
+class Metrics:
+    """All of the daemon's metrics on one registry, and the ``metrics`` action's handler.
+
+    ``clock`` returns monotonic seconds (request durations). ``registry`` defaults to a new
+    `CollectorRegistry` with the process, GC and platform collectors added.
+    """
+
+    def __init__(self, clock: Callable[[], float], registry: CollectorRegistry | None = None) -> None:
+        if registry is None:
+            registry = CollectorRegistry()
+            ProcessCollector(registry=registry)
+            PlatformCollector(registry=registry)
+            GCCollector(registry=registry)
+        self.registry = registry
+        self.requests = RequestMetrics(registry, clock)
+        self.pull_through = PullThroughMetrics(registry)
+        self.auth_attempts = Counter("angosd_auth_attempts", "Authentications by credential method and result.",
+                                     ("method", "result"), registry=registry)
+        for method in AUTH_METHODS:
+            for result in AUTH_RESULTS:
+                self.auth_attempts.labels(method, result)
+        self.uploads_in_progress = Gauge("angosd_uploads_in_progress",
+                                         "Upload sessions whose bytes are being written right now.",
+                                         registry=registry)
+
+    def auth_attempt(self, method: str, result: str) -> None:
+        """Count one authentication; raises ValueError for a method or result not listed in
+        `AUTH_METHODS` / `AUTH_RESULTS` (the label set stays bounded)."""
+        if method not in AUTH_METHODS or result not in AUTH_RESULTS:
+            raise ValueError(f"unknown authentication method or result: {method!r}, {result!r}")
+        self.auth_attempts.labels(method, result).inc()
+
+    def watch_uploads(self, writing: Callable[[], int]) -> None:
+        """Report ``writing()`` (sessions being written right now) as ``angosd_uploads_in_progress``."""
+        self.uploads_in_progress.set_function(lambda: float(writing()))
+
+    def exposition(self) -> bytes:
+        """The registry in the Prometheus text format (`CONTENT_TYPE_LATEST`)."""
+        return bytes(generate_latest(self.registry))
+
+    def handlers(self) -> dict[str, Handler]:
+        """The ``metrics`` action's handler, for `RegistryAPI(extensions=...)`."""
+        return {"metrics": self._serve}
+
+    async def _serve(self, request: RegistryRequest, route: Route) -> bytes:
+        return respond(request, 200, self.exposition(), CONTENT_TYPE_LATEST)

@@ -1,0 +1,362 @@
+"""Reading S3 objects: streaming ranges into a consumer with backpressure, and block reads.
+
+A logical object is a list of `Segment` (byte ranges of bucket objects, in order): one
+segment for a plain object, the base object plus its parts for an append session (see
+`s3_append`). Streaming GETs the segments one after the other with ``Range`` (and
+``If-Match`` on the ETag seen when the object was opened, so a replaced object fails
+instead of mixing versions), re-chunks the bytes into `CHUNK_SIZE` writes, and pauses
+the upstream connection while the consumer is paused: memory stays at a few chunks.
+A connection lost mid-segment is resumed from the last byte received.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
+from twisted.internet.protocol import Protocol
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.iweb import IResponse
+from zope.interface import implementer
+
+from angosd.storage.errors import PathNotFound, StorageError
+from angosd.storage.interface import IReadHandle
+from angosd.storage.producers import CHUNK_SIZE, FileRangeProducer
+from angosd.storage.s3_client import S3Client, S3Response
+
+#: Upstream is paused past this many buffered bytes and resumed below `_LOW_WATER`.
+_HIGH_WATER = 4 * CHUNK_SIZE
+_LOW_WATER = 2 * CHUNK_SIZE
+#: Block size of `read_blocks` (hashing, assembling parts).
+BLOCK_SIZE = 8 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    """``length`` bytes of bucket object ``full_key`` from byte ``start``; ``etag`` pins its version."""
+
+    full_key: str
+    start: int
+    length: int
+    etag: str | None = None
+
+
+def slice_segments(segments: list[Segment], first: int, last: int) -> list[Segment]:
+    """The parts of ``segments`` (laid end to end) that hold logical bytes ``first..last``."""
+    found = []
+    position = 0
+    for segment in segments:
+        end = position + segment.length  # exclusive
+        low, high = max(first, position), min(last + 1, end)
+        if low < high:
+            found.append(Segment(segment.full_key, segment.start + low - position, high - low, segment.etag))
+        position = end
+    return found
+
+
+def range_headers(segment: Segment, skip: int = 0) -> dict[str, str]:
+    headers = {"Range": f"bytes={segment.start + skip}-{segment.start + segment.length - 1}"}
+    if segment.etag:
+        headers["If-Match"] = segment.etag
+    return headers
+
+
+async def read_blocks(client: S3Client, segments: list[Segment], block: int = BLOCK_SIZE) -> AsyncIterator[bytes]:
+    """The bytes of ``segments`` in blocks of at most ``block`` bytes (one ranged GET each)."""
+    for segment in segments:
+        done = 0
+        while done < segment.length:
+            piece = Segment(segment.full_key, segment.start + done, min(block, segment.length - done), segment.etag)
+            response = await client.call("GET", piece.full_key, headers=range_headers(piece))
+            if response.status not in (200, 206):
+                raise _read_error(client, response, piece.full_key)
+            data = response.body
+            if response.status == 200:  # a server that ignores Range
+                data = data[piece.start:piece.start + piece.length]
+            if len(data) != piece.length:
+                raise StorageError(f"{piece.full_key}: S3 sent {len(data)} bytes instead of {piece.length}")
+            done += len(data)
+            yield data
+
+
+def _read_error(client: S3Client, response: S3Response, full_key: str) -> StorageError:
+    if response.status == 412:
+        return StorageError(f"{full_key} changed while it was being read")
+    if response.status == 416:
+        return StorageError(f"{full_key} is shorter than expected")
+    return client.error(response, "GET", full_key)
+
+
+@implementer(IReadHandle)
+class SnapshotHandle:
+    """A small object read whole when it was opened."""
+
+    def __init__(self, data: bytes) -> None:
+        self._source = io.BytesIO(data)
+        self.size = len(data)
+
+    def write_to(self, consumer: IConsumer, first: int, last: int) -> Deferred[None]:
+        self._source.seek(first)
+        return FileRangeProducer(self._source, last - first + 1, consumer).start()
+
+    def fileno(self) -> int | None:
+        return None
+
+    def read_all(self) -> Deferred[bytes]:
+        try:
+            return succeed(self._source.read())
+        finally:
+            self._source.close()
+
+    def close(self) -> None:
+        self._source.close()
+
+
+@implementer(IReadHandle)
+class SegmentHandle:
+    """An object in the bucket, read when asked (`write_to`, `read_all`)."""
+
+    def __init__(self, client: S3Client, clock: Any, segments: list[Segment]) -> None:
+        self._client = client
+        self._clock = clock
+        self._segments = segments
+        self.size = sum(segment.length for segment in segments)
+
+    def write_to(self, consumer: IConsumer, first: int, last: int) -> Deferred[None]:
+        pieces = slice_segments(self._segments, first, last)
+        return SegmentProducer(self._client, self._clock, pieces, last - first + 1, consumer).start()
+
+    def fileno(self) -> int | None:
+        return None
+
+    def read_all(self) -> Deferred[bytes]:
+        async def collect() -> bytes:
+            return b"".join([block async for block in read_blocks(self._client, self._segments)])
+
+        return Deferred.fromCoroutine(collect())
+
+    def close(self) -> None:
+        pass
+
+
+class _Body(Protocol):
+    def __init__(self, producer: SegmentProducer) -> None:
+        self._producer = producer
+
+    def connectionMade(self) -> None:
+        self._producer._attach(self.transport)
+
+    def dataReceived(self, data: bytes) -> None:
+        self._producer._received(data)
+
+    def connectionLost(self, reason: Failure = Failure(ResponseDone())) -> None:  # noqa: B008
+        self._producer._segment_ended(self, reason)
+
+
+@implementer(IPushProducer)
+class SegmentProducer:
+    """Streams ``pieces`` into ``consumer`` as `CHUNK_SIZE` writes; ``expected`` bytes in all.
+
+    `start` returns a Deferred that fires when everything was written or the consumer
+    stopped us, and fails with `OSError` when the object is shorter than ``expected``
+    (after the bytes that exist were written), or `StorageError` when S3 fails.
+    """
+
+    def __init__(self, client: S3Client, clock: Any, pieces: list[Segment], expected: int,
+                 consumer: IConsumer) -> None:
+        self._client = client
+        self._clock = clock
+        self._pieces = list(pieces)
+        self._expected = expected
+        self._delivered = 0
+        self._consumer = consumer
+        self._buffer = bytearray()
+        self._current: Segment | None = None
+        self._got = 0  # bytes of the current piece received
+        self._attempts = 0
+        self._body: _Body | None = None
+        self._upstream: Any = None
+        self._upstream_paused = False
+        self._idle: IDelayedCall | None = None
+        self._paused = False
+        self._pumping = False
+        self._eof = False
+        self._done = False
+        self.deferred: Deferred[None] = Deferred()
+
+    def start(self) -> Deferred[None]:
+        self._consumer.registerProducer(self, True)
+        self._next_piece()
+        return self.deferred
+
+    # -- upstream -------------------------------------------------------------------------
+
+    def _next_piece(self) -> None:
+        if self._done:
+            return
+        if not self._pieces:
+            self._eof = True
+            self._pump()
+            return
+        self._current = self._pieces.pop(0)
+        self._got = 0
+        self._attempts = 0
+        self._request()
+
+    def _request(self) -> None:
+        assert self._current is not None
+        self._attempts += 1
+        headers = range_headers(self._current, self._got)
+        opening = Deferred.fromCoroutine(self._client.open("GET", self._current.full_key, headers))
+        opening.addCallbacks(self._opened, self._fail)
+
+    def _opened(self, response: IResponse | S3Response) -> None:
+        if isinstance(response, S3Response):
+            if response.status == 416:  # the object ends before the range starts
+                self._eof = True
+                self._pump()
+                return
+            if response.status == 404:
+                self._fail(Failure(PathNotFound(self._current.full_key if self._current else "")))
+                return
+            self._fail(Failure(_read_error(self._client, response, self._current.full_key if self._current else "")))
+            return
+        if self._done:
+            response.deliverBody(_Discarding())
+            return
+        body = _Body(self)
+        self._body = body
+        response.deliverBody(body)
+
+    def _attach(self, transport: Any) -> None:
+        self._upstream = transport
+        self._upstream_paused = False
+        self._balance()
+        self._arm()
+
+    def _received(self, data: bytes) -> None:
+        if self._done or self._current is None:
+            return
+        data = data[:self._current.length - self._got]
+        self._got += len(data)
+        self._buffer += data
+        self._arm()
+        self._balance()
+        self._pump()
+
+    def _segment_ended(self, body: _Body, reason: Failure) -> None:
+        if body is not self._body:
+            return
+        self._body = None
+        self._upstream = None
+        self._disarm()
+        if self._done or self._current is None:
+            return
+        if self._got >= self._current.length:
+            self._next_piece()
+        elif reason.check(ResponseDone):  # a clean end, but short: the object is shorter
+            self._eof = True
+            self._pump()
+        elif self._attempts < max(1, self._client.options.max_attempts):
+            self._request()  # resume after the bytes we have
+        else:
+            self._fail(Failure(StorageError(f"S3 connection lost reading {self._current.full_key}: "
+                                            f"{reason.getErrorMessage()}")))
+
+    def _balance(self) -> None:
+        """Pause the upstream while we hold too much, resume it when the consumer drained us."""
+        if self._upstream is None:
+            return
+        if not self._upstream_paused and len(self._buffer) >= _HIGH_WATER:
+            self._upstream_paused = True
+            self._disarm()
+            self._upstream.pauseProducing()
+        elif self._upstream_paused and len(self._buffer) < _LOW_WATER:
+            self._upstream_paused = False
+            self._upstream.resumeProducing()
+            self._arm()
+
+    def _arm(self) -> None:
+        if self._upstream is None or self._upstream_paused or self._done:
+            return
+        timeout = self._client.options.attempt_timeout
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(timeout)
+        else:
+            self._idle = self._clock.callLater(timeout, self._timed_out)
+
+    def _disarm(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None
+
+    def _timed_out(self) -> None:
+        if self._upstream is not None:
+            self._upstream.stopProducing()  # connectionLost follows: resumed or failed there
+
+    # -- downstream -----------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        if self._pumping or self._done:
+            return
+        self._pumping = True
+        try:
+            while not self._paused and not self._done:
+                if len(self._buffer) >= CHUNK_SIZE:
+                    chunk = bytes(self._buffer[:CHUNK_SIZE])
+                    del self._buffer[:CHUNK_SIZE]
+                elif self._eof and self._buffer:
+                    chunk = bytes(self._buffer)
+                    self._buffer.clear()
+                else:
+                    break
+                self._delivered += len(chunk)
+                self._consumer.write(chunk)
+                self._balance()
+            if self._eof and not self._buffer and not self._done:
+                if self._delivered < self._expected:
+                    self._finish(OSError("object shorter than its recorded size"))
+                else:
+                    self._finish(None)
+        finally:
+            self._pumping = False
+
+    def _fail(self, failure: Failure) -> None:
+        error = failure.value
+        self._finish(error if isinstance(error, Exception) else StorageError(str(error)))
+
+    def _finish(self, error: Exception | None) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._disarm()
+        if self._upstream is not None:
+            self._upstream.stopProducing()
+        self._buffer.clear()
+        self._consumer.unregisterProducer()
+        if error is None:
+            self.deferred.callback(None)
+        else:
+            self.deferred.errback(error)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        self._pump()
+
+    def stopProducing(self) -> None:
+        """The consumer is going away: drop the upstream connection and finish."""
+        self._finish(None)
+
+
+class _Discarding(Protocol):
+    def connectionMade(self) -> None:
+        if self.transport is not None:
+            self.transport.stopProducing()  # type: ignore[attr-defined]

@@ -1,0 +1,165 @@
+"""Scrub over the memory driver: every kind of damage is found, repaired or quarantined,
+dry runs change nothing, and repairs that race a writer are undone."""
+
+from __future__ import annotations
+
+import json
+
+from angosd.oci import media_types as mt
+from angosd.oci.digest import Digest
+from angosd.oci.names import Reference
+from angosd.registry import paths
+from angosd.registry.scrub import Scrubber, ScrubReport
+from tests.unit.helpers import fired, run
+from tests.unit.test_gc import Store, image, index
+
+
+def scrub(store: Store, dry_run: bool = False, gc: bool = False) -> ScrubReport:
+    return run(Scrubber(store.registry, store.clock, dry_run, store.collector if gc else None).run())
+
+
+def kinds(report: ScrubReport) -> tuple[int, int, int]:
+    return report.count("repair"), report.count("quarantine"), report.count("cleanup")
+
+
+def healthy() -> Store:
+    store = Store()
+    child = image(b"child")
+    store.image("app", str(Digest.of(child)), b"child")
+    store.manifest("app", "multi", index(child), mt.OCI_INDEX)
+    subject = image(b"subject")
+    store.image("app", "v1", b"subject")
+    store.image("app", "sig", b"signature", subject=subject)
+    store.blob("other", b"just a blob")
+    run(store.registry.uploads.start("app"))
+    return store
+
+
+def test_a_healthy_store_has_no_findings() -> None:
+    store = healthy()
+    progress: list[tuple[str, int, int]] = []
+    report = run(Scrubber(store.registry, store.clock, False, store.collector,
+                          lambda *event: progress.append(event)).run())
+    assert report.findings == []
+    assert (report.blobs, report.namespaces, report.revisions, report.tags) == (9, 2, 4, 3)
+    assert report.gc is not None and report.gc.marked == 0
+    assert progress[-1] == ("collecting garbage", 1, 1)
+    assert ("verifying blobs", 9, 9) in progress
+    assert "0 repaired, 0 quarantined, 0 cleaned up" in report.summary()
+
+
+def test_a_corrupt_blob_is_quarantined_with_a_note_and_its_ownership_dropped() -> None:
+    store = healthy()
+    digest = Digest.of(b"just a blob")
+    fired(store.driver.write(paths.blob_data(digest), b"just a blob, bit-rotted"))
+    dry = scrub(store, dry_run=True)
+    assert kinds(dry) == (1, 1, 0)
+    assert "0 to repair" not in dry.summary() and "1 to quarantine" in dry.summary()
+    assert store.exists(digest)
+
+    report = scrub(store)
+    assert kinds(report) == (1, 1, 0)
+    assert not store.exists(digest)
+    assert not run(store.registry.blobs.owns("other", digest))
+    quarantined = fired(store.driver.walk(paths.QUARANTINE))
+    assert sorted(key.rsplit("/", 1)[1] for key in quarantined) == ["note.json", "object"]
+    slot = quarantined[0].split("/")[0]
+    note = json.loads(fired(store.driver.read(f"{paths.QUARANTINE}/{slot}/note.json")))
+    assert note["key"] == paths.blob_data(digest) and "hash" in note["reason"]
+    assert scrub(store).findings == []
+
+
+def test_dangling_tags_are_removed_and_dry_runs_change_nothing() -> None:
+    store = healthy()
+    fired(store.driver.write(paths.tag("app", "ghost"), str(Digest.of(b"nothing")).encode()))
+    fired(store.driver.write(paths.tag("app", "garbled"), b"not a digest"))
+    before = store.snapshot()
+    assert kinds(scrub(store, dry_run=True)) == (2, 0, 0)
+    assert store.snapshot() == before
+    assert kinds(scrub(store)) == (2, 0, 0)
+    assert run(store.registry.manifests.tags("app")) == ["multi", "sig", "v1"]
+    assert fired(store.driver.walk("_gc")) == []
+
+
+def test_missing_ownership_records_are_recreated() -> None:
+    store = healthy()
+    layer = Digest.of(b"child")
+    v1 = run(store.registry.manifests.resolve("app", Reference(tag="v1")))
+    fired(store.driver.delete(paths.blob_owner(layer, "app")))  # reverse record lost
+    fired(store.driver.delete(paths.owned_blob("app", v1)))  # the revision's manifest not owned
+    fired(store.driver.delete(paths.blob_owner(v1, "app")))
+    assert kinds(scrub(store)) == (2, 0, 0)
+    assert fired(store.driver.stat(paths.blob_owner(layer, "app"))) == 0
+    assert run(store.registry.blobs.owns("app", v1))
+    assert scrub(store).findings == []
+
+
+def test_a_revision_whose_manifest_is_gone_is_quarantined_and_its_tag_removed() -> None:
+    store = healthy()
+    v1 = run(store.registry.manifests.resolve("app", Reference(tag="v1")))
+    fired(store.driver.delete_tree(paths.blob_dir(v1)))
+    report = scrub(store)
+    # quarantined revision; repaired: its ownership, its tag, the referrer entry of "sig" stays valid
+    assert report.count("quarantine") == 1
+    assert fired(store.driver.stat(paths.revision("app", v1))) is None
+    assert "v1" not in run(store.registry.manifests.tags("app"))
+    assert scrub(store).findings == []
+
+
+def test_referrer_entries_are_recreated_and_dangling_ones_removed() -> None:
+    store = healthy()
+    subject = Digest.of(image(b"subject"))
+    signature = run(store.registry.manifests.resolve("app", Reference(tag="sig")))
+    entry = paths.referrer("app", subject, signature)
+    original = fired(store.driver.read(entry))
+    fired(store.driver.delete(entry))
+    fired(store.driver.write(paths.referrer("app", subject, Digest.of(b"no such")), original))
+    assert kinds(scrub(store)) == (2, 0, 0)
+    assert json.loads(fired(store.driver.read(entry))) == json.loads(original)
+    assert [d.digest for d in run(store.registry.manifests.referrers("app", subject, None))] == [signature]
+
+
+def test_leftovers_of_interrupted_writes_are_cleanups_not_repairs() -> None:
+    store = healthy()
+    orphan = Digest.of(b"just a blob")
+    fired(store.driver.write(paths.blob_owner(orphan, "ghost"), b""))  # grant cut after the reverse record
+    fired(store.driver.write(paths.blob_owner(orphan, "bad..name"), b""))
+    fired(store.driver.write(paths.upload_info("app", "half-created"), b"{}"))  # kill before its data file
+    report = scrub(store)
+    assert kinds(report) == (0, 0, 3)
+    assert fired(store.driver.children(paths.blob_owners(orphan))) == ["other"]
+    assert "half-created" not in fired(store.driver.children(paths.uploads_dir("app")))
+
+
+def test_a_malformed_blob_directory_is_quarantined() -> None:
+    store = healthy()
+    fired(store.driver.write("blobs/sha256/zz/not-a-digest/data", b"?"))
+    assert kinds(scrub(store)) == (0, 1, 0)
+    assert fired(store.driver.children("blobs/sha256/zz")) == []
+
+
+def test_a_tag_repointed_while_scrub_removes_it_is_put_back() -> None:
+    store = healthy()
+    fired(store.driver.write(paths.tag("app", "racy"), str(Digest.of(b"nothing")).encode()))
+    v1 = run(store.registry.manifests.resolve("app", Reference(tag="v1")))
+
+    def repoint(source: str, _destination: str) -> None:
+        if source == paths.tag("app", "racy"):
+            store.driver.after_move = lambda _s, _d: None
+            # the writer landed just before the move: what moved aside is now valid
+            fired(store.driver.write(_destination, str(v1).encode()))
+
+    store.driver.after_move = repoint
+    scrub(store)
+    assert run(store.registry.manifests.resolve("app", Reference(tag="racy"))) == v1
+
+
+def test_scrub_runs_a_gc_pass() -> None:
+    store = healthy()
+    orphan = Digest.of(b"just a blob")
+    run(store.registry.blobs.revoke("other", orphan))
+    assert scrub(store, gc=True).gc.marked == 1  # type: ignore[union-attr]
+    store.later(store.grace + 1)
+    report = scrub(store, gc=True)
+    assert report.gc is not None and report.gc.reclaimed == 1
+    assert report.findings == []
