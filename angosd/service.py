@@ -9,7 +9,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
 
 from angosd import systemd
 from angosd.auth.authenticator import Authenticator, AuthRecorder, TokenValidator
@@ -116,6 +117,24 @@ def open_store(config: Config, reactor: Any) -> tuple[Registry, PullThroughCache
     return registry, PullThroughCache(registry, config.repository_for, immutable, reactor)
 
 
+class StagedService(MultiService):
+    """Starts children in order and stops them in reverse order, one stage after the other.
+
+    `MultiService` stops all its children at once; here each child (a stage) is stopped
+    only when the one added after it has finished stopping.
+    """
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        stages = list(self)[::-1]
+
+        async def stop_in_turn() -> None:
+            for stage in stages:
+                await maybeDeferred(stage.stopService)
+
+        return Deferred.fromCoroutine(stop_in_turn())
+
+
 def build_service(config: Config, reactor: Any, listen: str | None = None, paths: Sequence[str] = (),
                   adjust: Callable[[Config], Config] = lambda config: config) -> MultiService:
     """The daemon as a service tree; nothing listens until it is started.
@@ -139,20 +158,24 @@ def build_service(config: Config, reactor: Any, listen: str | None = None, paths
     drain = DrainService(lambda: live.config.global_.shutdown_drain_secs, reactor)
     access_log = [AccessLog(time.monotonic, reactor.seconds)] if config.server.access_log else []
     site = RegistrySite(api, observers=[drain, metrics.requests, *access_log])
-    top = MultiService()
-    events.setServiceParent(top)  # added before the listener, so it stops (drains) after it
-    PullTimeFlusher(registry.pulls, reactor).setServiceParent(top)  # flushes every few seconds and at stop
+    top = StagedService()
+    back = MultiService()  # stops second: still delivers events and flushes pull times from drained requests
+    back.setServiceParent(top)
+    events.setServiceParent(back)
+    PullTimeFlusher(registry.pulls, reactor).setServiceParent(back)  # flushes every few seconds and at stop
     collector_service(registry.driver, registry.blobs, reactor,  # online garbage collection
-                      lambda: live.config.global_.gc_grace_secs).setServiceParent(top)
+                      lambda: live.config.global_.gc_grace_secs).setServiceParent(back)
+    front = MultiService()  # stops first: stop accepting, drain requests in flight
+    front.setServiceParent(top)
     if paths:
-        TimerService(RELOAD_INTERVAL, live.poll).setServiceParent(top)
+        TimerService(RELOAD_INTERVAL, live.poll).setServiceParent(front)
     endpoint = systemd.ObservedEndpoint(systemd.listen_endpoint(reactor, listen or endpoint_description(config)))
     factory, listener_services = listening_factory(config, site, reactor)
-    StreamServerEndpointService(endpoint, factory).setServiceParent(top)
+    StreamServerEndpointService(endpoint, factory).setServiceParent(front)
     for service in listener_services:
-        service.setServiceParent(top)
-    drain.setServiceParent(top)
+        service.setServiceParent(front)
+    drain.setServiceParent(front)
     systemd.SystemdService(systemd.Notifier.from_environment(), reactor, endpoint.listening,
                            lambda: registry.driver.children(REPOSITORIES), live.reload,
-                           systemd.watchdog_interval()).setServiceParent(top)  # last: stops (STOPPING=1) first
+                           systemd.watchdog_interval()).setServiceParent(front)
     return top

@@ -32,6 +32,7 @@ class Receiver:
     status: int = 200
     delay: float = 0.0
     seen: list[dict[str, Any]] = field(default_factory=list)
+    script: list[int] = field(default_factory=list)  # statuses for the next requests, then `status`
     server: ThreadingHTTPServer | None = None
     scheme: str = "http"
 
@@ -50,7 +51,7 @@ class Receiver:
                 receiver.seen.append({"method": self.command, "path": self.path, "headers": dict(self.headers),
                                       "all_headers": self.headers, "body": body, "at": time.monotonic()})
                 time.sleep(receiver.delay)
-                self.send_response(receiver.status)
+                self.send_response(receiver.script.pop(0) if receiver.script else receiver.status)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
 
@@ -274,3 +275,33 @@ def test_async_delivery_never_slows_the_client(tmp_path: Path, receiver: Receive
             time.sleep(0.05)
     finally:
         daemon.stop()
+
+
+def test_async_deliveries_are_drained_on_shutdown(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.delay = 1.0
+    daemon = start(tmp_path, event_config(receiver.url, "async"))
+    assert daemon.request("PUT", "/v2/team/app/manifests/1.0", manifest("a"),
+                          {"Content-Type": INDEX, **DEV}).status == 201
+    daemon.stop()  # SIGTERM right after the response, while both deliveries are still pending
+    assert daemon.process is not None and daemon.process.returncode == 0
+    assert sorted(seen["headers"]["X-Registry-Event"] for seen in receiver.seen) == ["manifest.push", "tag.create"]
+
+
+def test_events_of_requests_finishing_during_the_drain_are_delivered(tmp_path: Path, receiver: Receiver) -> None:
+    receiver.script = [500]  # the first attempt fails: only a daemon that waits sees the retry through
+    daemon = start(tmp_path, event_config(receiver.url, "async"))
+    data = b"x" * 200_000
+    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    credentials = DEV["Authorization"]
+    with socket.create_connection(("127.0.0.1", daemon.port), timeout=30) as raw:
+        raw.sendall((f"POST /v2/team/app/blobs/uploads/?digest={digest} HTTP/1.1\r\nHost: x\r\n"
+                     f"Authorization: {credentials}\r\nContent-Type: application/octet-stream\r\n"
+                     f"Content-Length: {len(data)}\r\n\r\n").encode() + data[:1000])
+        time.sleep(0.5)
+        assert daemon.process is not None
+        daemon.process.send_signal(15)  # SIGTERM while the upload is still in flight
+        time.sleep(0.3)
+        raw.sendall(data[1000:])
+        assert b" 201 " in raw.recv(65536).split(b"\r\n", 1)[0]
+    daemon.process.wait(30)
+    assert [seen["headers"]["X-Registry-Event"] for seen in receiver.seen] == ["blob.push", "blob.push"]
