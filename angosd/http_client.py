@@ -5,10 +5,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
+import treq
 from treq.client import HTTPClient
 from twisted.internet import ssl
 from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent, _HTTP11ClientFactory
-from twisted.web.iweb import IPolicyForHTTPS
+from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
@@ -32,7 +33,7 @@ class ClientTLS:
             with open(server_ca_bundle, "rb") as bundle:
                 pems = _PEM_CERTIFICATE.findall(bundle.read())
             if not pems:
-                raise ValueError(f"{server_ca_bundle}: no certificate found")
+                raise ValueError(f"{server_ca_bundle}: no PEM certificate")
             self._trust = ssl.trustRootFromCertificates([ssl.Certificate.loadPEM(pem) for pem in pems])
         if client_certificate and client_private_key:
             with open(client_certificate, "rb") as cert, open(client_private_key, "rb") as key:
@@ -43,16 +44,39 @@ class ClientTLS:
                                        clientCertificate=self._client)
 
 
-def make_client(reactor: Any, tls: ClientTLS | None = None, connect_timeout: float = 30.0,
-                max_redirects: int = 0, persistent: bool = True) -> tuple[HTTPClient, HTTPConnectionPool]:
-    """A treq client over its own pool; redirects are followed only up to ``max_redirects``.
-
-    Use it with ``allow_redirects=False`` on each request: redirects are this client's job.
+def make_client(reactor: Any, tls: ClientTLS | None = None, connect_timeout: float = 30.0, max_redirects: int = 0,
+                pool: HTTPConnectionPool | None = None) -> tuple[HTTPClient, HTTPConnectionPool]:
+    """A treq client over its own pool (or ``pool``); redirects are followed only up to
+    ``max_redirects``. Use it with ``allow_redirects=False``: redirects are this client's job.
     """
-    pool = HTTPConnectionPool(reactor, persistent=persistent)
-    pool.maxPersistentPerHost = 8
+    if pool is None:
+        pool = HTTPConnectionPool(reactor, persistent=True)
+        pool.maxPersistentPerHost = 8
     pool._factory = _QuietClientFactory
     agent: Any = Agent(reactor, contextFactory=tls or ClientTLS(), pool=pool, connectTimeout=connect_timeout)
     if max_redirects:
         agent = RedirectAgent(agent, redirectLimit=max_redirects)
     return HTTPClient(agent), pool
+
+
+class BodyTooLarge(Exception):
+    """A response body longer than the caller accepts."""
+
+
+async def read_bounded(response: IResponse, limit: int) -> bytes:
+    """The whole body of ``response``; raises `BodyTooLarge` as soon as it (or its announced
+    length) exceeds ``limit`` bytes, so a hostile server cannot make us buffer more."""
+    if response.length is not UNKNOWN_LENGTH and response.length > limit:
+        raise BodyTooLarge(f"body of {response.length} bytes exceeds {limit}")
+    chunks: list[bytes] = []
+    size = 0
+
+    def collect(data: bytes) -> None:
+        nonlocal size
+        size += len(data)
+        if size > limit:
+            raise BodyTooLarge(f"body exceeds {limit} bytes")
+        chunks.append(data)
+
+    await treq.collect(response, collect)
+    return b"".join(chunks)

@@ -27,20 +27,17 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import jwt
-import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.ssl import Certificate, optionsForClientTLS, trustRootFromCertificates
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import Agent, BrowserLikePolicyForHTTPS, HTTPConnectionPool
+from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS
-from zope.interface import implementer
 
 from angosd.auth.identity import OidcIdentity
 from angosd.config import OidcConfig
+from angosd.http_client import BodyTooLarge, ClientTLS, make_client, read_bounded
 
 __all__ = [
     "MAX_DOCUMENT_SIZE",
@@ -335,22 +332,13 @@ class OidcValidator:
     async def _get_json_now(self, url: str) -> Any:
         response = await self._http.get(url, headers=Headers({b"Accept": [b"application/json"]}),
                                         allow_redirects=False, unbuffered=True)
-        if response.length is not UNKNOWN_LENGTH and response.length > MAX_DOCUMENT_SIZE:
-            raise _FetchError(f"{url}: document too large")
-        chunks: list[bytes] = []
-        size = 0
-
-        def collect(data: bytes) -> None:
-            nonlocal size
-            size += len(data)
-            if size > MAX_DOCUMENT_SIZE:
-                raise _FetchError(f"{url}: document too large")
-            chunks.append(data)
-
-        await treq.collect(response, collect)
+        try:
+            body = await read_bounded(response, MAX_DOCUMENT_SIZE)
+        except BodyTooLarge:
+            raise _FetchError(f"{url}: document too large") from None
         if response.code != 200:
             raise _FetchError(f"{url}: HTTP {response.code}")
-        return json.loads(b"".join(chunks))
+        return json.loads(body)
 
 
 class OidcProviders:
@@ -394,29 +382,8 @@ class OidcProviders:
         raise refusal or InvalidToken("unknown issuer")
 
 
-@implementer(IPolicyForHTTPS)
-class _TrustRootPolicy:
-    """HTTPS to any host, trusting only the given CA certificates."""
-
-    def __init__(self, trust_root: Any) -> None:  # an IOpenSSLTrustRoot
-        self._trust_root = trust_root
-
-    def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
-        return optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust_root)
-
-
 def make_http_client(reactor: Any, config: OidcConfig, *, pool: HTTPConnectionPool | None = None) -> HTTPClient:
     """The treq client that fetches a provider's keys: pooled connections, and when
     ``server_ca_bundle`` is set, TLS that trusts the certificates of that PEM bundle only."""
-    policy: IPolicyForHTTPS = BrowserLikePolicyForHTTPS()
-    if config.server_ca_bundle:
-        with open(config.server_ca_bundle, "rb") as bundle:
-            pems = [block + b"-----END CERTIFICATE-----" for block in bundle.read().split(b"-----END CERTIFICATE-----")
-                    if b"-----BEGIN CERTIFICATE-----" in block]
-        if not pems:
-            raise ValueError(f"{config.server_ca_bundle}: no PEM certificate")
-        policy = _TrustRootPolicy(trustRootFromCertificates([Certificate.loadPEM(pem) for pem in pems]))
-    if pool is None:
-        pool = HTTPConnectionPool(reactor, persistent=True)
-        pool.maxPersistentPerHost = 2
-    return HTTPClient(Agent(reactor, contextFactory=policy, pool=pool))
+    client, _pool = make_client(reactor, ClientTLS(config.server_ca_bundle), pool=pool)
+    return client

@@ -24,7 +24,7 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from angosd.config import UpstreamConfig
-from angosd.http_client import ClientTLS, make_client
+from angosd.http_client import BodyTooLarge, ClientTLS, make_client, read_bounded
 from angosd.oci import media_types as mt
 from angosd.oci.digest import Digest
 from angosd.oci.errors import OciError
@@ -217,20 +217,9 @@ def _headers(headers: dict[str, str]) -> Headers:
 
 async def _bounded(response: IResponse, limit: int) -> bytes:
     """The whole body, refusing more than ``limit`` bytes."""
-    chunks: list[bytes] = []
-    size = 0
-
-    def collect(data: bytes) -> None:
-        nonlocal size
-        size += len(data)
-        if size > limit:
-            raise UpstreamError(f"upstream body exceeds {limit} bytes")
-        chunks.append(data)
-
     try:
-        await treq.collect(response, collect)
-    except UpstreamError:
-        raise
+        return await read_bounded(response, limit)
+    except BodyTooLarge as exc:
+        raise UpstreamError(f"upstream {exc}") from None
     except Exception as exc:
         raise UpstreamError(f"upstream body failed: {type(exc).__name__}") from None
-    return b"".join(chunks)
