@@ -14,8 +14,9 @@ import os
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IPushProducer, ISSLTransport
-from zope.interface import implementer
+from twisted.internet.interfaces import ISSLTransport
+
+from angosd.storage.producers import StreamingProducer
 
 #: Bytes handed to one sendfile call; the kernel sends what the socket buffer takes.
 STEP = 4 * 1024 * 1024
@@ -30,28 +31,22 @@ def sendfile_transport(request: Any) -> Any | None:
     return transport if all(hasattr(transport, name) for name in needed) else None
 
 
-@implementer(IPushProducer)
-class SendfileProducer:
+class SendfileProducer(StreamingProducer):
     """Send ``length`` bytes of ``fd`` from ``offset`` to the request's socket.
 
     `deferred` fires when all bytes are sent or the client went away.
     """
 
     def __init__(self, request: Any, transport: Any, fd: int, offset: int, length: int) -> None:
-        self._request = request
+        super().__init__(request)
         self._transport = transport
         self._fd = fd
         self._offset = offset
         self._remaining = length
-        self._paused = False
-        self._done = False
-        self.deferred: Deferred[None] = Deferred()
 
     def start(self) -> Deferred[None]:
-        self._request.write(b"")  # the status line and headers, through the transport's buffer
-        self._request.registerProducer(self, True)
-        self._pump()
-        return self.deferred
+        self._consumer.write(b"")  # the status line and headers, through the transport's buffer
+        return super().start()
 
     def _buffered(self) -> bool:
         transport = self._transport
@@ -82,28 +77,6 @@ class SendfileProducer:
                 return
             self._offset += sent
             self._remaining -= sent
-            self._request.sentLength += sent
+            self._consumer.sentLength += sent  # type: ignore[attr-defined]
         if self._remaining == 0:
             self._finish()
-
-    def _finish(self, error: Exception | None = None) -> None:
-        if self._done:
-            return
-        self._done = True
-        self._request.unregisterProducer()
-        if error is None:
-            self.deferred.callback(None)
-        else:
-            self.deferred.errback(error)
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        if not self._done:
-            self._pump()
-
-    def stopProducing(self) -> None:
-        """The connection is going away: unregister before the handler resumes and finishes."""
-        self._finish()

@@ -14,20 +14,19 @@ CHUNK_SIZE = 256 * 1024
 
 
 @implementer(IPushProducer)
-class FileRangeProducer:
-    """Write ``length`` bytes of ``source`` (from its current position) into a consumer.
+class StreamingProducer:
+    """The shape shared by angosd's push producers: registered on ``consumer``, paused and
+    resumed by it, stopped when its connection goes away. Subclasses implement `_pump`
+    (send while not paused, call `_finish` at the end) and may extend `_close`.
 
-    Registered as a streaming producer: the consumer pauses it when its buffer is full
-    and resumes it when drained, so at most about one chunk is held in memory.
-    `deferred` fires when done or when the consumer stopped us; the file is closed then.
+    `deferred` fires when the transfer ended: with None when done or stopped by the
+    consumer, with the error when it failed. The producer is unregistered before it fires,
+    so whoever waits on it may finish the request at once.
     """
 
-    def __init__(self, source: BinaryIO, length: int, consumer: IConsumer) -> None:
-        self._source = source
-        self._remaining = length
+    def __init__(self, consumer: IConsumer) -> None:
         self._consumer = consumer
         self._paused = False
-        self._pumping = False
         self._done = False
         self.deferred: Deferred[None] = Deferred()
 
@@ -35,6 +34,49 @@ class FileRangeProducer:
         self._consumer.registerProducer(self, True)
         self._pump()
         return self.deferred
+
+    def _pump(self) -> None:
+        raise NotImplementedError
+
+    def _close(self) -> None:
+        """Release what the transfer holds (called once, before `deferred` fires)."""
+
+    def _finish(self, error: Exception | None = None) -> None:
+        if self._done:
+            return
+        self._done = True
+        self._close()
+        self._consumer.unregisterProducer()
+        if error is None:
+            self.deferred.callback(None)
+        else:
+            self.deferred.errback(error)
+
+    def pauseProducing(self) -> None:
+        self._paused = True
+
+    def resumeProducing(self) -> None:
+        self._paused = False
+        if not self._done:
+            self._pump()
+
+    def stopProducing(self) -> None:
+        """The consumer is going away: unregister before the caller resumes and finishes."""
+        self._finish(None)
+
+
+class FileRangeProducer(StreamingProducer):
+    """Write ``length`` bytes of ``source`` (from its current position) into a consumer.
+
+    At most about one chunk is held in memory: the consumer pauses us when its buffer is
+    full. The file is closed when the transfer ends.
+    """
+
+    def __init__(self, source: BinaryIO, length: int, consumer: IConsumer) -> None:
+        super().__init__(consumer)
+        self._source = source
+        self._remaining = length
+        self._pumping = False
 
     def _pump(self) -> None:
         if self._pumping:
@@ -48,31 +90,12 @@ class FileRangeProducer:
                     return
                 self._remaining -= len(data)
                 self._consumer.write(data)
-            if self._remaining == 0 and not self._done:
+            if self._remaining == 0:
                 self._finish(None)
         except Exception as exc:  # an I/O error mid-stream
             self._finish(exc)
         finally:
             self._pumping = False
 
-    def _finish(self, error: Exception | None) -> None:
-        if self._done:
-            return
-        self._done = True
+    def _close(self) -> None:
         self._source.close()
-        self._consumer.unregisterProducer()
-        if error is None:
-            self.deferred.callback(None)
-        else:
-            self.deferred.errback(error)
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._pump()
-
-    def stopProducing(self) -> None:
-        """The consumer is going away: unregister before the caller resumes and finishes."""
-        self._finish(None)
