@@ -35,8 +35,6 @@ from angosd.registry.registry import Limits, Registry
 from angosd.shutdown import DrainService
 from angosd.storage.fs import FilesystemDriver
 from angosd.storage.interface import IStorageDriver
-from angosd.storage.s3 import S3Driver
-from angosd.storage.s3_client import S3Options
 from angosd.tls import listening_factory
 from angosd.ui import UserInterface
 from angosd.webhooks import AuthorizationWebhooks, EventBus
@@ -74,6 +72,9 @@ def build_driver(config: Config, reactor: Any) -> IStorageDriver:
     s3 = config.blob_store_s3
     if s3 is None:
         return FilesystemDriver(os.path.abspath(config.blob_store.root_dir), reactor, config.blob_store.sync_to_disk)
+    from angosd.storage.s3 import S3Driver  # botocore only where S3 is configured
+    from angosd.storage.s3_client import S3Options
+
     http, pool = make_client(reactor, connect_timeout=min(30.0, s3.operation_attempt_timeout_secs))
     pool.maxPersistentPerHost = 32
     options = S3Options(endpoint=s3.endpoint, bucket=s3.bucket, access_key_id=s3.access_key_id,

@@ -42,7 +42,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-import cel
 from twisted.internet.interfaces import IReactorTime
 
 from angosd.oci.digest import Digest
@@ -113,6 +112,8 @@ class RetentionRules:
     @classmethod
     def compile(cls, rules: Sequence[str], where: str) -> RetentionRules:
         """Compile ``rules``; raises `RetentionError` naming ``where`` and the rule."""
+        import cel  # only when rules are configured: the library costs ~12 MiB of memory
+
         compiled = []
         for index, rule in enumerate(rules):
             try:
@@ -127,6 +128,8 @@ class RetentionRules:
 
     def keeps(self, image: Image, ranking: Ranking, now: int) -> Verdict:
         """Whether some rule keeps ``image``; a failing or non-boolean rule keeps it."""
+        import cel
+
         context = cel.Context()
         context.add_variable("image", {"tag": image.tag, "pushed_at": image.pushed_at,
                                        "last_pulled_at": image.last_pulled_at})
