@@ -27,10 +27,10 @@ from twisted.application.internet import TimerService
 from twisted.application.service import IService
 from twisted.internet.interfaces import IOpenSSLServerConnectionCreator, IProtocolFactory
 from twisted.logger import Logger
-from twisted.protocols.tls import TLSMemoryBIOFactory
 from zope.interface import implementer
 
 from angosd.config import Config, TlsConfig
+from angosd.tls_records import BulkTLSFactory
 
 __all__ = ["RELOAD_INTERVAL", "ReloadingServerTLS", "TlsError", "build_context", "listening_factory"]
 
@@ -253,7 +253,7 @@ def listening_factory(config: Config, site: IProtocolFactory, reactor: Any) -> t
     if tls is None:
         return site, []
     creator = ReloadingServerTLS(tls)
-    factory = TLSMemoryBIOFactory(creator, False, site, clock=reactor)
+    factory = BulkTLSFactory(creator, False, site, clock=reactor)
     timer = TimerService(RELOAD_INTERVAL, creator.reload)
     timer.clock = reactor
     timer.setName("tls-reload")

@@ -15,6 +15,8 @@ from angosd.http.responses import JSON, respond
 from angosd.oci.errors import NameInvalid
 
 _TLS_HANDSHAKE = 0x16
+#: Bytes read from a connection at a time (Twisted's default is 64 KiB).
+_READ_SIZE = 256 * 1024
 _PLAIN_HTTP_ONLY = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n"
                     b"Client sent an HTTPS request to an HTTP server.\n")
 
@@ -27,6 +29,11 @@ class RegistryChannel(HTTPChannel):
     """
 
     _first_bytes = True
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        if hasattr(self.transport, "bufferSize"):
+            self.transport.bufferSize = _READ_SIZE  # type: ignore[union-attr]  # fewer, larger reads
 
     def dataReceived(self, data: bytes) -> None:
         if self._first_bytes:

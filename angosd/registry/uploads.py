@@ -25,7 +25,7 @@ from angosd.oci.errors import BlobUploadUnknown, DigestInvalid, RangeNotSatisfia
 from angosd.registry import paths
 from angosd.registry.blobs import BlobStore
 from angosd.storage.errors import PathNotFound
-from angosd.storage.interface import IAppendWriter, IStorageDriver
+from angosd.storage.interface import IAppendWriter, IHashingAppendWriter, IStorageDriver
 
 #: Hash states kept in memory; beyond this the oldest sessions fall back to rehashing.
 MAX_HASH_STATES = 4096
@@ -86,6 +86,10 @@ class UploadSink:
         self._state = state
         self._limit = limit
         self._closed = False
+        #: Whether `write` hashes here or the writer hashes as it stores.
+        self._hash_here = state is not None and not IHashingAppendWriter.providedBy(writer)
+        if state is not None and not self._hash_here:
+            writer.hash_with(state.hasher)  # type: ignore[attr-defined]
 
     @property
     def offset(self) -> int:

@@ -22,7 +22,7 @@ from twisted.internet.interfaces import IConsumer, IReactorThreads
 from zope.interface import implementer
 
 from angosd.storage.errors import InvalidPath, OutOfSpace, PathNotFound, StorageError
-from angosd.storage.interface import IAppendWriter, IReadHandle, IStorageDriver
+from angosd.storage.interface import IAppendWriter, IHashingAppendWriter, IReadHandle, IStorageDriver
 from angosd.storage.producers import FileRangeProducer
 
 T = TypeVar("T")
@@ -72,16 +72,33 @@ class _FileReadHandle:
 #: Bytes an append writer may hold queued before it pauses its producer, and resumes below.
 HIGH_WATER = 8 * 1024 * 1024
 LOW_WATER = 2 * 1024 * 1024
+#: Buffers one ``writev`` takes (Linux's IOV_MAX).
+_IOV_MAX = 1024
 
 
-@implementer(IAppendWriter, IConsumer)
+def _write_all(fd: int, chunks: list[bytes]) -> None:
+    """Write ``chunks`` in order with as few ``writev`` calls as the kernel allows."""
+    pending = [memoryview(chunk) for chunk in chunks if chunk]
+    first = 0
+    while first < len(pending):
+        written = os.writev(fd, pending[first:first + _IOV_MAX])
+        while first < len(pending) and written >= len(pending[first]):
+            written -= len(pending[first])
+            first += 1
+        if written:
+            pending[first] = pending[first][written:]
+
+
+@implementer(IHashingAppendWriter, IConsumer)
 class _FileAppendWriter:
-    """Appends on a pool thread, in order, while the reactor keeps receiving.
+    """Appends (and hashes, see `hash_with`) on a pool thread, in order, while the
+    reactor keeps receiving.
 
-    At most one write job runs at a time; bytes arriving meanwhile are queued. Past
-    `HIGH_WATER` queued bytes the registered producer (the client's connection) is
-    paused until the queue drains below `LOW_WATER`, so memory stays bounded. A write
-    error is kept and raised by the next `write` and by `finish`.
+    At most one write job runs at a time; bytes arriving meanwhile are queued and go
+    out together in one ``writev``. Past `HIGH_WATER` queued bytes the registered
+    producer (the client's connection) is paused until the queue drains below
+    `LOW_WATER`, so memory stays bounded. A write error is kept and raised by the next
+    `write` and by `finish`.
     """
 
     def __init__(self, path: str, key: str, sync: bool, reactor: IReactorThreads) -> None:
@@ -98,6 +115,10 @@ class _FileAppendWriter:
         self._drained: list[Deferred[None]] = []
         self._producer: Any = None
         self._paused = False
+        self._hasher: Any = None
+
+    def hash_with(self, hasher: Any) -> None:
+        self._hasher = hasher
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
         self._producer = producer
@@ -128,11 +149,11 @@ class _FileAppendWriter:
         done.addCallbacks(self._written, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
 
     def _write_batch(self, batch: list[bytes]) -> None:
-        try:
+        if self._hasher is not None:
             for chunk in batch:
-                view = memoryview(chunk)
-                while view:
-                    view = view[self._file.write(view):]
+                self._hasher.update(chunk)  # releases the GIL: the reactor keeps receiving
+        try:
+            _write_all(self._file.fileno(), batch)
         except OSError as exc:
             raise _translate(exc, self._key) from None
 
@@ -299,9 +320,8 @@ class FilesystemDriver:
             if self._sync:
                 _fsync_directory(os.path.dirname(target))
 
-        if self._sync:
-            return self._defer_to_thread(rename).addErrback(_translate_failure, source)
-        return _inline(rename, source)
+        # On a thread even unsynced: replacing a large file frees its pages, which takes long.
+        return self._defer_to_thread(rename).addErrback(_translate_failure, source)
 
     def open_read(self, key: str) -> Deferred[IReadHandle]:
         def open_handle() -> IReadHandle:

@@ -7,6 +7,8 @@ Every write is visible atomically: a reader sees the old object or the new one.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer
 from zope.interface import Attribute, Interface
@@ -48,6 +50,17 @@ class IAppendWriter(Interface):
     def abort() -> Deferred[None]:
         """Accept no more writes; bytes already handed to `write` are still appended (the
         upload then reports them). Fires once the object is closed."""
+
+
+class IHashingAppendWriter(IAppendWriter):
+    """An append writer that can also hash what it stores, off the reactor thread."""
+
+    def hash_with(hasher: Any) -> None:
+        """From now on, feed every chunk to ``hasher.update`` in order as it is stored.
+
+        The hasher may be updated on another thread; it is not touched once `finish` or
+        `abort` has fired. A chunk may be hashed although storing it then failed.
+        """
 
 
 class IStorageDriver(Interface):

@@ -12,6 +12,7 @@ import pathlib
 import tempfile
 from collections.abc import Callable, Iterator
 from typing import Any, cast
+from unittest import mock
 
 import pytest
 import pytest_twisted
@@ -26,8 +27,8 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from angosd.storage.errors import InvalidPath, PathNotFound, StorageError
-from angosd.storage.fs import HIGH_WATER, FilesystemDriver
-from angosd.storage.interface import IAppendWriter, IReadHandle, IStorageDriver
+from angosd.storage.fs import HIGH_WATER, FilesystemDriver, _write_all
+from angosd.storage.interface import IAppendWriter, IHashingAppendWriter, IReadHandle, IStorageDriver
 from angosd.storage.memory import MemoryDriver
 from angosd.storage.producers import CHUNK_SIZE
 from tests.s3_server import s3_driver
@@ -367,6 +368,37 @@ async def test_append_writer_offsets(driver: IStorageDriver) -> None:
     assert third.offset == 9 + len(big)
     await third.finish()
     assert await driver.read("uploads/u1/data") == b"abcdefghi" + big
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_hashing_writer_hashes_exactly_what_it_stores(tmp_path: Any) -> None:
+    driver = FilesystemDriver(str(tmp_path), reactor)
+    writer = await driver.open_append("uploads/u2/data")
+    assert IHashingAppendWriter.providedBy(writer)
+    hasher = hashlib.sha256()
+    cast(Any, writer).hash_with(hasher)
+    pieces = [payload(size, seed) for seed, size in enumerate([1, 0, 70_000, HIGH_WATER + 5, 3])]
+    for piece in pieces:
+        writer.write(piece)
+    await writer.finish()
+    stored = await driver.read("uploads/u2/data")
+    assert stored == b"".join(pieces)
+    assert hasher.hexdigest() == hashlib.sha256(stored).hexdigest()
+
+
+@given(st.lists(st.binary(max_size=64), max_size=40), st.integers(1, 50))
+def test_write_all_survives_short_writes(chunks: list[bytes], limit: int) -> None:
+    read, write = os.pipe()
+    real_writev = os.writev
+
+    def short_writev(fd: int, buffers: Any) -> int:
+        return real_writev(fd, [bytes(b"".join(bytes(b) for b in buffers)[:limit])])
+
+    with os.fdopen(read, "rb") as source, os.fdopen(write, "wb") as sink:
+        with mock.patch("os.writev", short_writev):
+            _write_all(sink.fileno(), chunks)
+        sink.close()
+        assert source.read() == b"".join(chunks)
 
 
 @pytest_twisted.ensureDeferred

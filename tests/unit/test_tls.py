@@ -11,6 +11,7 @@ import datetime
 import http.client
 import json
 import os
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +27,7 @@ from OpenSSL import SSL
 from twisted.internet import reactor
 from twisted.internet.defer import maybeDeferred
 from twisted.internet.interfaces import ISSLTransport
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
@@ -37,6 +39,7 @@ from angosd.auth.mtls import certificate_identity, identity_of_certificate
 from angosd.config import Config, ServerConfig, TlsConfig
 from angosd.http.site import RegistrySite
 from angosd.tls import ReloadingServerTLS, TlsError, build_context, listening_factory
+from angosd.tls_records import PIECE
 from tests.certs import CA, Issued, write_pem
 
 
@@ -562,7 +565,7 @@ async def test_a_registry_request_sees_the_client_certificate_on_a_real_port(tmp
                           dns_names=("alice.example",), emails=("alice@example.com",))
         seen = await deferToThread(_https_get, number, ca.write(tmp_path / "ca.pem"), alice.write(tmp_path, "alice"))
         assert seen["request"] == "RegistryRequest"
-        assert seen["transport"] == "BufferingTLSTransport"
+        assert seen["transport"] == "BulkTLSProtocol"
         assert seen["secure"] is True
         assert seen["same"] is True
         assert seen["identity"] == {"common_names": ["alice"], "organizations": ["dev"],
@@ -571,5 +574,44 @@ async def test_a_registry_request_sees_the_client_certificate_on_a_real_port(tmp
         anonymous = await deferToThread(_https_get, number, str(tmp_path / "ca.pem"), None)
         assert anonymous["secure"] is True
         assert anonymous["identity"]["common_names"] == []
+    finally:
+        await maybeDeferred(port.stopListening)
+
+
+class _Writes(Protocol):
+    """Writes ``pieces`` as soon as the connection is made (before the handshake is done),
+    then closes it."""
+
+    def __init__(self, pieces: list[bytes]) -> None:
+        self.pieces = pieces
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        for piece in self.pieces:
+            self.transport.write(piece)
+        self.transport.loseConnection()
+
+
+def _tls_read_all(port: int, ca_path: str) -> bytes:
+    context = ssl.create_default_context(cafile=ca_path)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        received = []
+        while chunk := tls.recv(1 << 20):
+            received.append(chunk)
+        return b"".join(received)
+
+
+@pytest.mark.parametrize("sizes", [[1], [5 * PIECE + 17], [100, PIECE, 3, 2 * PIECE - 1, 70_000]])
+@pytest_twisted.ensureDeferred
+async def test_large_and_small_writes_arrive_intact_in_order(tmp_path: Path, ca: CA, sizes: list[int]) -> None:
+    pieces = [os.urandom(size) for size in sizes]
+    tls = server_files(tmp_path, ca)
+    factory, _ = listening_factory(Config(server=ServerConfig(tls=tls)), Factory.forProtocol(lambda: _Writes(pieces)),
+                                   reactor)
+    port = cast(Any, reactor).listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        received = await deferToThread(_tls_read_all, port.getHost().port, ca.write(tmp_path / "ca.pem"))
+        assert received == b"".join(pieces)
     finally:
         await maybeDeferred(port.stopListening)
