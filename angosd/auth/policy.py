@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from angosd.config import AccessPolicyConfig
+from angosd.expressions import cel
 
 
 class PolicyError(Exception):
@@ -33,12 +34,10 @@ class AccessPolicy:
     @classmethod
     def compile(cls, config: AccessPolicyConfig, where: str) -> AccessPolicy:
         """Compile every rule; raises `PolicyError` naming ``where`` and the rule."""
-        import cel  # only when rules are configured: the library costs ~12 MiB of memory
-
         compiled = []
         for index, rule in enumerate(config.rules):
             try:
-                compiled.append((rule, cel.compile(rule)))
+                compiled.append((rule, cel().compile(rule)))
             except (ValueError, RuntimeError) as exc:
                 detail = " ".join(str(exc).split())[:300]
                 raise PolicyError(f"{where}.rules[{index}]: rule {rule!r} does not compile: {detail}") from None

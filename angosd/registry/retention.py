@@ -44,6 +44,7 @@ from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
+from angosd.expressions import cel
 from angosd.oci.digest import Digest
 from angosd.oci.errors import BlobUnknown, ManifestUnknown, OciError
 from angosd.oci.names import Reference
@@ -112,12 +113,10 @@ class RetentionRules:
     @classmethod
     def compile(cls, rules: Sequence[str], where: str) -> RetentionRules:
         """Compile ``rules``; raises `RetentionError` naming ``where`` and the rule."""
-        import cel  # only when rules are configured: the library costs ~12 MiB of memory
-
         compiled = []
         for index, rule in enumerate(rules):
             try:
-                compiled.append((rule, cel.compile(rule)))
+                compiled.append((rule, cel().compile(rule)))
             except (ValueError, RuntimeError) as exc:
                 detail = " ".join(str(exc).split())[:300]
                 raise RetentionError(f"{where}.rules[{index}]: rule {rule!r} does not compile: {detail}") from None
@@ -128,9 +127,7 @@ class RetentionRules:
 
     def keeps(self, image: Image, ranking: Ranking, now: int) -> Verdict:
         """Whether some rule keeps ``image``; a failing or non-boolean rule keeps it."""
-        import cel
-
-        context = cel.Context()
+        context = cel().Context()
         context.add_variable("image", {"tag": image.tag, "pushed_at": image.pushed_at,
                                        "last_pulled_at": image.last_pulled_at})
         context.add_function("now", lambda: now)
