@@ -143,21 +143,17 @@ async def blob_entries(driver: IStorageDriver) -> AsyncIterator[BlobEntry]:
 
 async def owned_digests(driver: IStorageDriver, namespace: str) -> list[Digest]:
     """The digests ``namespace`` holds forward ownership markers for (malformed names skipped)."""
-    found = []
-    base = paths.owned_blobs_dir(namespace)
-    for algorithm in await driver.children(base):
-        for name in await driver.children(f"{base}/{algorithm}"):
-            try:
-                found.append(Digest(algorithm, name))
-            except OciError:
-                continue
-    return found
+    return await _digests_below(driver, paths.owned_blobs_dir(namespace))
 
 
 async def revision_digests(driver: IStorageDriver, namespace: str) -> list[Digest]:
     """The digests of ``namespace``'s revision records (malformed names skipped)."""
+    return await _digests_below(driver, paths.revisions_dir(namespace))
+
+
+async def _digests_below(driver: IStorageDriver, base: str) -> list[Digest]:
+    """Every valid ``<base>/<algorithm>/<hex>`` name as a digest."""
     found = []
-    base = paths.revisions_dir(namespace)
     for algorithm in await driver.children(base):
         for name in await driver.children(f"{base}/{algorithm}"):
             try:
