@@ -116,7 +116,8 @@ class UploadSink:
             self._sessions._forget(self.session)
             raise
         if self._state is not None:
-            self._state.hasher.update(data)
+            if self._hash_here:
+                self._state.hasher.update(data)
             self._state.offset += len(data)
 
     async def finish(self) -> None:
