@@ -13,6 +13,7 @@ import json
 import os
 import socket
 import ssl
+import struct
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, cast
@@ -25,12 +26,14 @@ from cryptography.x509.oid import NameOID
 from klein import Klein
 from OpenSSL import SSL
 from twisted.internet import reactor
-from twisted.internet.defer import maybeDeferred
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import ISSLTransport
-from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.threads import deferToThread
 from twisted.logger import ILogObserver, globalLogPublisher
 from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.python.failure import Failure
 from twisted.web.server import Site
 from zope.interface import alsoProvides
 
@@ -613,5 +616,87 @@ async def test_large_and_small_writes_arrive_intact_in_order(tmp_path: Path, ca:
     try:
         received = await deferToThread(_tls_read_all, port.getHost().port, ca.write(tmp_path / "ca.pem"))
         assert received == b"".join(pieces)
+    finally:
+        await maybeDeferred(port.stopListening)
+
+
+class _Serve(Protocol):
+    """After the handshake: ``go`` writes ``pieces``, ``end`` writes ``END`` and closes."""
+
+    def __init__(self, pieces: list[bytes], lost: Deferred[BaseException]) -> None:
+        self.pieces = pieces
+        self.lost = lost
+        self.buffer = b""
+
+    def dataReceived(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.buffer += data
+        while b"\n" in self.buffer:
+            line, self.buffer = self.buffer.split(b"\n", 1)
+            if line == b"go":
+                for piece in self.pieces:
+                    self.transport.write(piece)
+            elif line == b"end":
+                self.transport.write(b"END")
+                self.transport.loseConnection()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self.lost.callback(reason.value)
+
+
+def _converse(port: int, ca_path: str, total: int, together: bool) -> bytes:
+    """Ask for the pieces and the end, at once or once the first bytes arrived; read to EOF."""
+    context = ssl.create_default_context(cafile=ca_path)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(b"go\nend\n" if together else b"go\n")
+        received = [tls.recv(1 << 16)]
+        if not together:
+            tls.sendall(b"end\n")  # arrives while the server is still sending
+        while chunk := tls.recv(1 << 20):
+            received.append(chunk)
+        return b"".join(received)
+
+
+def _hang_up_early(port: int, ca_path: str) -> None:
+    context = ssl.create_default_context(cafile=ca_path)
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+            context.wrap_socket(raw, server_hostname="localhost") as tls:
+        tls.sendall(b"go\n")
+        tls.recv(1)
+        tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))  # reset, mid-stream
+
+
+@pytest.mark.parametrize("together", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_large_writes_keep_their_order_with_input_and_close(tmp_path: Path, ca: CA,
+                                                                            together: bool) -> None:
+    pieces = [os.urandom(size) for size in (PIECE // 4, 5, 3 * PIECE + 1, 10, 4 * PIECE + 7, PIECE // 4 - 1)]
+    lost: Deferred[BaseException] = Deferred()
+    tls = server_files(tmp_path, ca)
+    factory, _ = listening_factory(Config(server=ServerConfig(tls=tls)),
+                                   Factory.forProtocol(lambda: _Serve(pieces, lost)), reactor)
+    port = cast(Any, reactor).listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        received = await deferToThread(_converse, port.getHost().port, ca.write(tmp_path / "ca.pem"),
+                                       sum(map(len, pieces)), together)
+        assert received == b"".join(pieces) + b"END"
+        assert isinstance(await lost, (ConnectionDone, ConnectionLost))
+    finally:
+        await maybeDeferred(port.stopListening)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_client_hanging_up_mid_stream_ends_the_connection_cleanly(tmp_path: Path, ca: CA) -> None:
+    pieces = [os.urandom(8 * PIECE)]
+    lost: Deferred[BaseException] = Deferred()
+    tls = server_files(tmp_path, ca)
+    factory, _ = listening_factory(Config(server=ServerConfig(tls=tls)),
+                                   Factory.forProtocol(lambda: _Serve(pieces, lost)), reactor)
+    port = cast(Any, reactor).listenTCP(0, factory, interface="127.0.0.1")
+    try:
+        await deferToThread(_hang_up_early, port.getHost().port, ca.write(tmp_path / "ca.pem"))
+        assert isinstance(await lost, (ConnectionDone, ConnectionLost))
+        assert not cast(Any, factory).protocols  # forgotten by the factory: nothing left behind
     finally:
         await maybeDeferred(port.stopListening)
