@@ -9,9 +9,12 @@ garbage collection (the daemon's online collector, or ``angosd scrub``), after
 ``gc_grace_secs``. Without any rule, nothing is deleted.
 
 ``--uploads AGE`` (``30m``, ``1h``, ``2d``) also removes upload sessions started at least
-AGE ago, and sessions whose state cannot be read. ``--dry-run`` prints what would go and
+AGE ago, and sessions whose state cannot be read (those whose id says they are younger than
+AGE, or than ten minutes, are left: they may be being created). ``--dry-run`` prints what would go and
 changes nothing. Each deletion is one line on stdout, then a summary; the progress bar
-goes to stderr. The store is used directly; a daemon may serve it meanwhile.
+goes to stderr. A failure (e.g. a read-only store) stops the run with one line
+``angosd prune: REASON`` on stderr and exit status 1, after the deletions done until then
+were printed. The store is used directly; a daemon may serve it meanwhile.
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from typing import Any
 from angosd.commands.mirror import UsageError, add_store_arguments, load_store_config, run_async, start_logging
 from angosd.config import Config
 from angosd.progress import Progress
-from angosd.registry.retention import RetentionError, RetentionPolicy, RetentionRules, parse_age
+from angosd.registry.retention import Applied, RetentionError, RetentionPolicy, RetentionRules, parse_age
 
 
 def register(commands: Any) -> None:
@@ -106,20 +109,20 @@ async def _prune(reactor: Any, args: argparse.Namespace, progress: Progress) -> 
         plan = await pruner.plan(namespace)
         for problem in plan.problems:
             progress.note(f"warning: {problem}")
-        if args.dry_run:
-            done_tags, done_revisions = plan.tags, plan.revisions
-        else:
-            applied = await pruner.apply(plan)
-            done_tags, done_revisions = applied.tags, applied.revisions
-            revoked += len(applied.revoked)
-            for reason in applied.skipped:
-                progress.note(f"kept: {reason}")
-        for tag, digest in done_tags:
-            emit(f"{would} tag {namespace}:{tag} ({digest})")
-        for digest in done_revisions:
-            emit(f"{would} manifest {namespace}@{digest}")
-        tags += len(done_tags)
-        revisions += len(done_revisions)
+        done = Applied(list(plan.tags), list(plan.revisions)) if args.dry_run else Applied()
+        try:
+            if not args.dry_run:
+                await pruner.apply(plan, done)
+        finally:  # also when a storage failure stops it: report what was deleted
+            for tag, digest in done.tags:
+                emit(f"{would} tag {namespace}:{tag} ({digest})")
+            for digest in done.revisions:
+                emit(f"{would} manifest {namespace}@{digest}")
+        for reason in done.skipped:
+            progress.note(f"kept: {reason}")
+        revoked += len(done.revoked)
+        tags += len(done.tags)
+        revisions += len(done.revisions)
         if max_age is not None:
             for upload in await pruner.expired_uploads(namespace, max_age):
                 session = upload.session if isinstance(upload, UploadInfo) else upload

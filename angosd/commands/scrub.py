@@ -7,9 +7,10 @@ collection pass (`angosd.registry.gc`; candidates are reclaimed once marked for
 ``gc_grace_secs``, so a second run reclaims what the first one marked). ``--dry-run``
 reports the same and changes nothing.
 
-Each finding is one line on stdout, then a summary (``... N to repair, M to
-quarantine ...`` in a dry run); progress goes to stderr. The store is used directly; a
-daemon may serve it meanwhile.
+Each finding is one line on stdout as soon as it is made, then a summary (``... N to
+repair, M to quarantine ...`` in a dry run); progress goes to stderr. A failure (e.g. a
+read-only or full store) stops the run with one line ``angosd scrub: REASON`` on stderr
+and exit status 1. The store is used directly; a daemon may serve it meanwhile.
 """
 
 from __future__ import annotations
@@ -40,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
 async def _scrub(reactor: Any, args: argparse.Namespace, progress: Progress) -> int:
     from angosd.registry.gc import GarbageCollector
-    from angosd.registry.scrub import Scrubber
+    from angosd.registry.scrub import Finding, Scrubber
     from angosd.service import open_store
 
     config = existing_store(load_store_config(args))
@@ -60,9 +61,11 @@ async def _scrub(reactor: Any, args: argparse.Namespace, progress: Progress) -> 
 
     collector = GarbageCollector(registry.driver, registry.blobs, reactor,
                                  lambda: config.global_.gc_grace_secs)
-    report = await Scrubber(registry, reactor, args.dry_run, collector, advance).run()
     prefix = "would " if args.dry_run else ""
-    for finding in report.findings:
+
+    def found(finding: Finding) -> None:
         emit(f"{prefix}{finding.kind}: {finding.message}")
+
+    report = await Scrubber(registry, reactor, args.dry_run, collector, advance, found).run()
     emit(f"scrub: {report.summary()}{' (dry run, nothing changed)' if args.dry_run else ''}")
     return 0

@@ -72,9 +72,31 @@ class BlobStore:
         collection reclaimed them just before): the caller reports a failure, never a
         success for a blob that does not exist.
         """
+        await self.claim(namespace, digest)
+        await self.confirm(namespace, digest)
+
+    async def claim(self, namespace: str, digest: Digest) -> None:
+        """Write ``namespace``'s ownership markers of ``digest`` without looking for its bytes.
+
+        For a writer that is about to store the bytes (upload completion): the markers go
+        first, so a crash at any point leaves either the upload session intact (the client
+        resumes or retries the PUT) or the bytes owned. A marker without bytes reads as
+        "not owned" (`owns`, `size` and `open` check the bytes) and keeps nothing alive.
+        Follow it with `confirm` once the bytes are stored.
+        """
         await self.touch(digest)
         await self._driver.write(paths.blob_owner(digest, namespace), b"")
         await self._driver.write(paths.owned_blob(namespace, digest), b"")
+
+    async def confirm(self, namespace: str, digest: Digest) -> None:
+        """Check that a `claim` holds now: put back a marker that a concurrent cleanup (scrub
+        removing a marker that had no bytes, or a reverse record without its forward one)
+        removed meanwhile, and raise `StorageError` if the bytes are gone."""
+        if await self._driver.stat(paths.owned_blob(namespace, digest)) is None:
+            await self._driver.write(paths.blob_owner(digest, namespace), b"")
+            await self._driver.write(paths.owned_blob(namespace, digest), b"")
+        elif await self._driver.stat(paths.blob_owner(digest, namespace)) is None:
+            await self._driver.write(paths.blob_owner(digest, namespace), b"")
         if await self._driver.stat(paths.blob_data(digest)) is None:
             raise StorageError(f"blob {digest} was reclaimed while being stored; retry")
 

@@ -51,7 +51,7 @@ from angosd.oci.names import Reference
 from angosd.registry import paths
 from angosd.registry.gc import manifest_references
 from angosd.registry.registry import Registry
-from angosd.registry.uploads import UploadInfo
+from angosd.registry.uploads import UploadInfo, may_be_in_creation, session_created
 from angosd.storage.errors import PathNotFound
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
@@ -288,9 +288,14 @@ class Pruner:
                 continue
         return children
 
-    async def apply(self, plan: Plan) -> Applied:
-        """Delete what ``plan`` lists, re-checking each item against the store as it is now."""
-        applied = Applied()
+    async def apply(self, plan: Plan, applied: Applied | None = None) -> Applied:
+        """Delete what ``plan`` lists, re-checking each item against the store as it is now.
+
+        Records what it did in ``applied`` (a new `Applied` if None) as it goes, so a caller
+        that passes its own still knows what was deleted when a storage failure stops it.
+        """
+        if applied is None:
+            applied = Applied()
         namespace = plan.namespace
         manifests = self._registry.manifests
         for tag, digest in plan.tags:
@@ -334,7 +339,7 @@ class Pruner:
             with contextlib.suppress(ManifestUnknown, BlobUnknown):
                 await manifests.delete(namespace, Reference(digest=digest))
             applied.revisions.append(digest)
-        applied.revoked = await self._revoke_unreferenced(namespace, dropped)
+        applied.revoked.extend(await self._revoke_unreferenced(namespace, dropped))
         return applied
 
     async def _references(self, digest: Digest) -> frozenset[Digest]:
@@ -362,7 +367,8 @@ class Pruner:
 
     async def expired_uploads(self, namespace: str, max_age: int) -> list[UploadInfo | str]:
         """Upload sessions of ``namespace`` started at least ``max_age`` seconds ago, and
-        sessions whose state cannot be read (as bare session ids)."""
+        sessions whose state cannot be read (as bare session ids) unless their id says they
+        are younger than that (or than `SETTLE_SECS`: they may be being created now)."""
         now = int(self._clock.seconds())
         expired: list[UploadInfo | str] = []
         for session in await self._registry.driver.children(paths.uploads_dir(namespace)):
@@ -370,7 +376,9 @@ class Pruner:
                 record = json.loads(await self._registry.driver.read(paths.upload_info(namespace, session)))
                 started_at = int(record["started_at"])
             except (PathNotFound, ValueError, KeyError, TypeError):
-                expired.append(session)
+                created = session_created(session)
+                if not may_be_in_creation(session, now) and (created is None or now - created >= max_age):
+                    expired.append(session)
                 continue
             if now - started_at >= max_age:
                 size = await self._registry.driver.stat(paths.upload_data(namespace, session))

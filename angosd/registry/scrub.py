@@ -5,15 +5,20 @@ Checks, in order:
 1. every blob: its bytes hash to its digest (else the bytes are *quarantined*); a
    directory under ``blobs/`` whose name is not a digest is quarantined too;
 2. every namespace:
-   - ownership markers: a forward marker whose blob bytes are gone is removed; one
-     without its reverse marker gets it back (*repairs*);
+   - ownership markers: a forward marker whose blob bytes are gone is removed (a *repair*
+     when a revision of the namespace references the blob or its bytes were quarantined;
+     otherwise a *cleanup*: upload completion writes ownership before it renames the bytes
+     into place, so a kill between the two leaves this, and repeating the PUT completes
+     it); one without its reverse marker gets it back (*repair*);
    - revisions: an unreadable record, or one whose manifest bytes are gone, is
      quarantined; a revision whose manifest the namespace does not own is granted it;
      a referrer whose entry under its subject is missing gets it back;
    - tags pointing at a missing revision are removed; referrer entries of a missing
      revision are removed;
-   - upload sessions without readable state (a kill while one was being created) are
-     removed (*cleanup*: leftovers, not corruption);
+   - upload sessions without readable state (a kill while one was being created, or
+     after its completion renamed the bytes into place) are removed (*cleanup*:
+     leftovers, not corruption) once their id says they are older than
+     `angosd.registry.uploads.SETTLE_SECS` (a younger one may be being created now);
 3. reverse markers without a forward marker (a grant or revoke cut short) are removed
    (cleanup); 4. one garbage collection pass (`angosd.registry.gc`), a dry one with
    ``dry_run``.
@@ -43,8 +48,18 @@ from angosd.oci.errors import OciError
 from angosd.oci.manifest import parse_manifest
 from angosd.oci.names import is_valid_name
 from angosd.registry import paths
-from angosd.registry.gc import BlobEntry, GarbageCollector, GcReport, blob_entries, namespaces, owned_digests
+from angosd.registry.gc import (
+    BlobEntry,
+    GarbageCollector,
+    GcReport,
+    blob_entries,
+    manifest_references,
+    namespaces,
+    owned_digests,
+    revision_digests,
+)
 from angosd.registry.registry import Registry
+from angosd.registry.uploads import may_be_in_creation
 from angosd.storage.errors import PathNotFound, StorageError
 
 Kind = Literal["repair", "quarantine", "cleanup"]
@@ -89,13 +104,17 @@ class Scrubber:
 
     def __init__(self, registry: Registry, clock: IReactorTime, dry_run: bool,
                  collector: GarbageCollector | None = None,
-                 progress: ProgressCallback = lambda _phase, _done, _total: None) -> None:
+                 progress: ProgressCallback = lambda _phase, _done, _total: None,
+                 found: Callable[[Finding], None] = lambda _finding: None) -> None:
         self._registry = registry
         self._driver = registry.driver
         self._clock = clock
         self._dry_run = dry_run
         self._collector = collector
         self._progress = progress
+        #: Called with each finding as it is made, so a run that fails half-way has still
+        #: reported what it found (and did) until then.
+        self._on_found = found
         self._report = ScrubReport(dry_run)
         #: Blobs and revisions quarantined by this run (also when only reported).
         self._gone_blobs: set[Digest] = set()
@@ -104,7 +123,9 @@ class Scrubber:
         self._reverse: set[tuple[str, Digest]] = set()
 
     def _found(self, kind: Kind, message: str) -> None:
-        self._report.findings.append(Finding(kind, message))
+        finding = Finding(kind, message)
+        self._report.findings.append(finding)
+        self._on_found(finding)
 
     async def run(self) -> ScrubReport:
         """Check everything; returns the findings (acted upon unless ``dry_run``)."""
@@ -203,11 +224,18 @@ class Scrubber:
         await self._check_uploads(namespace)
 
     async def _check_ownership(self, namespace: str) -> None:
+        referenced: set[Digest] | None = None
         for digest in await owned_digests(self._driver, namespace):
             self._forward.add((namespace, digest))
             if not await self._blob_present(digest):
-                self._found("repair", f"{namespace}: owns {digest}, whose bytes are missing or quarantined: "
-                                      "ownership removed")
+                if referenced is None:
+                    referenced = await self._references(namespace)
+                if digest in self._gone_blobs or digest in referenced:
+                    self._found("repair", f"{namespace}: owns {digest}, whose bytes are missing or quarantined: "
+                                          "ownership removed")
+                else:  # an upload completion cut between its ownership markers and its rename
+                    self._found("cleanup", f"{namespace}: ownership of {digest} without its bytes (an interrupted "
+                                           "upload; repeating its PUT completes it): removed")
                 if not self._dry_run:
                     await self._drop_ownership(namespace, digest)
             elif (namespace, digest) not in self._reverse:
@@ -216,6 +244,20 @@ class Scrubber:
                     if not self._dry_run:
                         await self._driver.write(paths.blob_owner(digest, namespace), b"")
                 self._reverse.add((namespace, digest))
+
+    async def _references(self, namespace: str) -> set[Digest]:
+        """What the revisions of ``namespace`` reference (their own digests included); an
+        unreadable manifest counts as referencing everything its namespace owns."""
+        found: set[Digest] = set()
+        for revision in await revision_digests(self._driver, namespace):
+            found.add(revision)
+            try:
+                found.update(manifest_references(await self._driver.read(paths.blob_data(revision))))
+            except PathNotFound:
+                continue
+            except ValueError:
+                found.update(await owned_digests(self._driver, namespace))
+        return found
 
     async def _drop_ownership(self, namespace: str, digest: Digest) -> None:
         """Remove both markers; put them back if the bytes appeared meanwhile (an upload)."""
@@ -352,17 +394,23 @@ class Scrubber:
 
     async def _check_uploads(self, namespace: str) -> None:
         for session in await self._driver.children(paths.uploads_dir(namespace)):
-            try:
-                record = json.loads(await self._driver.read(paths.upload_info(namespace, session)))
-                readable = isinstance(record, dict) and \
-                    await self._driver.stat(paths.upload_data(namespace, session)) is not None
-            except (PathNotFound, ValueError):
-                readable = False
-            if readable:
+            if await self._session_readable(namespace, session) or \
+                    may_be_in_creation(session, self._clock.seconds()):
+                continue
+            # Unreadable and old enough not to be one being created; look once more right before.
+            if await self._session_readable(namespace, session):
                 continue
             self._found("cleanup", f"{namespace}: upload session {session} has no readable state: removed")
             if not self._dry_run:
                 await self._driver.delete_tree(paths.upload_dir(namespace, session))
+
+    async def _session_readable(self, namespace: str, session: str) -> bool:
+        try:
+            record = json.loads(await self._driver.read(paths.upload_info(namespace, session)))
+            return isinstance(record, dict) and \
+                await self._driver.stat(paths.upload_data(namespace, session)) is not None
+        except (PathNotFound, ValueError):
+            return False
 
     # -- reverse index -----------------------------------------------------------------------
 

@@ -10,6 +10,7 @@ rehashes the file instead, so a lost hash state costs time, never correctness.
 from __future__ import annotations
 
 import json
+import os
 import uuid as uuid_module
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -29,7 +30,37 @@ from angosd.storage.interface import IAppendWriter, IHashingAppendWriter, IStora
 
 #: Hash states kept in memory; beyond this the oldest sessions fall back to rehashing.
 MAX_HASH_STATES = 4096
+#: A session whose state cannot be read is left alone by cleanups (scrub, prune) until its
+#: id says it is this old: it may be one that is being created at that very moment (its
+#: directory appears before its ``info``, and ``info`` before its ``data``).
+SETTLE_SECS = 600
 _log = Logger()
+
+
+def new_session_id(now: float) -> str:
+    """A new session id: a UUIDv7 (RFC 9562), creation time in milliseconds then 74 random bits."""
+    millis = int(now * 1000) & ((1 << 48) - 1)
+    random_bits = int.from_bytes(os.urandom(10), "big")
+    rand_a, rand_b = (random_bits >> 62) & 0xFFF, random_bits & ((1 << 62) - 1)
+    return str(uuid_module.UUID(int=millis << 80 | 0x7 << 76 | rand_a << 64 | 0b10 << 62 | rand_b))
+
+
+def session_created(session: str) -> float | None:
+    """When a session was created, from its id; None when the id carries no time (not a UUIDv7)."""
+    try:
+        value = uuid_module.UUID(session)
+    except ValueError:
+        return None
+    if value.variant != uuid_module.RFC_4122 or value.version != 7:
+        return None
+    return (value.int >> 80) / 1000
+
+
+def may_be_in_creation(session: str, now: float) -> bool:
+    """Whether a session whose state cannot be read may be being created right now (its id
+    says it is younger than `SETTLE_SECS`): cleanups must leave it alone for now."""
+    created = session_created(session)
+    return created is not None and now - created < SETTLE_SECS
 
 
 class UploadOffsetMismatch(RangeNotSatisfiable):
@@ -157,7 +188,7 @@ class UploadSessions:
         """Create an empty session and return its id."""
         if algorithm is not None and algorithm not in ALGORITHMS:
             raise DigestInvalid(f"unsupported digest algorithm {algorithm[:40]!r}")
-        session = str(uuid_module.uuid4())
+        session = new_session_id(self._clock.seconds())
         info = {"started_at": int(self._clock.seconds()), "algorithm": algorithm}
         await self._driver.write(paths.upload_info(namespace, session), json.dumps(info).encode())
         await self._driver.write(paths.upload_data(namespace, session), b"")
@@ -240,9 +271,13 @@ class UploadSessions:
         if actual != digest.hex:
             await self.cancel(namespace, session)
             raise DigestInvalid(f"content hashes to {digest.algorithm}:{actual}, not {digest}")
-        await self._blobs.touch(digest)  # before the bytes appear: a collection deciding now keeps them
+        # Ownership first (it touches: a collection deciding now keeps the bytes), then the
+        # bytes, then the session goes. A crash after any step is recoverable: before the
+        # rename the session still holds every byte (the client resumes or repeats the PUT;
+        # a marker without bytes reads as not owned), after it the blob is owned and visible.
+        await self._blobs.claim(namespace, digest)
         await self._driver.move(paths.upload_data(namespace, session), paths.blob_data(digest))
-        await self._blobs.grant(namespace, digest)
+        await self._blobs.confirm(namespace, digest)
         await self.cancel(namespace, session)
         return info.size
 

@@ -5,11 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from tests.integration.ocihelpers import (
 )
 
 DAY = 86400
+MiB = 1024 * 1024
 
 
 # -- helpers shared with test_faults ---------------------------------------------------------
@@ -58,6 +60,35 @@ def write_config(path: Path, root: Path, body: str = "") -> str:
     return str(path)
 
 
+def mount_small_filesystem(directory: Path, size_mb: int = 64) -> Callable[[], None]:
+    """Mount a ``size_mb`` tmpfs at ``directory`` (else an ext4 loop device); returns the unmount.
+
+    Fails (never skips) with what went wrong when neither can be mounted.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    tmpfs = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(directory)],
+                           capture_output=True, text=True, check=False)
+    if tmpfs.returncode == 0:
+        return lambda: subprocess.run(["umount", "-l", str(directory)], check=False)
+    image = directory.parent / f"{directory.name}.img"
+    with open(image, "wb") as sparse:
+        sparse.truncate(size_mb * MiB)
+    mkfs = subprocess.run(["mkfs.ext4", "-q", "-m", "0", str(image)], capture_output=True, text=True, check=False)
+    loop = subprocess.run(["mount", "-o", "loop", str(image), str(directory)], capture_output=True, text=True,
+                          check=False)
+    if mkfs.returncode != 0 or loop.returncode != 0:
+        pytest.fail(f"cannot mount a small filesystem: 'mount -t tmpfs' said {tmpfs.stderr.strip()!r}; "
+                    f"mkfs.ext4 said {mkfs.stderr.strip()!r}; 'mount -o loop' said {loop.stderr.strip()!r}")
+    return lambda: subprocess.run(["umount", "-l", str(directory)], check=False)
+
+
+def remount(directory: Path, mode: str) -> None:
+    """Remount a filesystem `mount_small_filesystem` mounted ``ro`` or ``rw``."""
+    done = subprocess.run(["mount", "-o", f"remount,{mode}", str(directory)], capture_output=True, text=True,
+                          check=False)
+    assert done.returncode == 0, f"cannot remount {directory} {mode}: {done.stderr.strip()}"
+
+
 def write_json_atomic(path: Path, document: object) -> None:
     """Replace a store object the way the daemon does (temp file, rename)."""
     temp = path.parent / f".tmp-{uuid.uuid4().hex}"
@@ -72,6 +103,11 @@ def blob_sizes(root: Path) -> dict[str, int]:
     for data in root.glob("blobs/*/*/*/data"):
         found[f"{data.parent.parent.parent.name}:{data.parent.name}"] = data.stat().st_size
     return found
+
+
+def tree_bytes(directory: Path) -> int:
+    """The sizes of every file below ``directory`` added up (data, markers, anything)."""
+    return sum(path.stat().st_size for path in directory.rglob("*") if path.is_file())
 
 
 @dataclass
@@ -221,16 +257,30 @@ def test_prune_deletes_exactly_what_no_rule_keeps_and_gc_frees_exactly_those_byt
         still_needed = {p.digest for p in remaining} | set().union(*(p.blob_digests for p in remaining))
         garbage = ({p.digest for p in deleted} | set().union(*(p.blob_digests for p in deleted))) - still_needed
         assert digest(shared) not in garbage
-        expected_freed = sum(sizes_before[d] for d in garbage)
-        wait_for(lambda: set(blob_sizes(root)) == set(sizes_before) - garbage, timeout=30)
+        lengths = {p.digest: len(p.body) for p in (*remaining, *deleted)}
+        lengths |= {digest(blob): len(blob) for p in (*remaining, *deleted) for blob in p.blobs}
+        expected_freed = sum(lengths[d] for d in garbage)  # what the pushes put there, not what the disk says
+        assert expected_freed == sum(sizes_before[d] for d in garbage) > 0
+        store_before = tree_bytes(root / "blobs")
+        wait_for(lambda: set(blob_sizes(root)) == set(sizes_before) - garbage, timeout=60)
         time.sleep(2.5)  # two more passes: nothing else goes
+        assert set(blob_sizes(root)) == set(sizes_before) - garbage
         assert sum(sizes_before.values()) - sum(blob_sizes(root).values()) == expected_freed
+        assert store_before - tree_bytes(root / "blobs") == expected_freed  # every file under blobs/
+        reclaimed = re.findall(r"garbage collection: .* reclaimed \((\d+) bytes\)", daemon.log())
+        assert sum(int(size) for size in reclaimed) == expected_freed, reclaimed  # the collector's own account
+        print(f"retention: {len(garbage)} blobs, {expected_freed} bytes reclaimed of {sum(sizes_before.values())}")
 
         for pushed in (new, multi, y, *kept_children):
             readable(daemon, pushed)
         readable(daemon, old, by_tag=False)
         readable(daemon, kept_signature, by_tag=False)
-        assert daemon.request("GET", f"/v2/{ns}/manifests/t-old").status == 404
+        for namespace, tag, _pushed in deleted_tags:
+            assert daemon.request("GET", f"/v2/{namespace}/manifests/{tag}").status == 404, tag
+        for pushed in deleted:
+            assert daemon.request("GET", f"/v2/{pushed.namespace}/manifests/{pushed.digest}").status == 404
+        assert daemon.request("GET", f"/v2/{ns}/tags/list").json()["tags"] == ["t-multi", "t-new"]
+        assert daemon.request("GET", f"/v2/{other}/tags/list").json()["tags"] == ["t-y"]
         referrers = daemon.request("GET", f"/v2/{ns}/referrers/{old.digest}").json()
         assert [m["digest"] for m in referrers["manifests"]] == [kept_signature.digest]
         scrub_is_clean(config)
@@ -294,3 +344,58 @@ def test_scrub_repairs_and_quarantines_while_the_daemon_serves(tmp_path: Path) -
         wait_for(lambda: daemon.request("GET", "/v2/ns/app/tags/list").json()["tags"] == ["bad", "good"])
     finally:
         daemon.stop()
+
+
+def test_prune_and_scrub_report_progress_and_stop_in_one_line_when_the_store_is_read_only(tmp_path: Path) -> None:
+    """Dry runs only read (they work on a read-only store); real runs that cannot write stop
+    with exit status 1 and one line naming the reason, after printing what they found."""
+    mount = tmp_path / "small"
+    unmount = mount_small_filesystem(mount, 32)
+    try:
+        root = mount / "store"
+        config = write_config(tmp_path / "angosd.toml", root,
+                              "[global]\ngc_grace_secs = 0\n\n"
+                              "[global.retention_policy]\nrules = ['image.tag == \"keep\"']\n")
+        daemon = Daemon(str(tmp_path / "work"), str(root), configs=(config,)).start(timeout=120)
+        try:
+            keep = push_image(daemon, "ro/app", "keep", "keep")
+            drop = push_image(daemon, "ro/app", "drop", "drop")
+            other = push_image(daemon, "ro/other", "drop", "other-drop")
+        finally:
+            daemon.stop()
+        layer = digest(keep.blobs[1]).split(":")[1]
+        (root / "blobs" / "sha256" / layer[:2] / layer / "owners" / "ro+app").unlink()  # for scrub to repair
+        expected = [f"would delete tag ro/app:drop ({drop.digest})", f"would delete manifest ro/app@{drop.digest}",
+                    f"would delete tag ro/other:drop ({other.digest})",
+                    f"would delete manifest ro/other@{other.digest}"]
+
+        remount(mount, "ro")
+        try:
+            dry = angosd("prune", "-c", config, "--dry-run")
+            assert ok(dry) == [*expected, "prune: would delete 2 tags, 2 manifests, 0 upload sessions "
+                                          "(dry run, nothing changed)"]
+            assert dry.stderr.splitlines() == ["prune: 2 namespaces"]
+            dry = angosd("scrub", "-c", config, "--dry-run")
+            assert ok(dry)[0] == f"would repair: ro/app: reverse ownership record of sha256:{layer} recreated"
+            assert "1 to repair, 0 to quarantine" in dry.stdout.splitlines()[-1]
+            assert dry.stderr.splitlines() == ["verifying blobs: 100% 9/9 items", "checking namespaces: 100% 2/2 items",
+                                               "collecting garbage: 100% 1/1 items"]
+
+            for command, printed in (("prune", []), ("scrub", [f"repair: ro/app: reverse ownership record of "
+                                                               f"sha256:{layer} recreated"])):
+                failed = angosd(command, "-c", config)
+                assert failed.returncode == 1, failed
+                assert failed.stdout.splitlines() == printed, failed.stdout  # found before it failed; no summary
+                reason = failed.stderr.splitlines()[-1]
+                assert reason.startswith(f"angosd {command}: Read-only file system ("), failed.stderr
+                assert "Traceback" not in failed.stderr and "unexpected" not in failed.stderr, failed.stderr
+        finally:
+            remount(mount, "rw")
+
+        done = ok(angosd("prune", "-c", config))
+        assert [line.replace("deleted", "would delete", 1) for line in done[:-1]] == expected
+        assert ok(angosd("scrub", "-c", config))[0] == f"repair: ro/app: reverse ownership record of " \
+                                                       f"sha256:{layer} recreated"
+        scrub_is_clean(config)
+    finally:
+        unmount()

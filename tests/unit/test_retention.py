@@ -21,7 +21,7 @@ from angosd.registry.retention import (
     RetentionRules,
     parse_age,
 )
-from angosd.registry.uploads import UploadInfo
+from angosd.registry.uploads import SETTLE_SECS, UploadInfo, new_session_id
 from tests.unit.helpers import fired, run
 from tests.unit.test_gc import START, Store, image, index
 
@@ -227,3 +227,14 @@ def test_expired_uploads_by_age_and_unreadable() -> None:
     for session in sessions:
         run(pruner.remove_upload("app", session))
     assert fired(store.driver.children(paths.uploads_dir("app"))) == [fresh]
+
+
+def test_an_unreadable_upload_session_younger_than_its_id_says_is_left_alone() -> None:
+    store = Store()
+    being_created = new_session_id(START - 60)  # its directory is there, its info not yet
+    abandoned = new_session_id(START - SETTLE_SECS - 3600)
+    for session in (being_created, abandoned):
+        fired(store.driver.write(paths.upload_data("app", session), b""))
+    pruner = Pruner(store.registry, policy(), store.clock)
+    assert run(pruner.expired_uploads("app", 0)) == [abandoned]
+    assert run(pruner.expired_uploads("app", 2 * 3600 + SETTLE_SECS)) == []  # younger than AGE

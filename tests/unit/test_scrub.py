@@ -10,6 +10,7 @@ from angosd.oci.digest import Digest
 from angosd.oci.names import Reference
 from angosd.registry import paths
 from angosd.registry.scrub import Scrubber, ScrubReport
+from angosd.registry.uploads import SETTLE_SECS, new_session_id, parse_session_id, session_created
 from tests.unit.helpers import fired, run
 from tests.unit.test_gc import Store, image, index
 
@@ -163,3 +164,41 @@ def test_scrub_runs_a_gc_pass() -> None:
     report = scrub(store, gc=True)
     assert report.gc is not None and report.gc.reclaimed == 1
     assert report.findings == []
+
+
+def test_ownership_without_bytes_is_a_cleanup_unless_a_revision_needs_the_blob() -> None:
+    store = healthy()
+    interrupted = Digest.of(b"an upload killed between its claim and its rename")
+    fired(store.driver.write(paths.blob_owner(interrupted, "app"), b""))
+    fired(store.driver.write(paths.owned_blob("app", interrupted), b""))
+    lost = Digest.of(b"child")  # a layer of a stored image: its bytes vanishing is damage
+    fired(store.driver.delete(paths.blob_data(lost)))
+    found: list[str] = []
+    report = run(Scrubber(store.registry, store.clock, False, None,
+                          found=lambda finding: found.append(finding.kind)).run())
+    assert kinds(report) == (1, 0, 1)
+    assert found == [finding.kind for finding in report.findings]
+    assert next(f.message for f in report.findings if f.kind == "cleanup").startswith(
+        f"app: ownership of {interrupted} without its bytes")
+    assert not fired(store.driver.children(paths.blob_owners(interrupted)))
+    assert fired(store.driver.stat(paths.owned_blob("app", interrupted))) is None
+    assert scrub(store).findings == []
+
+
+def test_an_unreadable_upload_session_is_left_alone_while_it_may_be_being_created() -> None:
+    store = healthy()
+    session = new_session_id(store.clock.seconds())
+    fired(store.driver.write(paths.upload_info("app", session), b"{}"))  # the kill, or its data file comes next
+    assert scrub(store).findings == []
+    assert session in fired(store.driver.children(paths.uploads_dir("app")))
+    store.later(SETTLE_SECS)
+    assert kinds(scrub(store)) == (0, 0, 1)
+    assert session not in fired(store.driver.children(paths.uploads_dir("app")))
+
+
+def test_session_ids_are_uuid7_that_say_when_they_were_created() -> None:
+    session = new_session_id(1_700_000_000.123)
+    assert parse_session_id(session) == session
+    assert session_created(session) == 1_700_000_000.123
+    assert session_created("8c5f7a5e-0c4e-4b8e-9d6a-0a0b0c0d0e0f") is None  # a UUIDv4: no time
+    assert len({new_session_id(1.0) for _ in range(1000)}) == 1000
