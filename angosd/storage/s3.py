@@ -50,8 +50,9 @@ T = TypeVar("T")
 _TEMP_PREFIX = ".tmp-"
 #: Objects up to this size are read whole when opened.
 _SNAPSHOT = 64 * 1024
-#: S3's longest key, in bytes.
+#: S3's longest key, in bytes, and the room an append part's name needs after its object's key.
 _MAX_KEY = 1024
+_PART_SUFFIX = len("/.tmp-parts/") + 32 + 1 + 20
 _CONTENT_RANGE_TOTAL = re.compile(r"/(\d+)\s*$")
 
 
@@ -87,7 +88,7 @@ class S3Driver:
         if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in key:
             raise InvalidPath(key)
         full = self.client.full_key(key)
-        if len(full.encode("utf-8", "surrogatepass")) > _MAX_KEY - 64:  # room for part names
+        if len(full.encode("utf-8", "surrogatepass")) > _MAX_KEY - _PART_SUFFIX:
             raise StorageError(f"key too long for S3 ({key[:80]}...)")
         return full
 
@@ -221,10 +222,16 @@ class S3Driver:
             info = await self._head(full, key)
             if info is None:
                 token = new_token()
-                response = await self.client.call("PUT", full, headers={APPEND_TOKEN: token}, body=b"")
-                if response.status != 200:
+                response = await self.client.call("PUT", full, headers={APPEND_TOKEN: token, "If-None-Match": "*"},
+                                                  body=b"")
+                if response.status == 200:
+                    return S3AppendWriter(self.client, full, token, 0, self._part_size)
+                if response.status not in (409, 412):
                     raise self.client.error(response, "PUT", key)
-                return S3AppendWriter(self.client, full, token, 0, self._part_size)
+                # Created meanwhile (by another writer, or by our attempt whose answer was lost).
+                info = await self._head(full, key)
+                if info is None:
+                    raise StorageError(f"{key} was created and removed while it was being opened")
             if info.token is None:
                 token = await mark_appendable(self.client, full, info.size, info.etag)
                 return S3AppendWriter(self.client, full, token, info.size, self._part_size)

@@ -182,6 +182,11 @@ class S3AppendWriter:
                     self._error = exc
                     self._queue.clear()
                     break
+                except Exception as exc:  # a bug; still, never stall with the producer paused
+                    _log.failure("S3 append to {key} failed", key=self._full_key)
+                    self._error = StorageError(f"S3 append to {self._full_key} failed: {exc!r}")
+                    self._queue.clear()
+                    break
                 self._queue.popleft()
                 if len(self._queue) <= 1:
                     self._resume()

@@ -5,7 +5,8 @@ with every key below ``key_prefix``. Requests are signed with botocore's signer 
 hand-written crypto); the payload hash is computed off the reactor thread for large
 bodies. Connection errors, timeouts, 5xx and 429 answers are retried with exponential
 backoff up to ``max_attempts`` times (and within ``operation_timeout``); anything else
-is returned to the caller, which maps it with `S3Client.error`.
+is returned to the caller, which maps it with `S3Client.error`. A request its caller
+cancels (the client went away) fails at once with `CancelledError`, without retries.
 """
 
 from __future__ import annotations
@@ -29,7 +30,9 @@ from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.error import ConnectError, ConnectionLost, DNSLookupError, TimeoutError
 from twisted.internet.task import deferLater
-from twisted.web.client import ResponseFailed
+from twisted.python.failure import Failure
+from twisted.web._newclient import RequestGenerationFailed, RequestTransmissionFailed
+from twisted.web.client import ResponseFailed, ResponseNeverReceived
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
@@ -41,10 +44,13 @@ _THREAD_HASH = 256 * 1024
 #: First retry delay in seconds; doubled per attempt, capped at `_MAX_BACKOFF`.
 _BACKOFF = 0.2
 _MAX_BACKOFF = 5.0
-#: Exceptions meaning "the request may not have reached S3 or its answer was lost".
-#: (Not CancelledError: that is our caller giving up, e.g. the client disconnected.)
+#: Exceptions meaning "the request may not have reached S3 or its answer was lost": the
+#: connection failed while the request was sent (``RequestTransmissionFailed``) or before
+#: its answer came, or an attempt timed out. (Not a cancellation by our caller, e.g. the
+#: client disconnected: `_call` re-raises that as `CancelledError`, see `_cancelled`.)
 _TRANSIENT = (ConnectError, ConnectionLost, DNSLookupError, TimeoutError, DeferredTimeout, ResponseFailed,
-              ConnectionError)
+              RequestGenerationFailed, RequestTransmissionFailed, ConnectionError)
+_WRAPPERS = (ResponseFailed, RequestGenerationFailed, RequestTransmissionFailed)
 #: Metadata header of objects that are the base of an append session (`s3_append`).
 APPEND_TOKEN = "x-amz-meta-angosd-append"
 
@@ -82,6 +88,9 @@ class S3PreconditionFailed(StorageError):
 
 @dataclass(frozen=True, slots=True)
 class S3Response:
+    """A complete answer; ``attempts`` counts every request sent for it (an earlier one may
+    have been carried out even though its answer was lost)."""
+
     status: int
     headers: Headers
     body: bytes
@@ -247,13 +256,13 @@ class S3Client:
         producer = BytesBody(body) if body is not None else None
         pending = self._http.request(method, url, headers=signed, data=producer, unbuffered=True,
                                      allow_redirects=False)
-        pending.addTimeout(self.options.attempt_timeout, self._reactor)
+        pending.addTimeout(self.options.attempt_timeout, self._reactor, onTimeoutCancel=_timed_out)
         response: IResponse = await pending
         return response
 
     async def _read(self, response: IResponse) -> bytes:
         pending = treq.content(response)
-        pending.addTimeout(self.options.attempt_timeout, self._reactor)
+        pending.addTimeout(self.options.attempt_timeout, self._reactor, onTimeoutCancel=_timed_out)
         body: bytes = await pending
         return body
 
@@ -279,7 +288,11 @@ class S3Client:
         payload_hash = await self._payload_hash(body or b"")
         started = time.monotonic()
         problem = "no attempt made"
-        for attempt in range(1, max(1, self.options.max_attempts) + 1):
+        stale_retry = True
+        attempt = tries = 0
+        while attempt < max(1, self.options.max_attempts):
+            attempt += 1
+            tries += 1
             if attempt > 1:
                 delay = min(_BACKOFF * 2 ** (attempt - 2), _MAX_BACKOFF) * (0.5 + random.random() / 2)
                 if time.monotonic() - started + delay > self.options.operation_timeout:
@@ -291,7 +304,12 @@ class S3Client:
                     return response
                 data = await self._read(response)
             except _TRANSIENT as exc:
+                if _cancelled(exc):
+                    raise CancelledError(f"{method} {full_key or '/'} cancelled") from exc
                 problem = _describe(exc, self.options.attempt_timeout)
+                if stale_retry and _stale_connection(exc):
+                    stale_retry = False  # a pooled connection the server had closed: free retry
+                    attempt -= 1
                 continue
             if response.code >= 500 or response.code == 429:
                 code, message = error_code(data)
@@ -302,7 +320,7 @@ class S3Client:
                 if code:
                     problem = f"{code} {message}".strip()
                     continue
-            return S3Response(response.code, response.headers, data, attempt)
+            return S3Response(response.code, response.headers, data, tries)
         raise S3Unavailable(f"S3 endpoint {self.options.endpoint} (bucket {self.options.bucket!r}) is "
                             f"unavailable: {problem} ({method} {full_key or '/'})")
 
@@ -377,12 +395,30 @@ def _base64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
+def _timed_out(result: object, timeout: float) -> object:
+    """``addTimeout``'s translation when an attempt timed out: whatever the cancellation
+    made of the request (a plain `CancelledError`, or one wrapped in `ResponseNeverReceived`
+    or, while the body was being sent, `RequestGenerationFailed`) is a timeout."""
+    if isinstance(result, Failure):
+        raise DeferredTimeout(timeout, "S3 request")
+    return result
+
+
+def _cancelled(exc: BaseException) -> bool:
+    """Whether a failed attempt was cancelled by our caller (timeouts are `DeferredTimeout`)."""
+    return isinstance(exc, _WRAPPERS) and any(reason.check(CancelledError) for reason in exc.reasons)
+
+
+def _stale_connection(exc: BaseException) -> bool:
+    """Whether a request died before any answer, not by timing out: what a kept-alive
+    connection that the server closed meanwhile looks like."""
+    return isinstance(exc, ResponseNeverReceived)
+
+
 def _describe(exc: BaseException, timeout: float) -> str:
     """A short, readable reason for a failed attempt."""
-    if isinstance(exc, ResponseFailed):
+    if isinstance(exc, _WRAPPERS):
         causes = [reason.value for reason in exc.reasons]
-        if any(isinstance(cause, CancelledError) for cause in causes):
-            return f"no answer within {timeout:g}s"
         return "connection failed: " + ", ".join(str(cause) or type(cause).__name__ for cause in causes)
     if isinstance(exc, (DeferredTimeout, TimeoutError)):
         return f"no answer within {timeout:g}s"
