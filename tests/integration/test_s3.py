@@ -10,6 +10,7 @@ appenders).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import http.client
 import http.server
@@ -233,55 +234,57 @@ def _storage_unavailable(response: Response, *words: str) -> None:
 
 
 def test_s3_outage_gives_clear_503s_and_recovers(tmp_path: Path) -> None:
-    server = S3Server(str(tmp_path / "moto")).start()
-    bucket = server.new_bucket("outage")
-    daemon = start_daemon(tmp_path, server, bucket, multipart_part_size="5MiB", max_attempts=2,
-                          operation_attempt_timeout_secs=3, operation_timeout_secs=20)
-    try:
-        base = payload(300_000, seed=1)
-        push_blob(daemon, "app/x", base)
-        push_manifest(daemon, "app/x", "v1", image_manifest(base))
-        data = payload(24 * MiB, seed=2)
-        location = start_upload(daemon, "app/x")
-        assert patch(daemon, location, data[:MiB], 0).status == 202
+    with contextlib.ExitStack() as cleanup:
+        server = S3Server(str(tmp_path / "moto")).start()
+        cleanup.callback(server.stop)
+        daemon = start_daemon(tmp_path, server, server.new_bucket("outage"), multipart_part_size="5MiB",
+                              max_attempts=2, operation_attempt_timeout_secs=3, operation_timeout_secs=20)
+        cleanup.callback(daemon.stop)
+        _outage(server, daemon)
 
-        # S3 hangs while a big chunk streams in: the chunk fails, nothing half-written counts.
-        def body() -> Iterator[bytes]:
-            for offset in range(MiB, len(data), MiB):
-                if offset == 12 * MiB:
-                    server.freeze()
-                yield data[offset:offset + MiB]
 
-        connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=120)
-        connection.request("PATCH", location, body=body(), headers={"Content-Type": "application/octet-stream"})
-        answer = connection.getresponse()  # after the whole body: the rest is read and dropped
-        failed = Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read())
-        connection.close()
-        _storage_unavailable(failed, f"S3 endpoint {server.endpoint}", "unavailable", "no answer within 3s")
+def _outage(server: S3Server, daemon: Daemon) -> None:
+    base = payload(300_000, seed=1)
+    push_blob(daemon, "app/x", base)
+    push_manifest(daemon, "app/x", "v1", image_manifest(base))
+    data = payload(24 * MiB, seed=2)
+    location = start_upload(daemon, "app/x")
+    assert patch(daemon, location, data[:MiB], 0).status == 202
 
-        _storage_unavailable(daemon.request("GET", "/v2/app/x/manifests/v1"), "S3 endpoint", "unavailable")
-        _storage_unavailable(daemon.request("POST", f"/v2/app/x/blobs/uploads/?digest={digest(b'new')}", b"new"),
-                             "S3 endpoint", "unavailable")
-        assert daemon.request("GET", "/readyz").status == 503
-        server.thaw()
+    # S3 hangs while a big chunk streams in: the chunk fails, nothing half-written counts.
+    def body() -> Iterator[bytes]:
+        for offset in range(MiB, len(data), MiB):
+            if offset == 12 * MiB:
+                server.freeze()
+            yield data[offset:offset + MiB]
 
-        # Recovered: what was stored is whole, the failed monolithic push left nothing visible.
-        assert daemon.request("GET", "/v2/app/x/manifests/v1").status == 200
-        assert_error(daemon.request("GET", f"/v2/app/x/blobs/{digest(b'new')}"), 404, "BLOB_UNKNOWN")
-        status = daemon.request("GET", location)
-        assert status.status == 204
-        stored = int(status.headers["range"].split("-")[1]) + 1
-        assert MiB <= stored < len(data) and (stored - MiB) % (5 * MiB) == 0, stored
-        assert patch(daemon, location, data[stored:], stored).status == 202
-        done = daemon.request("PUT", with_query(location, f"digest={digest(data)}"))
-        assert done.status == 201, done.body
-        assert daemon.request("GET", f"/v2/app/x/blobs/{digest(data)}",
-                              headers={"X-Angosd-No-Redirect": "1"}).body == data
-        assert daemon.request("GET", "/readyz").status == 200
-        _no_unexpected_errors(daemon)
-    finally:
-        daemon.stop()
-        server.stop()
+    connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=120)
+    connection.request("PATCH", location, body=body(), headers={"Content-Type": "application/octet-stream"})
+    answer = connection.getresponse()  # after the whole body: the rest is read and dropped
+    failed = Response(answer.status, {k.lower(): v for k, v in answer.getheaders()}, answer.read())
+    connection.close()
+    _storage_unavailable(failed, f"S3 endpoint {server.endpoint}", "unavailable", "no answer within 3s")
+
+    _storage_unavailable(daemon.request("GET", "/v2/app/x/manifests/v1"), "S3 endpoint", "unavailable")
+    _storage_unavailable(daemon.request("POST", f"/v2/app/x/blobs/uploads/?digest={digest(b'new')}", b"new"),
+                         "S3 endpoint", "unavailable")
+    assert daemon.request("GET", "/readyz").status == 503
+    server.thaw()
+
+    # Recovered: what was stored is whole, the failed monolithic push left nothing visible.
+    assert daemon.request("GET", "/v2/app/x/manifests/v1").status == 200
+    assert_error(daemon.request("GET", f"/v2/app/x/blobs/{digest(b'new')}"), 404, "BLOB_UNKNOWN")
+    status = daemon.request("GET", location)
+    assert status.status == 204
+    stored = int(status.headers["range"].split("-")[1]) + 1
+    assert MiB <= stored < len(data) and (stored - MiB) % (5 * MiB) == 0, stored
+    assert patch(daemon, location, data[stored:], stored).status == 202
+    done = daemon.request("PUT", with_query(location, f"digest={digest(data)}"))
+    assert done.status == 201, done.body
+    assert daemon.request("GET", f"/v2/app/x/blobs/{digest(data)}",
+                          headers={"X-Angosd-No-Redirect": "1"}).body == data
+    assert daemon.request("GET", "/readyz").status == 200
+    _no_unexpected_errors(daemon)
 
 
 def _no_unexpected_errors(daemon: Daemon) -> None:
@@ -361,12 +364,12 @@ async def test_hung_s3_times_out_and_cancelling_stops_at_once(tmp_path: Path) ->
     after ``max_attempts`` timeouts; a caller that gives up is not retried behind its back.
     When the server answers again, the same connection pool works."""
     server = S3Server(str(tmp_path / "moto")).start()
-    bucket = server.new_bucket("hung")
-    hasty = s3_driver(reactor, server, bucket, max_attempts=2, attempt_timeout=1.0)
-    patient = s3_driver(reactor, server, bucket, max_attempts=3, attempt_timeout=120.0)
-    assert isinstance(hasty, S3Driver) and isinstance(patient, S3Driver)
-    big = payload(32 * MiB, seed=6)  # more than the socket buffers hold: the PUT stalls mid-body
     try:
+        bucket = server.new_bucket("hung")
+        hasty = s3_driver(reactor, server, bucket, max_attempts=2, attempt_timeout=1.0)
+        patient = s3_driver(reactor, server, bucket, max_attempts=3, attempt_timeout=120.0)
+        assert isinstance(hasty, S3Driver) and isinstance(patient, S3Driver)
+        big = payload(32 * MiB, seed=6)  # more than the socket buffers hold: the PUT stalls mid-body
         await hasty.write("before", b"stored before the outage")
         server.freeze()
         for operation in (lambda: hasty.write("big", big), lambda: hasty.read("before")):
@@ -410,15 +413,19 @@ class _Refusing(http.server.BaseHTTPRequestHandler):
 
 
 def test_refused_credentials_missing_bucket_and_no_server_are_clear_503s(tmp_path: Path, s3: S3Server) -> None:
-    refusing = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
-    thread = threading.Thread(target=refusing.serve_forever, daemon=True)
-    thread.start()
-    fake = S3Server(str(tmp_path / "fake"), port=refusing.server_address[1])
-    closed = S3Server(str(tmp_path / "closed"), port=free_port())
-    daemons = [start_daemon(tmp_path, fake, "bucket", "refused"),
-               start_daemon(tmp_path, s3, "no-such-bucket-angosd", "nobucket"),
-               start_daemon(tmp_path, closed, "bucket", "closed", max_attempts=2)]
-    try:
+    with contextlib.ExitStack() as cleanup:
+        refusing = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Refusing)
+        cleanup.callback(refusing.server_close)
+        threading.Thread(target=refusing.serve_forever, daemon=True).start()
+        cleanup.callback(refusing.shutdown)
+        fake = S3Server(str(tmp_path / "fake"), port=refusing.server_address[1])
+        closed = S3Server(str(tmp_path / "closed"), port=free_port())
+        daemons = []
+        for server, bucket, name, extra in [(fake, "bucket", "refused", {}),
+                                            (s3, "no-such-bucket-angosd", "nobucket", {}),
+                                            (closed, "bucket", "closed", {"max_attempts": 2})]:
+            daemons.append(start_daemon(tmp_path, server, bucket, name, **extra))
+            cleanup.callback(daemons[-1].stop)
         expectations = [("S3 rejected the credentials (SignatureDoesNotMatch)", "access_key_id and secret_key"),
                         ("S3 bucket 'no-such-bucket-angosd' does not exist",),
                         ("is unavailable", "Connection refused")]
@@ -426,10 +433,6 @@ def test_refused_credentials_missing_bucket_and_no_server_are_clear_503s(tmp_pat
             _storage_unavailable(daemon.request("GET", "/v2/team/app/manifests/latest"), *words)
             _storage_unavailable(daemon.request("POST", "/v2/team/app/blobs/uploads/"), *words)
             assert daemon.request("GET", "/readyz").status == 503
-    finally:
-        for daemon in daemons:
-            daemon.stop()
-        refusing.shutdown()
 
 
 # -- driver details ---------------------------------------------------------------------------------
@@ -566,6 +569,7 @@ async def test_server_errors_are_retried_then_reported(tmp_path: Path) -> None:
         assert _Flaky.seen == 2
     finally:
         flaky.shutdown()
+        flaky.server_close()
 
 
 def test_slicing_segments_maps_logical_ranges() -> None:

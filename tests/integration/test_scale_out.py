@@ -9,6 +9,7 @@ clear 503s while pulls go on.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import threading
@@ -266,12 +267,15 @@ def _finish_upload(daemon: Daemon, location: str, data: bytes, deadline: float,
 def test_redis_outage_stops_uploads_with_503_and_pulls_continue(tmp_path: Path, s3: S3Server) -> None:
     """Redis stops: blob uploads answer 503 naming Redis (never 500, never a hang), pulls
     keep working; Redis returns on the same address: uploads work again."""
-    redis = RedisServer(str(tmp_path / "redis")).start()
-    config = tmp_path / "d.toml"
-    config.write_text(f'[cache.redis]\nurl = "{redis.url}"\nlock_ttl_secs = {LOCK_TTL}\n'
-                      + s3_config(s3, s3.new_bucket("redis-down"), multipart_part_size="5MiB"))
-    daemon = Daemon(str(tmp_path / "d"), str(tmp_path / "unused"), configs=(str(config),)).start()
-    try:
+    with contextlib.ExitStack() as cleanup:
+        redis = RedisServer(str(tmp_path / "redis")).start()
+        cleanup.callback(redis.stop)
+        config = tmp_path / "d.toml"
+        config.write_text(f'[cache.redis]\nurl = "{redis.url}"\nlock_ttl_secs = {LOCK_TTL}\n'
+                          + s3_config(s3, s3.new_bucket("redis-down"), multipart_part_size="5MiB"))
+        daemon = Daemon(str(tmp_path / "d"), str(tmp_path / "unused"), configs=(str(config),)).start()
+        cleanup.callback(daemon.stop)
+
         layer = payload(300_000, seed=12)
         push_blob(daemon, "team/app", layer)
         push_manifest(daemon, "team/app", "v1", image_manifest(b"{}", [layer]))
@@ -288,14 +292,12 @@ def test_redis_outage_stops_uploads_with_503_and_pulls_continue(tmp_path: Path, 
         assert pulled.status == 200 and pulled.body == layer
         assert daemon.request("GET", location).headers["range"] == "0-0"
 
-        redis = RedisServer(str(tmp_path / "redis"), port=redis.port).start()
+        again = RedisServer(str(tmp_path / "redis"), port=redis.port).start()
+        cleanup.callback(again.stop)
         assert patch(daemon, location, b"chunk", 0).status == 202
         assert daemon.request("PUT", with_query(location, f"digest={digest(b'chunk')}")).status == 201
         log = daemon.log()
         assert "unhandled error" not in log and "Unhandled" not in log, log[-4000:]
-    finally:
-        daemon.stop()
-        redis.stop()
 
 
 # -- coordination against the real Redis ---------------------------------------------------------
