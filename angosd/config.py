@@ -177,6 +177,19 @@ def _choice(*options: str) -> _Parser:
     return parse
 
 
+#: Upper bound of ``[server] workers``.
+MAX_WORKERS = 256
+
+
+def parse_workers(value: object) -> int | None:
+    """``[server] workers`` (and ``--workers``): ``"auto"`` (None: one per usable core) or 1..`MAX_WORKERS`."""
+    if value == "auto":
+        return None
+    if isinstance(value, str):
+        raise _Invalid(f'expected an integer or "auto", got {value!r}')
+    return _int_range(1, MAX_WORKERS)(value)
+
+
 def _non_empty(value: object) -> str:
     """A string with something other than whitespace in it."""
     text = _as_str(value)
@@ -386,6 +399,9 @@ class ServerConfig:
     listen: str | None = field(default=None, metadata=_parse(_non_empty))
     #: One JSON line per request in the ``angosd.access`` log namespace; off for benchmarks.
     access_log: bool = True
+    #: Worker processes sharing the listening socket; None (``"auto"``): one per usable core.
+    #: 1 is a single process, as before workers existed (see `angosd.workers`).
+    workers: int | None = field(default=None, metadata=_parse(parse_workers))
 
 
 @dataclass(frozen=True, slots=True)
@@ -800,7 +816,7 @@ def _build(cls: type[_T], table: _Table, accept: Iterable[str] = (), **given: An
 
 # --------------------------------------------------------------------------- sections
 
-_SERVER_EXTRAS = ("query_timeout", "query_timeout_grace_period", "handshake_timeout", "workers")
+_SERVER_EXTRAS = ("query_timeout", "query_timeout_grace_period", "handshake_timeout")
 _GLOBAL_EXTRAS = ("max_concurrent_requests", "max_concurrent_cache_jobs", "enable_redirect",
                   "enable_manifest_redirect", "allow_missing_manifest_references", "trusted_proxies")
 _REPOSITORY_EXTRAS = ("namespace",)

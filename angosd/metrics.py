@@ -32,6 +32,15 @@ Other:
   ``angosd_pull_through_stale_served_total``, ``angosd_pull_through_upstream_errors_total``.
 - The standard ``process_*``, ``python_gc_*`` and ``python_info`` collectors.
 
+With worker processes (`Metrics` given a ``multiprocess_dir``): every worker records into
+prometheus-client's multiprocess files in that directory (``PROMETHEUS_MULTIPROC_DIR``,
+created per run by the supervisor), and ``GET /metrics``, whichever worker answers it,
+reports the sum over all workers, including those that ended (a replaced worker's
+counters stay counted). The gauges count live workers only (``livesum``: the supervisor
+removes a dead worker's gauge files). ``process_*`` describe the whole daemon
+(`angosd.metrics_processes`); ``python_gc_*`` are left out (they would describe one
+worker only); ``angosd_uploads_in_progress`` is refreshed every second and at each scrape.
+
 Pull-through recorder API (`PullThroughMetrics`, available as ``Metrics.pull_through``;
 it satisfies `angosd.proxy.cache.CacheMetrics`). Each call adds one to a counter and
 never raises for a valid name; ``repository`` is the repository's configured name:
@@ -46,6 +55,7 @@ never raises for a valid name; ``repository`` is the repository's configured nam
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -60,12 +70,15 @@ from prometheus_client import (
     ProcessCollector,
     generate_latest,
 )
+from prometheus_client import values as prometheus_values
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from angosd.http.accesslog import received_bytes, response_status
 from angosd.http.api import Handler
 from angosd.http.request import RegistryRequest
 from angosd.http.responses import respond
 from angosd.http.router import Route
+from angosd.metrics_processes import ProcessGroupCollector
 
 __all__ = [
     "AUTH_METHODS",
@@ -119,7 +132,7 @@ class RequestMetrics:
                                   "Time from request headers received to response sent, by route action and method.",
                                   ("action", "method"), buckets=DURATION_BUCKETS, registry=registry)
         self.in_flight = Gauge("angosd_http_requests_in_flight", "HTTP requests started and not finished.",
-                               registry=registry)
+                               registry=registry, multiprocess_mode="livesum")
         self.received = Counter("angosd_http_request_bytes", "Request body bytes received, by route action.",
                                 ("action",), registry=registry)
         self.sent = Counter("angosd_http_response_bytes", "Response body bytes sent, by route action.",
@@ -189,27 +202,48 @@ class PullThroughMetrics:
 class Metrics:
     """All of the daemon's metrics on one registry, and the ``metrics`` action's handler.
 
-    ``clock`` returns monotonic seconds (request durations). ``registry`` defaults to a new
-    `CollectorRegistry` with the process, GC and platform collectors added.
+    ``clock`` returns monotonic seconds (request durations). ``registry`` (what is served)
+    defaults to a new `CollectorRegistry` with the process, GC and platform collectors added.
+
+    With ``multiprocess_dir`` the values are recorded in prometheus-client's multiprocess
+    files there and the registry serves the aggregate of every process recording into that
+    directory (see the module docstring); ``processes_file`` lists the daemon's processes
+    for ``process_*``. prometheus-client must then be in multiprocess mode
+    (``PROMETHEUS_MULTIPROC_DIR`` set to that directory before it was imported), else
+    `RuntimeError`.
     """
 
-    def __init__(self, clock: Callable[[], float], registry: CollectorRegistry | None = None) -> None:
-        if registry is None:
-            registry = CollectorRegistry()
-            ProcessCollector(registry=registry)
-            PlatformCollector(registry=registry)
-            GCCollector(registry=registry)
+    def __init__(self, clock: Callable[[], float], registry: CollectorRegistry | None = None,
+                 multiprocess_dir: str | None = None, processes_file: str | None = None) -> None:
+        self.multiprocess = multiprocess_dir is not None
+        if multiprocess_dir is not None:
+            _check_multiprocess_mode(multiprocess_dir)
+            if registry is None:
+                registry = CollectorRegistry()
+                MultiProcessCollector(registry, path=multiprocess_dir)
+                if processes_file is not None:
+                    registry.register(ProcessGroupCollector(processes_file))
+                PlatformCollector(registry=registry)
+            recording = CollectorRegistry()  # names only: the values live in the files
+        else:
+            if registry is None:
+                registry = CollectorRegistry()
+                ProcessCollector(registry=registry)
+                PlatformCollector(registry=registry)
+                GCCollector(registry=registry)
+            recording = registry
         self.registry = registry
-        self.requests = RequestMetrics(registry, clock)
-        self.pull_through = PullThroughMetrics(registry)
+        self.requests = RequestMetrics(recording, clock)
+        self.pull_through = PullThroughMetrics(recording)
         self.auth_attempts = Counter("angosd_auth_attempts", "Authentications by credential method and result.",
-                                     ("method", "result"), registry=registry)
+                                     ("method", "result"), registry=recording)
         for method in AUTH_METHODS:
             for result in AUTH_RESULTS:
                 self.auth_attempts.labels(method, result)
         self.uploads_in_progress = Gauge("angosd_uploads_in_progress",
                                          "Upload sessions whose bytes are being written right now.",
-                                         registry=registry)
+                                         registry=recording, multiprocess_mode="livesum")
+        self._writing: Callable[[], int] | None = None
 
     def auth_attempt(self, method: str, result: str) -> None:
         """Count one authentication; raises ValueError for a method or result not listed in
@@ -219,11 +253,21 @@ class Metrics:
         self.auth_attempts.labels(method, result).inc()
 
     def watch_uploads(self, writing: Callable[[], int]) -> None:
-        """Report ``writing()`` (sessions being written right now) as ``angosd_uploads_in_progress``."""
-        self.uploads_in_progress.set_function(lambda: float(writing()))
+        """Report ``writing()`` (sessions being written right now) as ``angosd_uploads_in_progress``:
+        read at each scrape, and with ``multiprocess_dir`` also at each `refresh`."""
+        self._writing = writing
+        if not self.multiprocess:
+            self.uploads_in_progress.set_function(lambda: float(writing()))
+
+    def refresh(self) -> None:
+        """Record the current value of the watched gauges (multiprocess mode keeps values in
+        files, so a value computed at scrape time would only be seen by the scraped process)."""
+        if self.multiprocess and self._writing is not None:
+            self.uploads_in_progress.set(float(self._writing()))
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format (`CONTENT_TYPE_LATEST`)."""
+        self.refresh()
         return bytes(generate_latest(self.registry))
 
     def handlers(self) -> dict[str, Handler]:
@@ -232,3 +276,13 @@ class Metrics:
 
     async def _serve(self, request: RegistryRequest, route: Route) -> bytes:
         return respond(request, 200, self.exposition(), CONTENT_TYPE_LATEST)
+
+
+def _check_multiprocess_mode(directory: str) -> None:
+    """Raise `RuntimeError` unless new metric values are recorded in files in ``directory``."""
+    if not getattr(prometheus_values.ValueClass, "_multiprocess", False):
+        raise RuntimeError("prometheus-client is not in multiprocess mode: PROMETHEUS_MULTIPROC_DIR must be set "
+                           "before it is imported")
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if configured is None or os.path.realpath(configured) != os.path.realpath(directory):
+        raise RuntimeError(f"PROMETHEUS_MULTIPROC_DIR is {configured!r}, not {directory!r}")

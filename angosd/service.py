@@ -1,4 +1,9 @@
-"""Build the running daemon from a configuration: storage, registry, HTTP, listeners."""
+"""Build the running daemon from a configuration: storage, registry, HTTP, listeners.
+
+One builder (`_daemon`) makes the single daemon (``[server] workers = 1``) and each worker
+process of a supervisor (`build_worker_service`); `build_service` makes the one or the
+supervisor (`angosd.workers.parent`).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +11,7 @@ import functools
 import os
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from twisted.application.internet import StreamServerEndpointService, TimerService
@@ -19,6 +25,7 @@ from angosd.auth.basic import PasswordUsers
 from angosd.auth.oidc import OidcProviders, make_http_client
 from angosd.config import Config
 from angosd.coordination import Coordination, RedisCoordination
+from angosd.filelock import FileCoordination
 from angosd.http.accesslog import AccessLog
 from angosd.http.api import RegistryAPI
 from angosd.http.extensions import ExtensionAPI
@@ -26,6 +33,7 @@ from angosd.http.site import RegistrySite
 from angosd.http_client import make_client
 from angosd.live import LiveConfig, tag_immutable
 from angosd.metrics import Metrics
+from angosd.overrides import Overrides
 from angosd.proxy import prefetch
 from angosd.proxy.cache import PullThroughCache
 from angosd.registry.gc import collector_service
@@ -38,9 +46,19 @@ from angosd.storage.interface import IStorageDriver
 from angosd.tls import listening_factory
 from angosd.ui import UserInterface
 from angosd.webhooks import AuthorizationWebhooks, EventBus
+from angosd.workers.cpus import usable_cpus
+from angosd.workers.rundir import RunDirectory
+from angosd.workers.supervisor import HEARTBEAT
 
 #: Seconds between looks at the configuration files' modification times.
 RELOAD_INTERVAL = 2.0
+#: Seconds between two recordings of computed gauges by a worker (multiprocess metrics).
+METRICS_REFRESH = 1.0
+
+
+def worker_count(config: Config) -> int:
+    """How many worker processes ``config`` asks for: ``[server] workers``, else one per usable core."""
+    return config.server.workers if config.server.workers is not None else usable_cpus()
 
 
 def endpoint_description(config: Config) -> str:
@@ -62,9 +80,11 @@ def build_security(config: Config, reactor: Any, record_auth: AuthRecorder | Non
     return SecurityState.build(config, authenticator, AuthorizationWebhooks(config.auth.webhooks, reactor))
 
 
-def build_registry(live: LiveConfig, reactor: Any) -> Registry:
+def build_registry(live: LiveConfig, reactor: Any, coordination: Coordination | None = None) -> Registry:
+    """The registry of ``live``'s store; ``coordination`` excludes other processes from the uploads
+    this process writes (None: none needed)."""
     return _registry(live.config, reactor, live.namespace_allowed, live.tag_immutable,
-                     update_pull_time=lambda: live.config.global_.update_pull_time)
+                     update_pull_time=lambda: live.config.global_.update_pull_time, coordination=coordination)
 
 
 def build_driver(config: Config, reactor: Any) -> IStorageDriver:
@@ -84,11 +104,24 @@ def build_driver(config: Config, reactor: Any) -> IStorageDriver:
     return S3Driver(reactor, http, options)
 
 
-def build_coordination(config: Config, reactor: Any) -> Coordination | None:
-    """Shared state for several daemons (``[cache.redis]``); None: this process only."""
-    if config.redis is None:
-        return None
-    return RedisCoordination(reactor, config.redis.url, config.redis.key_prefix, config.redis.lock_ttl_secs)
+def build_coordination(config: Config, reactor: Any, files: str | None = None) -> Coordination | None:
+    """Shared state for several processes on one store: Redis (``[cache.redis]``) when
+    configured, else file locks in ``files`` when given (the workers of one daemon), else
+    None (this process only)."""
+    if config.redis is not None:
+        return RedisCoordination(reactor, config.redis.url, config.redis.key_prefix, config.redis.lock_ttl_secs)
+    if files is not None:
+        return FileCoordination(files, reactor)
+    return None
+
+
+def coordination_directory(config: Config, run_dir: str) -> str:
+    """Where the workers of one daemon keep their file locks: ``_coordination`` under a
+    filesystem store's root (any process on this host serving that store takes part), else
+    the daemon's run directory."""
+    if config.blob_store_s3 is None:
+        return os.path.join(os.path.abspath(config.blob_store.root_dir), "_coordination")
+    return os.path.join(run_dir, "coordination")
 
 
 def blob_redirect_ttl(config: Config) -> int | None:
@@ -99,11 +132,12 @@ def blob_redirect_ttl(config: Config) -> int | None:
 
 
 def _registry(config: Config, reactor: Any, namespace_allowed: Callable[[str], bool],
-              immutable: Callable[[str, str], bool], update_pull_time: Callable[[], bool]) -> Registry:
+              immutable: Callable[[str, str], bool], update_pull_time: Callable[[], bool],
+              coordination: Coordination | None) -> Registry:
     limits = Limits(config.global_.max_manifest_size, config.global_.max_blob_size)
     registry = Registry(build_driver(config, reactor), reactor, limits, namespace_allowed, immutable,
                         update_pull_time=update_pull_time)
-    registry.uploads.coordination = build_coordination(config, reactor)
+    registry.uploads.coordination = coordination
     return registry
 
 
@@ -114,7 +148,8 @@ def open_store(config: Config, reactor: Any) -> tuple[Registry, PullThroughCache
     Every write they make is atomic, so they may run beside a daemon on the same store.
     """
     immutable = functools.partial(tag_immutable, config)
-    registry = _registry(config, reactor, config.namespace_allowed, immutable, update_pull_time=lambda: False)
+    registry = _registry(config, reactor, config.namespace_allowed, immutable, update_pull_time=lambda: False,
+                         coordination=build_coordination(config, reactor))
     return registry, PullThroughCache(registry, config.repository_for, immutable, reactor)
 
 
@@ -136,17 +171,59 @@ class StagedService(MultiService):
         return Deferred.fromCoroutine(stop_in_turn())
 
 
+@dataclass(frozen=True, slots=True)
+class _Role:
+    """What distinguishes a single daemon from one of a supervisor's workers."""
+
+    endpoint: systemd.ObservedEndpoint
+    notifier: systemd.Notifier
+    watchdog: float | None
+    metrics: Metrics
+    coordination: Coordination | None
+    collect_garbage: bool  # the store's online collector runs here (once per store, not per worker)
+
+
 def build_service(config: Config, reactor: Any, listen: str | None = None, paths: Sequence[str] = (),
-                  adjust: Callable[[Config], Config] = lambda config: config) -> MultiService:
+                  overrides: Overrides | None = None) -> MultiService:
     """The daemon as a service tree; nothing listens until it is started.
 
     ``paths`` are the configuration files ``config`` came from: they are watched and
-    reloaded when they change (``adjust`` re-applies command-line overrides).
+    reloaded when they change (``overrides`` are re-applied). With one worker
+    (``[server] workers = 1``) this process serves; with more, it is their supervisor
+    (`angosd.workers.parent`).
     """
-    metrics = Metrics(time.monotonic)
+    overrides = overrides if overrides is not None else Overrides()
+    description = listen or endpoint_description(config)
+    count = worker_count(config)
+    if count > 1:
+        from angosd.workers.parent import build_supervisor_service
+
+        return build_supervisor_service(config, reactor, count, description, paths, overrides)
+    endpoint = systemd.ObservedEndpoint(systemd.listen_endpoint(reactor, description))
+    role = _Role(endpoint, systemd.Notifier.from_environment(), systemd.watchdog_interval(), Metrics(time.monotonic),
+                 build_coordination(config, reactor), collect_garbage=True)
+    return _daemon(config, reactor, paths, overrides, role)
+
+
+def build_worker_service(config: Config, reactor: Any, endpoint: systemd.ObservedEndpoint,
+                         notifier: systemd.Notifier, run_dir: str, paths: Sequence[str] = (),
+                         overrides: Overrides | None = None) -> MultiService:
+    """One worker of a supervisor (`angosd.workers.main`): the single daemon's service tree on
+    ``endpoint`` (the shared socket), reporting to ``notifier`` (the status pipe), with its
+    metrics in the run directory's multiprocess files, file locks on uploads when there is no
+    Redis, and without the online garbage collector (the supervisor runs it, once per store)."""
+    run = RunDirectory.existing(run_dir)
+    metrics = Metrics(time.monotonic, multiprocess_dir=run.metrics, processes_file=run.processes)
+    coordination = build_coordination(config, reactor, coordination_directory(config, run_dir))
+    role = _Role(endpoint, notifier, HEARTBEAT, metrics, coordination, collect_garbage=False)
+    return _daemon(config, reactor, paths, overrides if overrides is not None else Overrides(), role)
+
+
+def _daemon(config: Config, reactor: Any, paths: Sequence[str], overrides: Overrides, role: _Role) -> MultiService:
+    metrics = role.metrics
     live = LiveConfig(paths, build_security(config, reactor, metrics.auth_attempt),
-                      lambda new: build_security(new, reactor, metrics.auth_attempt), adjust)
-    registry = build_registry(live, reactor)
+                      lambda new: build_security(new, reactor, metrics.auth_attempt), overrides.apply)
+    registry = build_registry(live, reactor, role.coordination)
     metrics.watch_uploads(lambda: registry.uploads.writing)
     cache = PullThroughCache(registry, lambda namespace: live.config.repository_for(namespace), live.tag_immutable,
                              reactor, metrics=metrics.pull_through)
@@ -164,19 +241,27 @@ def build_service(config: Config, reactor: Any, listen: str | None = None, paths
     back.setServiceParent(top)
     events.setServiceParent(back)
     PullTimeFlusher(registry.pulls, reactor).setServiceParent(back)  # flushes every few seconds and at stop
-    collector_service(registry.driver, registry.blobs, reactor,  # online garbage collection
-                      lambda: live.config.global_.gc_grace_secs).setServiceParent(back)
+    if role.collect_garbage:
+        collector_service(registry.driver, registry.blobs, reactor,  # online garbage collection
+                          lambda: live.config.global_.gc_grace_secs).setServiceParent(back)
     front = MultiService()  # stops first: stop accepting, drain requests in flight
     front.setServiceParent(top)
     if paths:
-        TimerService(RELOAD_INTERVAL, live.poll).setServiceParent(front)
-    endpoint = systemd.ObservedEndpoint(systemd.listen_endpoint(reactor, listen or endpoint_description(config)))
+        _timer(RELOAD_INTERVAL, live.poll, reactor).setServiceParent(front)
+    if metrics.multiprocess:
+        _timer(METRICS_REFRESH, metrics.refresh, reactor).setServiceParent(front)
     factory, listener_services = listening_factory(config, site, reactor)
-    StreamServerEndpointService(endpoint, factory).setServiceParent(front)
+    StreamServerEndpointService(role.endpoint, factory).setServiceParent(front)
     for service in listener_services:
         service.setServiceParent(front)
     drain.setServiceParent(front)
-    systemd.SystemdService(systemd.Notifier.from_environment(), reactor, endpoint.listening,
+    systemd.SystemdService(role.notifier, reactor, role.endpoint.listening,
                            lambda: registry.driver.children(REPOSITORIES), live.reload,
-                           systemd.watchdog_interval()).setServiceParent(front)
+                           role.watchdog).setServiceParent(front)
     return top
+
+
+def _timer(interval: float, call: Callable[[], object], reactor: Any) -> TimerService:
+    timer = TimerService(interval, call)
+    timer.clock = reactor
+    return timer

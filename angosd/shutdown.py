@@ -26,7 +26,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
-__all__ = ["POLL_INTERVAL", "DrainService"]
+__all__ = ["POLL_INTERVAL", "DrainService", "exit_normally"]
 
 _log = Logger()
 
@@ -54,7 +54,7 @@ def _open(channel: Any) -> bool:
     return transport is not None and bool(getattr(transport, "connected", False))
 
 
-def _exit_normally(reactor: object) -> None:
+def exit_normally(reactor: object) -> None:
     """Let twistd exit with status 0 after this orderly shutdown.
 
     twistd re-raises the signal that stopped the reactor (its runner reads the reactor's
@@ -170,7 +170,7 @@ class DrainService(Service):
         self._check()
 
     def _finish(self) -> None:
-        _exit_normally(self._clock)
+        exit_normally(self._clock)
         for call in (self._deadline, self._poll):
             if call is not None and call.active():
                 call.cancel()

@@ -1,21 +1,21 @@
-"""twistd integration: ``twistd -n angosd [-c FILE ...] [--listen ENDPOINT] [--root DIR]``."""
+"""twistd integration: ``twistd -n angosd [-c FILE ...] [--listen ENDPOINT] [--root DIR] [--workers N]``."""
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 from twisted.application.service import IService
 from twisted.python import usage
 
 from angosd.auth.policy import PolicyError
-from angosd.config import Config, ConfigError, default_config, load_config
+from angosd.config import ConfigError, default_config, load_config, parse_workers
+from angosd.overrides import AUTO, Overrides
 from angosd.systemd import ListenError
 from angosd.tls import TlsError
 
 
 class Options(usage.Options):
-    synopsis = "[-c FILE ...] [--listen ENDPOINT] [--root DIR]"
+    synopsis = "[-c FILE ...] [--listen ENDPOINT] [--root DIR] [--workers N]"
     optParameters = [
         ["listen", "l", None, "Twisted server endpoint to listen on (overrides [server]), e.g. tcp:5000"],
         ["root", "r", None, "Filesystem storage root (overrides [blob_store.fs] root_dir)"],
@@ -24,12 +24,22 @@ class Options(usage.Options):
     def __init__(self) -> None:
         super().__init__()
         self["config"] = []
+        self["workers"] = None
 
     def opt_config(self, path: str) -> None:
         """A TOML configuration file; repeat to merge several (later files win)."""
         self["config"].append(path)
 
     opt_c = opt_config
+
+    def opt_workers(self, value: str) -> None:
+        """Worker processes, or "auto" for one per core (overrides [server] workers)."""
+        try:
+            self["workers"] = AUTO if value == AUTO else parse_workers(int(value))
+        except ValueError as exc:
+            raise usage.UsageError(f"--workers: {exc}") from None
+
+    opt_w = opt_workers
 
 
 def _warn(message: str) -> None:
@@ -41,13 +51,9 @@ def makeService(options: Options) -> IService:
 
     from angosd.service import build_service
 
-    def adjust(config: Config) -> Config:
-        if not options["root"]:
-            return config
-        return dataclasses.replace(config, blob_store=dataclasses.replace(config.blob_store, root_dir=options["root"]))
-
+    overrides = Overrides(root=options["root"], workers=options["workers"])
     try:
-        config = adjust(load_config(options["config"], warn=_warn) if options["config"] else default_config())
-        return build_service(config, reactor, listen=options["listen"], paths=options["config"], adjust=adjust)
+        config = overrides.apply(load_config(options["config"], warn=_warn) if options["config"] else default_config())
+        return build_service(config, reactor, listen=options["listen"], paths=options["config"], overrides=overrides)
     except (ConfigError, PolicyError, TlsError, ListenError) as exc:
         raise SystemExit(f"angosd: configuration error: {exc}") from None

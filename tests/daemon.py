@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import os
 import re
@@ -16,6 +17,28 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STARTED = re.compile(r"RegistrySite(?: \(TLS\))? starting on (\d+)")
 
 
+def default_workers() -> int:
+    """Worker processes of a test daemon: ``$ANGOSD_TEST_WORKERS`` (run the suite with several
+    workers), else 1 (tests that look at one process's log or state rely on it)."""
+    return int(os.environ.get("ANGOSD_TEST_WORKERS", "1"))
+
+
+def children(pid: int) -> list[int]:
+    """The pids whose parent is ``pid`` (from /proc)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as stat:
+                fields = stat.read().rsplit(b")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == pid:
+            found.append(int(entry))
+    return sorted(found)
+
+
 @dataclass
 class Daemon:
     """One angosd process. ``root`` is its storage; ``workdir`` holds its log."""
@@ -27,6 +50,7 @@ class Daemon:
     listen: str = "tcp:0:interface=127.0.0.1"
     env: dict[str, str] = field(default_factory=dict)  # added to the daemon's environment
     pass_fds: tuple[int, ...] = ()  # descriptors the daemon inherits
+    workers: int = field(default_factory=default_workers)  # --workers; 0: not given (the configuration decides)
     process: subprocess.Popen[bytes] | None = None
     port: int = 0
     log_path: str = field(init=False, default="")
@@ -36,6 +60,8 @@ class Daemon:
                 "-n", "--pidfile=", "angosd", "--listen", self.listen, "--root", self.root]
         for config in self.configs:
             args += ["-c", config]
+        if self.workers:
+            args += ["--workers", str(self.workers)]
         return args + list(self.extra)
 
     def start(self, timeout: float = 30) -> Daemon:
@@ -79,10 +105,20 @@ class Daemon:
                 self.process.wait()
 
     def kill(self) -> None:
-        """SIGKILL: no shutdown code runs."""
+        """SIGKILL to the daemon and its workers at once (a crash of the whole daemon): no shutdown code runs."""
         if self.process is not None and self.process.poll() is None:
+            workers = self.worker_pids()
             self.process.kill()
+            for pid in workers:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             self.process.wait()
+
+    def worker_pids(self) -> list[int]:
+        """The daemon's worker processes (none with one worker: the daemon serves itself)."""
+        if self.process is None or self.process.poll() is not None:
+            return []
+        return children(self.process.pid)
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> Response:

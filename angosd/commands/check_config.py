@@ -8,7 +8,8 @@ Checks what the daemon checks at start, and what it would only find later:
   bundles and client certificate/key pairs of upstreams, webhooks and OIDC providers with
   ``cryptography``;
 - every ``authorization_webhook`` names an existing ``[auth.webhook.NAME]`` table;
-- ``[server] listen`` is a valid endpoint description.
+- ``[server] listen`` is a valid endpoint description, one that worker processes can share
+  unless ``[server] workers = 1``.
 
 Prints ``ok`` (exit 0) or one line per problem, ``<file>: <key>: <problem>`` (exit 1).
 Unknown keys are warnings on stderr and do not fail the check.
@@ -278,6 +279,11 @@ def _listen(config: Config, origins: _Origins) -> Iterator[str]:
     from twisted.internet import endpoints, reactor
 
     try:
-        endpoints.serverFromString(reactor, listen)
+        endpoint = endpoints.serverFromString(reactor, listen)
     except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:
         yield origins.line(("server", "listen"), f"invalid endpoint {listen!r}: {exc or type(exc).__name__}")
+        return
+    shareable = (endpoints.TCP4ServerEndpoint, endpoints.TCP6ServerEndpoint, endpoints.UNIXServerEndpoint)
+    if config.server.workers != 1 and not isinstance(endpoint, shareable):
+        yield origins.line(("server", "listen"), f"{listen!r} cannot be shared by worker processes: use a plain "
+                           "tcp, tcp6, unix or systemd endpoint ([server.tls] provides TLS), or workers = 1")

@@ -7,7 +7,10 @@ latest time of every revision pulled since the previous flush as one small objec
 
 `PullTimeFlusher` runs the flush every few seconds and once more when the daemon
 stops. Readers (`last_pulled`) merge the stored value with what is still in memory, so
-a pull is visible at once and a time never goes backwards. A write that fails keeps its
+a pull is visible at once and a time never goes backwards. Several processes (the workers
+of one daemon, daemons sharing a store) each record and flush their own pulls; a flush
+never replaces a stored time with an earlier one (it reads the record first), so only two
+flushes of one revision at the very same moment can leave the earlier of the two times. A write that fails keeps its
 time in memory for the next flush. Records of deleted revisions are left behind; they
 are tiny and only read for revisions that exist.
 """
@@ -79,17 +82,19 @@ class PullTimes:
         times = [t for t in (self._pending.get(key), self._writing.get(key)) if t is not None]
         return max(times) if times else None
 
+    async def _stored(self, namespace: str, digest: Digest) -> int | None:
+        """The stored pull time of a revision, None when there is none (or it is unreadable)."""
+        try:
+            record = json.loads(await self._driver.read(pull_record(namespace, digest)))
+        except (PathNotFound, ValueError, UnicodeDecodeError):
+            return None
+        value = record.get("last_pulled_at") if isinstance(record, dict) else None
+        return value if isinstance(value, int) and not isinstance(value, bool) else None
+
     async def last_pulled(self, namespace: str, digest: Digest) -> int | None:
         """The latest pull time of a revision (stored or not yet flushed), None if never pulled."""
         memory = self._in_memory((namespace, digest))
-        stored: int | None = None
-        try:
-            record = json.loads(await self._driver.read(pull_record(namespace, digest)))
-            value = record.get("last_pulled_at") if isinstance(record, dict) else None
-            if isinstance(value, int) and not isinstance(value, bool):
-                stored = value
-        except (PathNotFound, ValueError, UnicodeDecodeError):
-            pass
+        stored = await self._stored(namespace, digest)
         if memory is None or stored is None:
             return memory if stored is None else stored
         return max(memory, stored)
@@ -115,6 +120,10 @@ class PullTimes:
             try:
                 for (namespace, digest), at in batch.items():
                     try:
+                        stored = await self._stored(namespace, digest)
+                        if stored is not None and stored >= at:  # another process (worker, daemon) flushed later
+                            written += 1
+                            continue
                         await self._driver.write(pull_record(namespace, digest),
                                                  json.dumps({"last_pulled_at": at}).encode())
                     except Exception as error:

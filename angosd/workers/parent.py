@@ -1,0 +1,100 @@
+"""The supervisor's service tree, for ``[server] workers`` > 1 (see `angosd.workers`)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService
+
+from angosd import systemd
+from angosd.config import Config
+from angosd.live import LiveConfig
+from angosd.overrides import Overrides
+from angosd.registry.blobs import BlobStore
+from angosd.registry.gc import collector_service
+from angosd.tls import ReloadingServerTLS
+from angosd.workers.listening import SharedSocket
+from angosd.workers.rundir import RunDirectory
+from angosd.workers.supervisor import WorkerCommand, WorkerSupervisor
+
+__all__ = ["build_supervisor_service", "worker_command"]
+
+#: Seconds a stopping worker gets beyond its two drains (requests, then events) before SIGKILL.
+STOP_MARGIN = 10.0
+#: Environment variables that concern the supervisor only (systemd's notification socket,
+#: watchdog and socket activation are the supervisor's; workers report to it).
+_SUPERVISOR_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
+                    "prometheus_multiproc_dir")
+#: Carries the supervisor's ``sys.path`` to its workers (so they import the same code).
+_PATH_VARIABLE = "ANGOSD_WORKER_SYS_PATH"
+_BOOT = ("import json, os, sys; sys.path[:] = json.loads(os.environ.pop('ANGOSD_WORKER_SYS_PATH')); "
+         "from angosd.workers.main import main; main()")
+
+
+def worker_command(paths: Sequence[str], overrides: Overrides, run_dir: RunDirectory, index: int) -> WorkerCommand:
+    """How to start worker ``index``: this Python with this process's import path, the same
+    configuration files and overrides, the run directory; systemd's variables left out."""
+    args = [sys.executable, "-c", _BOOT, "--run-dir", run_dir.path, "--index", str(index),
+            *overrides.worker_arguments()]
+    for path in paths:
+        args += ["-c", path]
+    env = {name: value for name, value in os.environ.items() if name not in _SUPERVISOR_ONLY}
+    env["PROMETHEUS_MULTIPROC_DIR"] = run_dir.metrics
+    env[_PATH_VARIABLE] = json.dumps(sys.path)
+    return WorkerCommand(sys.executable, args, env)
+
+
+def build_supervisor_service(config: Config, reactor: Any, count: int, listen: str, paths: Sequence[str],
+                             overrides: Overrides) -> MultiService:
+    """The supervisor of ``count`` workers serving ``config`` on ``listen``: it binds the
+    socket, runs the workers, the store's online garbage collector (once per store, not per
+    worker), and talks to systemd (READY=1 once every worker is ready; SIGHUP reloads its own
+    configuration and every worker's; STOPPING=1, then every worker drains).
+
+    Everything a worker would refuse at start is checked here first, so a bad configuration
+    stops the start once with the single daemon's message: `PolicyError`, `TlsError`,
+    `ListenError`.
+    """
+    from angosd.service import RELOAD_INTERVAL, StagedService, build_driver, build_security
+
+    security = build_security(config, reactor)
+    if config.server.tls is not None:
+        ReloadingServerTLS(config.server.tls)  # raises TlsError for unusable files
+    endpoint = systemd.listen_endpoint(reactor, listen)
+    live = LiveConfig(paths, security, lambda new: build_security(new, reactor), overrides.apply)
+    # Workers load the same files from anywhere (twistd may change directory) onto the same store.
+    worker_overrides = Overrides(root=os.path.abspath(config.blob_store.root_dir))
+    worker_paths = [os.path.abspath(path) for path in paths]
+    run_dir = RunDirectory()
+    shared = SharedSocket(endpoint, listen)
+    supervisor = WorkerSupervisor(
+        reactor, count, shared, lambda index: worker_command(worker_paths, worker_overrides, run_dir, index),
+        run_dir, stop_timeout=lambda: 2 * live.config.global_.shutdown_drain_secs + STOP_MARGIN)
+
+    def reload() -> bool:
+        reloaded = live.reload()
+        supervisor.reload()
+        return reloaded
+
+    top = StagedService()
+    back = MultiService()  # stops once every worker has ended
+    back.setServiceParent(top)
+    driver = build_driver(config, reactor)
+    gc = collector_service(driver, BlobStore(driver), reactor, lambda: live.config.global_.gc_grace_secs)
+    gc.setServiceParent(back)
+    front = MultiService()
+    front.setServiceParent(top)
+    if paths:
+        poll = TimerService(RELOAD_INTERVAL, live.poll)
+        poll.clock = reactor
+        poll.setServiceParent(front)
+    shared.setServiceParent(front)
+    supervisor.setServiceParent(front)
+    systemd.SystemdService(systemd.Notifier.from_environment(), reactor, supervisor.all_ready, lambda: None, reload,
+                           systemd.watchdog_interval()).setServiceParent(front)
+    return top
