@@ -18,7 +18,7 @@ from twisted.application.internet import StreamServerEndpointService, TimerServi
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 
-from angosd import systemd
+from angosd import allocator, systemd
 from angosd.auth.authenticator import Authenticator, AuthRecorder, TokenValidator
 from angosd.auth.authorizer import PolicyAuthorizer, SecurityState
 from angosd.auth.basic import PasswordUsers
@@ -220,6 +220,7 @@ def build_worker_service(config: Config, reactor: Any, endpoint: systemd.Observe
 
 
 def _daemon(config: Config, reactor: Any, paths: Sequence[str], overrides: Overrides, role: _Role) -> MultiService:
+    allocator.tune()  # this process serves: large buffers come and go all the time
     metrics = role.metrics
     live = LiveConfig(paths, build_security(config, reactor, metrics.auth_attempt),
                       lambda new: build_security(new, reactor, metrics.auth_attempt), overrides.apply)
