@@ -22,8 +22,8 @@ from twisted.internet.interfaces import IConsumer, IReactorThreads
 from zope.interface import implementer
 
 from angosd.storage.errors import InvalidPath, OutOfSpace, PathNotFound, StorageError
+from angosd.storage.handles import FileObjectHandle
 from angosd.storage.interface import IAppendWriter, IHashingAppendWriter, IReadHandle, IStorageDriver
-from angosd.storage.producers import FileRangeProducer
 
 T = TypeVar("T")
 _TEMP_PREFIX = ".tmp-"
@@ -44,29 +44,6 @@ def _inline(function: Callable[..., T], key: str, *args: Any) -> Deferred[T]:
         return fail(_translate(exc, key))
     except StorageError as exc:
         return fail(exc)
-
-
-@implementer(IReadHandle)
-class _FileReadHandle:
-    def __init__(self, source: Any, size: int) -> None:
-        self._source = source
-        self.size = size
-
-    def write_to(self, consumer: IConsumer, first: int, last: int) -> Deferred[None]:
-        self._source.seek(first)
-        return FileRangeProducer(self._source, last - first + 1, consumer).start()
-
-    def fileno(self) -> int | None:
-        return int(self._source.fileno())
-
-    def read_all(self) -> Deferred[bytes]:
-        try:
-            return succeed(self._source.read())
-        finally:
-            self._source.close()
-
-    def close(self) -> None:
-        self._source.close()
 
 
 #: Bytes an append writer may hold queued before it pauses its producer, and resumes below.
@@ -265,7 +242,9 @@ class FilesystemDriver:
             _fsync_directory(directory)
 
     def write(self, key: str, data: bytes) -> Deferred[None]:
-        return _inline(lambda: self._write_atomic(self._path(key), data), key)
+        # On the pool: creating a file waits for the filesystem journal, which under write-back
+        # load takes milliseconds, and inline that would stall every other request.
+        return self._defer_to_thread(self._write_atomic, self._path(key), data).addErrback(_translate_failure, key)
 
     def stat(self, key: str) -> Deferred[int | None]:
         def size() -> int | None:
@@ -326,7 +305,7 @@ class FilesystemDriver:
     def open_read(self, key: str) -> Deferred[IReadHandle]:
         def open_handle() -> IReadHandle:
             source = open(self._path(key), "rb")  # noqa: SIM115 - owned by the handle
-            return _FileReadHandle(source, os.fstat(source.fileno()).st_size)
+            return FileObjectHandle(source, os.fstat(source.fileno()).st_size)
 
         return _inline(open_handle, key)
 
@@ -336,7 +315,7 @@ class FilesystemDriver:
             os.makedirs(os.path.dirname(path), exist_ok=True)
             return _FileAppendWriter(path, key, self._sync, self._reactor)
 
-        return _inline(open_writer, key)
+        return self._defer_to_thread(open_writer).addErrback(_translate_failure, key)  # may create directories
 
     def hash_object(self, key: str, algorithm: str) -> Deferred[str]:
         def digest() -> str:

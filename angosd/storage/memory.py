@@ -15,18 +15,16 @@ filesystem reports the directory entry's size, which no caller relies on).
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 from collections.abc import Callable, Iterator
 from typing import TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IConsumer
 from zope.interface import implementer
 
 from angosd.storage.errors import InvalidPath, OutOfSpace, PathNotFound, StorageError
+from angosd.storage.handles import bytes_handle
 from angosd.storage.interface import IAppendWriter, IReadHandle, IStorageDriver
-from angosd.storage.producers import FileRangeProducer
 
 T = TypeVar("T")
 
@@ -82,34 +80,6 @@ def _run(function: Callable[[], T]) -> Deferred[T]:
         return succeed(function())
     except StorageError as exc:
         return fail(exc)
-
-
-@implementer(IReadHandle)
-class _MemoryReadHandle:
-    """A snapshot of an object, streamed by the same producer as files."""
-
-    def __init__(self, data: bytes) -> None:
-        self._source = io.BytesIO(data)
-        self.size = len(data)
-
-    def write_to(self, consumer: IConsumer, first: int, last: int) -> Deferred[None]:
-        """Stream bytes ``first..last`` (inclusive) into ``consumer`` with backpressure."""
-        self._source.seek(first)
-        return FileRangeProducer(self._source, last - first + 1, consumer).start()
-
-    def fileno(self) -> int | None:
-        return None
-
-    def read_all(self) -> Deferred[bytes]:
-        """The rest of the object; closes the handle."""
-        try:
-            return succeed(self._source.read())
-        finally:
-            self._source.close()
-
-    def close(self) -> None:
-        """Release the handle."""
-        self._source.close()
 
 
 @implementer(IAppendWriter)
@@ -314,7 +284,7 @@ class MemoryDriver:
 
     def open_read(self, key: str) -> Deferred[IReadHandle]:
         """A handle on the object's current bytes; fails with `PathNotFound`."""
-        return _run(lambda: _MemoryReadHandle(bytes(self._object(key).data)))
+        return _run(lambda: bytes_handle(bytes(self._object(key).data)))
 
     def open_append(self, key: str) -> Deferred[IAppendWriter]:
         """A writer appending to ``key``, created empty when absent."""

@@ -41,10 +41,11 @@ from twisted.internet.defer import Deferred, fail
 from zope.interface import implementer
 
 from angosd.storage.errors import InvalidPath, PathNotFound, StorageError
+from angosd.storage.handles import bytes_handle
 from angosd.storage.interface import IAppendWriter, IReadHandle, IRedirectingDriver, IStorageDriver
 from angosd.storage.s3_append import S3AppendWriter, assemble, chain, mark_appendable, new_token, parts_prefix
 from angosd.storage.s3_client import APPEND_TOKEN, S3Client, S3Options, S3Response
-from angosd.storage.s3_read import Segment, SegmentHandle, SnapshotHandle, read_blocks
+from angosd.storage.s3_read import Segment, SegmentHandle, read_blocks
 
 T = TypeVar("T")
 _TEMP_PREFIX = ".tmp-"
@@ -209,7 +210,7 @@ class S3Driver:
                 total = _CONTENT_RANGE_TOTAL.search(response.header("Content-Range") or "")
                 info = _info(response, int(total.group(1)) if total else len(response.body))
                 if info.token is None and info.size <= _SNAPSHOT:
-                    return SnapshotHandle(response.body[:info.size])
+                    return bytes_handle(response.body[:info.size])
             else:
                 raise self.client.error(response, "GET", key)
             return SegmentHandle(self.client, self._reactor, await self._segments(full, info))

@@ -11,12 +11,11 @@ A connection lost mid-segment is resumed from the last byte received.
 
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
@@ -26,7 +25,7 @@ from zope.interface import implementer
 
 from angosd.storage.errors import PathNotFound, StorageError
 from angosd.storage.interface import IReadHandle
-from angosd.storage.producers import CHUNK_SIZE, FileRangeProducer
+from angosd.storage.producers import CHUNK_SIZE
 from angosd.storage.s3_client import S3Client, S3Response
 
 #: Upstream is paused past this many buffered bytes and resumed below `_LOW_WATER`.
@@ -90,31 +89,6 @@ def _read_error(client: S3Client, response: S3Response, full_key: str) -> Storag
     if response.status == 416:
         return StorageError(f"{full_key} is shorter than expected")
     return client.error(response, "GET", full_key)
-
-
-@implementer(IReadHandle)
-class SnapshotHandle:
-    """A small object read whole when it was opened."""
-
-    def __init__(self, data: bytes) -> None:
-        self._source = io.BytesIO(data)
-        self.size = len(data)
-
-    def write_to(self, consumer: IConsumer, first: int, last: int) -> Deferred[None]:
-        self._source.seek(first)
-        return FileRangeProducer(self._source, last - first + 1, consumer).start()
-
-    def fileno(self) -> int | None:
-        return None
-
-    def read_all(self) -> Deferred[bytes]:
-        try:
-            return succeed(self._source.read())
-        finally:
-            self._source.close()
-
-    def close(self) -> None:
-        self._source.close()
 
 
 @implementer(IReadHandle)
