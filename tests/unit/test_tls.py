@@ -14,7 +14,7 @@ import os
 import socket
 import ssl
 import struct
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -605,14 +605,18 @@ def _tls_read_all(port: int, ca_path: str) -> bytes:
         return b"".join(received)
 
 
+def _listen_tls(tmp_path: Path, ca: CA, protocol: Callable[[], Protocol]) -> tuple[Any, Any]:
+    """``protocol`` behind the daemon's TLS listener on a real port: (factory, port)."""
+    factory, _ = listening_factory(Config(server=ServerConfig(tls=server_files(tmp_path, ca))),
+                                   Factory.forProtocol(protocol), reactor)
+    return factory, cast(Any, reactor).listenTCP(0, factory, interface="127.0.0.1")
+
+
 @pytest.mark.parametrize("sizes", [[1], [5 * PIECE + 17], [100, PIECE, 3, 2 * PIECE - 1, 70_000]])
 @pytest_twisted.ensureDeferred
 async def test_large_and_small_writes_arrive_intact_in_order(tmp_path: Path, ca: CA, sizes: list[int]) -> None:
     pieces = [os.urandom(size) for size in sizes]
-    tls = server_files(tmp_path, ca)
-    factory, _ = listening_factory(Config(server=ServerConfig(tls=tls)), Factory.forProtocol(lambda: _Writes(pieces)),
-                                   reactor)
-    port = cast(Any, reactor).listenTCP(0, factory, interface="127.0.0.1")
+    _, port = _listen_tls(tmp_path, ca, lambda: _Writes(pieces))
     try:
         received = await deferToThread(_tls_read_all, port.getHost().port, ca.write(tmp_path / "ca.pem"))
         assert received == b"".join(pieces)
@@ -669,14 +673,10 @@ def _hang_up_early(port: int, ca_path: str) -> None:
 
 @pytest.mark.parametrize("together", [True, False])
 @pytest_twisted.ensureDeferred
-async def test_large_writes_keep_their_order_with_input_and_close(tmp_path: Path, ca: CA,
-                                                                            together: bool) -> None:
+async def test_large_writes_keep_their_order_with_input_and_close(tmp_path: Path, ca: CA, together: bool) -> None:
     pieces = [os.urandom(size) for size in (PIECE // 4, 5, 3 * PIECE + 1, 10, 4 * PIECE + 7, PIECE // 4 - 1)]
     lost: Deferred[BaseException] = Deferred()
-    tls = server_files(tmp_path, ca)
-    factory, _ = listening_factory(Config(server=ServerConfig(tls=tls)),
-                                   Factory.forProtocol(lambda: _Serve(pieces, lost)), reactor)
-    port = cast(Any, reactor).listenTCP(0, factory, interface="127.0.0.1")
+    _, port = _listen_tls(tmp_path, ca, lambda: _Serve(pieces, lost))
     try:
         received = await deferToThread(_converse, port.getHost().port, ca.write(tmp_path / "ca.pem"),
                                        sum(map(len, pieces)), together)
@@ -690,10 +690,7 @@ async def test_large_writes_keep_their_order_with_input_and_close(tmp_path: Path
 async def test_a_client_hanging_up_mid_stream_ends_the_connection_cleanly(tmp_path: Path, ca: CA) -> None:
     pieces = [os.urandom(8 * PIECE)]
     lost: Deferred[BaseException] = Deferred()
-    tls = server_files(tmp_path, ca)
-    factory, _ = listening_factory(Config(server=ServerConfig(tls=tls)),
-                                   Factory.forProtocol(lambda: _Serve(pieces, lost)), reactor)
-    port = cast(Any, reactor).listenTCP(0, factory, interface="127.0.0.1")
+    factory, port = _listen_tls(tmp_path, ca, lambda: _Serve(pieces, lost))
     try:
         await deferToThread(_hang_up_early, port.getHost().port, ca.write(tmp_path / "ca.pem"))
         assert isinstance(await lost, (ConnectionDone, ConnectionLost))
