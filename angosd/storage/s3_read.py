@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IPushProducer
+from twisted.internet.interfaces import IConsumer, IDelayedCall
 from twisted.internet.protocol import Protocol
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
@@ -25,7 +25,7 @@ from zope.interface import implementer
 
 from angosd.storage.errors import PathNotFound, StorageError
 from angosd.storage.interface import IReadHandle
-from angosd.storage.producers import CHUNK_SIZE
+from angosd.storage.producers import CHUNK_SIZE, StreamingProducer
 from angosd.storage.s3_client import S3Client, S3Response
 
 #: Upstream is paused past this many buffered bytes and resumed below `_LOW_WATER`.
@@ -132,8 +132,7 @@ class _Body(Protocol):
         self._producer._segment_ended(self, reason)
 
 
-@implementer(IPushProducer)
-class SegmentProducer:
+class SegmentProducer(StreamingProducer):
     """Streams ``pieces`` into ``consumer`` as `CHUNK_SIZE` writes; ``expected`` bytes in all.
 
     `start` returns a Deferred that fires when everything was written or the consumer
@@ -148,7 +147,7 @@ class SegmentProducer:
         self._pieces = list(pieces)
         self._expected = expected
         self._delivered = 0
-        self._consumer = consumer
+        super().__init__(consumer)
         self._buffer = bytearray()
         self._current: Segment | None = None
         self._got = 0  # bytes of the current piece received
@@ -157,11 +156,8 @@ class SegmentProducer:
         self._upstream: Any = None
         self._upstream_paused = False
         self._idle: IDelayedCall | None = None
-        self._paused = False
         self._pumping = False
         self._eof = False
-        self._done = False
-        self.deferred: Deferred[None] = Deferred()
 
     def start(self) -> Deferred[None]:
         self._consumer.registerProducer(self, True)
@@ -304,30 +300,12 @@ class SegmentProducer:
         error = failure.value
         self._finish(error if isinstance(error, Exception) else StorageError(str(error)))
 
-    def _finish(self, error: Exception | None) -> None:
-        if self._done:
-            return
-        self._done = True
+    def _close(self) -> None:
+        """Drop the upstream connection and what is buffered from it."""
         self._disarm()
         if self._upstream is not None:
             self._upstream.stopProducing()
         self._buffer.clear()
-        self._consumer.unregisterProducer()
-        if error is None:
-            self.deferred.callback(None)
-        else:
-            self.deferred.errback(error)
-
-    def pauseProducing(self) -> None:
-        self._paused = True
-
-    def resumeProducing(self) -> None:
-        self._paused = False
-        self._pump()
-
-    def stopProducing(self) -> None:
-        """The consumer is going away: drop the upstream connection and finish."""
-        self._finish(None)
 
 
 class _Discarding(Protocol):
