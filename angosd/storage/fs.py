@@ -24,6 +24,7 @@ from zope.interface import implementer
 from angosd.storage.errors import InvalidPath, OutOfSpace, PathNotFound, StorageError
 from angosd.storage.handles import FileObjectHandle
 from angosd.storage.interface import IAppendWriter, IHashingAppendWriter, IReadHandle, IStorageDriver
+from angosd.storage.producers import PausingConsumer
 
 T = TypeVar("T")
 _TEMP_PREFIX = ".tmp-"
@@ -67,7 +68,7 @@ def _write_all(fd: int, chunks: list[bytes]) -> None:
 
 
 @implementer(IHashingAppendWriter, IConsumer)
-class _FileAppendWriter:
+class _FileAppendWriter(PausingConsumer):
     """Appends (and hashes, see `hash_with`) on a pool thread, in order, while the
     reactor keeps receiving.
 
@@ -90,19 +91,10 @@ class _FileAppendWriter:
         self._error: StorageError | None = None
         self._aborted = False
         self._drained: list[Deferred[None]] = []
-        self._producer: Any = None
-        self._paused = False
         self._hasher: Any = None
 
     def hash_with(self, hasher: Any) -> None:
         self._hasher = hasher
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self._producer = producer
-
-    def unregisterProducer(self) -> None:
-        self._resume()
-        self._producer = None
 
     def write(self, data: bytes) -> None:
         if self._error is not None:
@@ -114,9 +106,8 @@ class _FileAppendWriter:
         self.offset += len(data)
         if not self._running:
             self._start()
-        if self._queued > HIGH_WATER and self._producer is not None and not self._paused:
-            self._paused = True
-            self._producer.pauseProducing()
+        if self._queued > HIGH_WATER:
+            self._pause()
 
     def _start(self) -> None:
         batch, self._queue = self._queue, []
@@ -154,11 +145,6 @@ class _FileAppendWriter:
         waiters, self._drained = self._drained, []
         for waiter in waiters:
             waiter.callback(None)
-
-    def _resume(self) -> None:
-        if self._paused and self._producer is not None:
-            self._paused = False
-            self._producer.resumeProducing()
 
     def _drain(self) -> Deferred[None]:
         if not self._running:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IPushProducer
@@ -11,6 +11,32 @@ from zope.interface import implementer
 #: Bytes read per step. Large reads amortise the per-call cost; the consumer's buffer
 #: (64 KiB for a TCP transport) still pauses us after one or two steps.
 CHUNK_SIZE = 256 * 1024
+
+
+class PausingConsumer:
+    """For consumers that pause their producer while they catch up (append writers):
+    `registerProducer`, `unregisterProducer` (which resumes it first), and `_pause` /
+    `_resume`, each acting once however often it is called."""
+
+    _producer: Any = None
+    _paused = False
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._producer = producer
+
+    def unregisterProducer(self) -> None:
+        self._resume()
+        self._producer = None
+
+    def _pause(self) -> None:
+        if self._producer is not None and not self._paused:
+            self._paused = True
+            self._producer.pauseProducing()
+
+    def _resume(self) -> None:
+        if self._paused and self._producer is not None:
+            self._paused = False
+            self._producer.resumeProducing()
 
 
 @implementer(IPushProducer)

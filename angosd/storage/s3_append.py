@@ -45,6 +45,7 @@ from zope.interface import implementer
 
 from angosd.storage.errors import StorageError
 from angosd.storage.interface import IAppendWriter
+from angosd.storage.producers import PausingConsumer
 from angosd.storage.s3_client import APPEND_TOKEN, S3Client, child_text, error_code, parse_xml
 from angosd.storage.s3_read import Segment, read_blocks
 
@@ -109,7 +110,7 @@ async def mark_appendable(client: S3Client, full_key: str, size: int, etag: str 
 
 
 @implementer(IAppendWriter, IConsumer)
-class S3AppendWriter:
+class S3AppendWriter(PausingConsumer):
     """Appends to an appendable object by writing parts of ``part_size`` bytes (see module doc).
 
     Parts are stored one at a time, in order. While one is being stored and the next is
@@ -131,15 +132,6 @@ class S3AppendWriter:
         self._error: StorageError | None = None
         self._closed = False
         self._drained: list[Deferred[None]] = []
-        self._producer: Any = None
-        self._paused = False
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self._producer = producer
-
-    def unregisterProducer(self) -> None:
-        self._resume()
-        self._producer = None
 
     def write(self, data: bytes) -> None:
         if self._error is not None:
@@ -155,9 +147,8 @@ class S3AppendWriter:
             if self._buffered >= self._part_size:
                 self._cut()
         self._start()
-        if len(self._queue) >= 2 and self._producer is not None and not self._paused:
-            self._paused = True
-            self._producer.pauseProducing()
+        if len(self._queue) >= 2:
+            self._pause()
 
     def _cut(self) -> None:
         """Queue the buffered bytes as the next part (one copy: the join)."""
@@ -215,11 +206,6 @@ class S3AppendWriter:
         response = await self._client.call("HEAD", key)
         etag = (response.header("ETag") or "").strip('"')
         return response.status == 200 and etag == hashlib.md5(data).hexdigest()
-
-    def _resume(self) -> None:
-        if self._paused and self._producer is not None:
-            self._paused = False
-            self._producer.resumeProducing()
 
     def _resume_if_failed(self) -> None:
         if self._error is not None:
