@@ -26,5 +26,5 @@ setup(
         "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff", "mypy", "mypy-zope",
                  "playwright>=1.46", "moto[server]>=5.0"],
     },
-    entry_points={"console_scripts": ["angosd = angosd.cli:main"]},
+    entry_points={"console_scripts": ["angosd = angosd.commands.main:main"]},
 )

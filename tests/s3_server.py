@@ -179,7 +179,7 @@ def s3_driver(reactor: object, server: S3Server | None = None, bucket: str | Non
 
     The drivers of one reactor share one treq client (one connection pool).
     """
-    from angosd.http_client import make_client
+    from angosd.outbound.client import make_client
     from angosd.storage.s3 import S3Driver
 
     server = server or shared_s3()

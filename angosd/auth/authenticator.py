@@ -37,7 +37,7 @@ def client_ip(request: IRequest) -> str | None:
     return getattr(address, "host", None)
 
 
-#: Records one authentication as (method, result), see `angosd.metrics.Metrics.auth_attempt`.
+#: Records one authentication as (method, result), see `angosd.observability.metrics.Metrics.auth_attempt`.
 AuthRecorder = Callable[[str, str], None]
 
 

@@ -4,7 +4,7 @@ Behind `twisted.protocols.tls.TLSMemoryBIOFactory` the HTTP channel's transport 
 ``request.channel.transport`` and ``request.transport`` are) is the TLS protocol itself: it
 provides ``ISSLTransport`` (through ``INegotiated``) and ``getPeerCertificate()`` returns the
 client's pyOpenSSL ``X509``, or None when the client sent none. The server context only lets
-a handshake complete with a certificate that verified (see `angosd.tls`), so a certificate
+a handshake complete with a certificate that verified (see `angosd.tls.server`), so a certificate
 seen here is a verified one.
 """
 

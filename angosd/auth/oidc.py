@@ -37,7 +37,7 @@ from twisted.web.http_headers import Headers
 
 from angosd.auth.identity import OidcIdentity
 from angosd.config import OidcConfig
-from angosd.http_client import BodyTooLarge, ClientTLS, make_client, read_bounded
+from angosd.outbound.client import BodyTooLarge, ClientTLS, make_client, read_bounded
 
 __all__ = [
     "MAX_DOCUMENT_SIZE",

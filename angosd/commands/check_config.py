@@ -4,7 +4,7 @@ Checks what the daemon checks at start, and what it would only find later:
 
 - the merged files load and validate (`angosd.config.load_config`);
 - every access and retention policy rule compiles (`angosd.auth.policy.AccessPolicy`);
-- TLS files load and match: ``[server.tls]`` through `angosd.tls.build_context`; the CA
+- TLS files load and match: ``[server.tls]`` through `angosd.tls.server.build_context`; the CA
   bundles and client certificate/key pairs of upstreams, webhooks and OIDC providers with
   ``cryptography``;
 - every ``authorization_webhook`` names an existing ``[auth.webhook.NAME]`` table;
@@ -178,7 +178,7 @@ def _policies(config: Config, origins: _Origins) -> Iterator[str]:
 
 
 def _server_tls(config: Config, origins: _Origins) -> Iterator[str]:
-    from angosd.tls import TlsError, build_context
+    from angosd.tls.server import TlsError, build_context
 
     tls = config.server.tls
     if tls is None:

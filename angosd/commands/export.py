@@ -27,6 +27,7 @@ from typing import IO, TYPE_CHECKING, Any
 from twisted.internet.interfaces import IConsumer, IReactorTime
 from zope.interface import implementer
 
+from angosd.archive.layout import NAMESPACE_ANNOTATION, REF_NAME, ArchiveWriter, index_file, layout_file, parse_ref_name
 from angosd.commands.mirror import (
     CommandFailed,
     UsageError,
@@ -35,12 +36,11 @@ from angosd.commands.mirror import (
     run_async,
     start_logging,
 )
+from angosd.commands.progress import Progress, human_size
 from angosd.oci.digest import Digest
 from angosd.oci.errors import BlobUnknown, ManifestUnknown
 from angosd.oci.manifest import Descriptor, parse_manifest
 from angosd.oci.names import Reference
-from angosd.progress import Progress, human_size
-from angosd.proxy.layout import NAMESPACE_ANNOTATION, REF_NAME, ArchiveWriter, index_file, layout_file, parse_ref_name
 
 if TYPE_CHECKING:
     from angosd.registry.manifests import StoredManifest
@@ -79,7 +79,7 @@ class ExportPlan:
 
 
 async def _export(reactor: Any, args: argparse.Namespace, progress: Progress) -> int:
-    from angosd.service import open_store
+    from angosd.daemon.service import open_store
 
     config = load_store_config(args)
     registry, _cache = open_store(config, reactor)

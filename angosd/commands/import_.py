@@ -34,13 +34,7 @@ from typing import TYPE_CHECKING, Any
 from twisted.internet.interfaces import IConsumer
 from zope.interface import implementer
 
-from angosd.commands.mirror import CommandFailed, add_store_arguments, load_store_config, run_async, start_logging
-from angosd.oci.digest import Digest
-from angosd.oci.errors import DigestInvalid, ManifestUnknown, OciError
-from angosd.oci.manifest import Descriptor, parse_manifest
-from angosd.oci.names import Reference
-from angosd.progress import Progress, human_size
-from angosd.proxy.layout import (
+from angosd.archive.layout import (
     MAX_INDEX_SIZE,
     NAMESPACE_ANNOTATION,
     REF_NAME,
@@ -49,6 +43,12 @@ from angosd.proxy.layout import (
     blob_member,
     parse_ref_name,
 )
+from angosd.commands.mirror import CommandFailed, add_store_arguments, load_store_config, run_async, start_logging
+from angosd.commands.progress import Progress, human_size
+from angosd.oci.digest import Digest
+from angosd.oci.errors import DigestInvalid, ManifestUnknown, OciError
+from angosd.oci.manifest import Descriptor, parse_manifest
+from angosd.oci.names import Reference
 from angosd.storage.producers import FileRangeProducer
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ class ImportResult:
 
 
 async def _import(reactor: Any, args: argparse.Namespace, progress: Progress) -> int:
-    from angosd.service import open_store
+    from angosd.daemon.service import open_store
 
     config = load_store_config(args)
     registry, _cache = open_store(config, reactor)

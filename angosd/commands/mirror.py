@@ -22,8 +22,8 @@ import sys
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from angosd.commands.progress import Bar, Progress, human_size
 from angosd.config import Config, ConfigError, default_config, load_config
-from angosd.progress import Bar, Progress, human_size
 
 
 def register(commands: Any) -> None:
@@ -52,10 +52,10 @@ def run(args: argparse.Namespace) -> int:
 async def _mirror(reactor: Any, args: argparse.Namespace, progress: Progress) -> int:
     from twisted.internet.defer import DeferredSemaphore
 
+    from angosd.archive.layout import LayoutError, parse_ref_name
+    from angosd.daemon.service import open_store
     from angosd.oci.names import Reference
-    from angosd.proxy.layout import LayoutError, parse_ref_name
     from angosd.proxy.prefetch import ALL_PLATFORMS, FILL_SLOTS, CacheFill, PlatformFilter
-    from angosd.service import open_store
 
     texts = list(args.images) + (_read_list(args.from_file) if args.from_file else [])
     if not texts:
@@ -230,8 +230,8 @@ def run_async(name: str, progress: Progress, work: Callable[[Any], Awaitable[int
 @functools.cache
 def expected_errors() -> tuple[type[BaseException], ...]:
     """Failures reported as one line (anything else is a bug, reported with its type)."""
+    from angosd.archive.layout import LayoutError
     from angosd.oci.errors import OciError
-    from angosd.proxy.layout import LayoutError
     from angosd.proxy.upstream import UpstreamError, UpstreamNotFound
     from angosd.storage.errors import StorageError
 

@@ -26,8 +26,8 @@ from collections.abc import Callable
 from typing import Any
 
 from angosd.commands.mirror import UsageError, add_store_arguments, load_store_config, run_async, start_logging
+from angosd.commands.progress import Progress
 from angosd.config import Config
-from angosd.progress import Progress
 from angosd.registry.retention import Applied, RetentionError, RetentionPolicy, RetentionRules, parse_age
 
 
@@ -85,10 +85,10 @@ def emitter(progress: Progress) -> Callable[[str], None]:
 
 
 async def _prune(reactor: Any, args: argparse.Namespace, progress: Progress) -> int:
+    from angosd.daemon.service import open_store
     from angosd.registry.gc import namespaces
     from angosd.registry.retention import Pruner
     from angosd.registry.uploads import UploadInfo
-    from angosd.service import open_store
 
     config = existing_store(load_store_config(args))
     try:

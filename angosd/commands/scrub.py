@@ -19,8 +19,8 @@ import argparse
 from typing import Any
 
 from angosd.commands.mirror import add_store_arguments, load_store_config, run_async, start_logging
+from angosd.commands.progress import Bar, Progress
 from angosd.commands.prune import emitter, existing_store
-from angosd.progress import Bar, Progress
 
 
 def register(commands: Any) -> None:
@@ -40,9 +40,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _scrub(reactor: Any, args: argparse.Namespace, progress: Progress) -> int:
+    from angosd.daemon.service import open_store
     from angosd.registry.gc import GarbageCollector
     from angosd.registry.scrub import Finding, Scrubber
-    from angosd.service import open_store
 
     config = existing_store(load_store_config(args))
     registry, _cache = open_store(config, reactor)

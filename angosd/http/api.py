@@ -44,7 +44,7 @@ from angosd.registry.registry import Registry, paginate
 from angosd.registry.uploads import UploadOffsetMismatch, UploadSink, parse_session_id
 from angosd.storage.errors import OutOfSpace, StorageError
 from angosd.storage.interface import IRedirectingDriver
-from angosd.webhooks import EventBus
+from angosd.webhooks.events import EventBus
 
 Handler = Callable[[RegistryRequest, Route], Awaitable[bytes | None]]
 API_VERSION = {"Docker-Distribution-API-Version": "registry/2.0"}

@@ -24,10 +24,10 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from angosd.config import UpstreamConfig
-from angosd.http_client import BodyTooLarge, ClientTLS, make_client, read_bounded
 from angosd.oci import media_types as mt
 from angosd.oci.digest import Digest
 from angosd.oci.errors import OciError
+from angosd.outbound.client import BodyTooLarge, ClientTLS, make_client, read_bounded
 
 MANIFEST_ACCEPT = ", ".join([mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST])
 MAX_JSON = 4 * 1024 * 1024

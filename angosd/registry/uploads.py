@@ -20,7 +20,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
-from angosd.coordination import Coordination, Lease
+from angosd.coordination.interface import Coordination, Lease
 from angosd.oci.digest import ALGORITHMS, Digest, Hasher, new_hasher
 from angosd.oci.errors import BlobUploadUnknown, DigestInvalid, RangeNotSatisfiable, TooLarge
 from angosd.registry import paths

@@ -37,7 +37,7 @@ MiB = 1024 * 1024
 def angosd(*args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
     """The ``angosd`` command line as a child process."""
     env = {**os.environ, "PYTHONPATH": REPO + os.pathsep + os.environ.get("PYTHONPATH", "")}
-    return subprocess.run([sys.executable, "-m", "angosd.cli", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "angosd", *args], capture_output=True, text=True,
                           timeout=timeout, env=env, check=False)
 
 

@@ -104,18 +104,18 @@ def exit_status(daemon: Daemon, timeout: float) -> int:
 
 
 def _tls_loads() -> str | None:
-    """Why angosd.tls cannot serve a valid certificate and key here, None when it can."""
+    """Why angosd.tls.server cannot serve a valid certificate and key here, None when it can."""
     import tempfile
 
     from angosd.config import TlsConfig
-    from angosd.tls import build_context
+    from angosd.tls.server import build_context
 
     with tempfile.TemporaryDirectory() as directory:
         certificate, key = CA().server().write(directory, "probe")
         try:
             build_context(TlsConfig(certificate, key))
         except Exception as exc:
-            return f"angosd.tls.build_context refuses a valid certificate and key: {type(exc).__name__}: {exc}"
+            return f"angosd.tls.server.build_context refuses a valid certificate and key: {type(exc).__name__}: {exc}"
     return None
 
 
@@ -423,7 +423,7 @@ def test_short_drain_cuts_a_push_that_resumes_after_restart(tmp_path: Path) -> N
 
 def check_config(*paths: Path | str) -> subprocess.CompletedProcess[str]:
     arguments = [argument for path in paths for argument in ("-c", str(path))]
-    return subprocess.run([sys.executable, "-m", "angosd.cli", "check-config", *arguments], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "angosd", "check-config", *arguments], capture_output=True,
                           text=True, timeout=60, cwd=REPO)
 
 

@@ -23,7 +23,8 @@ import pytest_twisted
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from angosd.coordination import CoordinationError, MemoryCoordination, RedisCoordination
+from angosd.coordination.interface import CoordinationError, MemoryCoordination
+from angosd.coordination.redis import RedisCoordination
 from tests.daemon import Daemon, Response
 from tests.integration.images import build_image, inspect_raw, manifest_digest, skopeo
 from tests.integration.ocihelpers import (
@@ -361,7 +362,7 @@ async def test_memory_coordination_for_a_single_daemon() -> None:
 
 
 def test_resp_replies_parse_whole_or_not_at_all() -> None:
-    from angosd.coordination import RedisReplyError, _Incomplete, encode_command, parse_reply
+    from angosd.coordination.redis import RedisReplyError, _Incomplete, encode_command, parse_reply
 
     assert encode_command((b"SET", b"k", b"")) == b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$0\r\n\r\n"
     stream = b"+OK\r\n$-1\r\n:42\r\n$5\r\nhe\r\no\r\n*2\r\n$1\r\na\r\n:1\r\n-ERR wrong\r\n"

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from angosd.workers.cpus import usable_cpus
+from angosd.daemon.workers.cpus import usable_cpus
 from tests.certs import CA
 from tests.daemon import REPO, Daemon, Response
 from tests.integration.ocihelpers import image_manifest, payload, push_blob, push_manifest, wait_for

@@ -6,7 +6,7 @@ import platform
 
 import pytest
 
-from angosd import allocator
+from angosd.daemon import allocator
 
 
 def test_tuning_applies_on_glibc() -> None:

@@ -16,8 +16,8 @@ from angosd.auth.credentials import BasicCredentials, BearerToken, parse_authori
 from angosd.auth.identity import CertificateIdentity, Identity, OidcIdentity
 from angosd.auth.policy import AccessPolicy, PolicyError
 from angosd.config import AccessPolicyConfig, Config, GlobalConfig, IdentityConfig, RepositoryConfig
+from angosd.daemon.live import tag_immutable
 from angosd.http.router import parse_route
-from angosd.live import tag_immutable
 from angosd.oci.errors import Unauthorized
 
 

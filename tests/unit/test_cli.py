@@ -11,7 +11,7 @@ from angosd import __version__
 
 
 def angosd(*args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "angosd.cli", *args], input=stdin, capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "angosd", *args], input=stdin, capture_output=True, text=True,
                           timeout=60)
 
 

@@ -1,4 +1,4 @@
-"""OCI layout archives (angosd.proxy.layout) and the export/import planning over the memory driver.
+"""OCI layout archives (angosd.archive.layout) and the export/import planning over the memory driver.
 
 Also the small pieces of the air-gap work that need no daemon: platform selection for
 prefetch, and the non-terminal progress output.
@@ -18,16 +18,7 @@ from typing import Any
 import pytest
 from twisted.internet.task import Clock
 
-from angosd.commands.export import plan_export, write_archive
-from angosd.commands.import_ import plan_import, run_import
-from angosd.commands.mirror import CommandFailed
-from angosd.oci import media_types as mt
-from angosd.oci.digest import Digest
-from angosd.oci.errors import ManifestUnknown
-from angosd.oci.manifest import Descriptor
-from angosd.oci.names import Reference
-from angosd.progress import Progress
-from angosd.proxy.layout import (
+from angosd.archive.layout import (
     NAMESPACE_ANNOTATION,
     REF_NAME,
     ArchiveReader,
@@ -38,6 +29,15 @@ from angosd.proxy.layout import (
     layout_file,
     parse_ref_name,
 )
+from angosd.commands.export import plan_export, write_archive
+from angosd.commands.import_ import plan_import, run_import
+from angosd.commands.mirror import CommandFailed
+from angosd.commands.progress import Progress
+from angosd.oci import media_types as mt
+from angosd.oci.digest import Digest
+from angosd.oci.errors import ManifestUnknown
+from angosd.oci.manifest import Descriptor
+from angosd.oci.names import Reference
 from angosd.proxy.prefetch import PlatformFilter
 from angosd.registry.registry import Limits, Registry
 from angosd.storage.memory import MemoryDriver

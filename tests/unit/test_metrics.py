@@ -19,7 +19,7 @@ from angosd.auth.identity import CertificateIdentity, Identity, OidcIdentity
 from angosd.auth.oidc import InvalidToken
 from angosd.http.accesslog import NAMESPACE, AccessLog, response_status
 from angosd.http.router import parse_route
-from angosd.metrics import AUTH_METHODS, AUTH_RESULTS, DURATION_BUCKETS, Metrics, method_label
+from angosd.observability.metrics import AUTH_METHODS, AUTH_RESULTS, DURATION_BUCKETS, Metrics, method_label
 from angosd.oci.errors import Unauthorized
 from tests.unit.helpers import run
 

@@ -16,8 +16,8 @@ from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 from twisted.python.failure import Failure
 
-from angosd import shutdown, systemd
-from angosd.systemd import ListenError, Notifier, ObservedEndpoint, SystemdService
+from angosd.daemon import shutdown, systemd
+from angosd.daemon.systemd import ListenError, Notifier, ObservedEndpoint, SystemdService
 
 # --------------------------------------------------------------------------- Notifier
 

@@ -41,8 +41,8 @@ from angosd.auth.identity import CertificateIdentity
 from angosd.auth.mtls import certificate_identity, identity_of_certificate
 from angosd.config import Config, ServerConfig, TlsConfig
 from angosd.http.site import RegistrySite
-from angosd.tls import ReloadingServerTLS, TlsError, build_context, listening_factory
-from angosd.tls_records import PIECE
+from angosd.tls.records import PIECE
+from angosd.tls.server import ReloadingServerTLS, TlsError, build_context, listening_factory
 from tests.certs import CA, Issued, write_pem
 
 
@@ -239,7 +239,7 @@ def test_the_verify_callback_refuses_a_leaf_not_meant_for_clients(ca: CA) -> Non
     """OpenSSL's own purpose check refuses these too; the callback does not rely on it."""
     from OpenSSL import crypto
 
-    from angosd.tls import _verify_client
+    from angosd.tls.server import _verify_client
 
     def verdict(issued: Issued, depth: int = 0, ok: int = 1) -> bool:
         return _verify_client(None, crypto.X509.from_cryptography(issued.cert), 0, depth, ok)  # type: ignore[arg-type]

@@ -18,15 +18,15 @@ from twisted.logger import LogEvent, Logger, LogLevel, formatEventAsClassicLogTe
 from twisted.python import usage
 
 from angosd.config import ConfigError, load_config
-from angosd.filelock import FileCoordination
-from angosd.metrics_processes import ProcessGroupCollector, read_processes, write_processes
-from angosd.overrides import AUTO, Overrides
-from angosd.tap import Options
-from angosd.workers.cpus import cgroup_cpu_limit, usable_cpus
-from angosd.workers.logrelay import LogRelay, relay_observer
-from angosd.workers.rundir import PREFIX, RunDirectory, sweep
-from angosd.workers.status import PipeNotifier, StatusReader
-from angosd.workers.supervisor import Backoff
+from angosd.coordination.files import FileCoordination
+from angosd.daemon.overrides import AUTO, Overrides
+from angosd.daemon.tap import Options
+from angosd.daemon.workers.cpus import cgroup_cpu_limit, usable_cpus
+from angosd.daemon.workers.logrelay import LogRelay, relay_observer
+from angosd.daemon.workers.rundir import PREFIX, RunDirectory, sweep
+from angosd.daemon.workers.status import PipeNotifier, StatusReader
+from angosd.daemon.workers.supervisor import Backoff
+from angosd.observability.processes import ProcessGroupCollector, read_processes, write_processes
 from tests.daemon import REPO
 from tests.unit.helpers import run
 
@@ -249,7 +249,7 @@ def test_a_lock_held_by_a_killed_process_is_free_at_once(tmp_path: Path) -> None
         import sys
         sys.path.insert(0, {REPO!r})
         from twisted.internet.task import Clock
-        from angosd.filelock import FileCoordination
+        from angosd.coordination.files import FileCoordination
         from tests.unit.helpers import run
         lease = run(FileCoordination({str(tmp_path)!r}, Clock()).acquire("upload:s"))
         print("held" if lease else "busy", flush=True)
@@ -286,7 +286,7 @@ def test_a_lock_file_replaced_after_locking_is_not_trusted(tmp_path: Path, monke
 
 
 def test_unusable_lock_directory_is_a_coordination_error(tmp_path: Path) -> None:
-    from angosd.coordination import CoordinationError
+    from angosd.coordination.interface import CoordinationError
 
     (tmp_path / "file").write_text("")
     coordination = FileCoordination(str(tmp_path / "file"), Clock())
@@ -356,7 +356,7 @@ _RECORDER = """
 import json, os, sys, time
 sys.path.insert(0, {repo!r})
 from angosd.http.router import parse_route
-from angosd.metrics import Metrics
+from angosd.observability.metrics import Metrics
 
 class Request:
     code, sentLength, startedWriting = 200, 0, 1
@@ -424,7 +424,7 @@ def test_multiprocess_metrics_add_up_over_workers_and_outlive_them(tmp_path: Pat
 
 
 def test_multiprocess_metrics_need_the_multiprocess_mode(tmp_path: Path) -> None:
-    from angosd.metrics import Metrics
+    from angosd.observability.metrics import Metrics
 
     with pytest.raises(RuntimeError, match="PROMETHEUS_MULTIPROC_DIR"):
         Metrics(lambda: 0.0, multiprocess_dir=str(tmp_path))

@@ -18,89 +18,24 @@ after the connection was lost or a command timed out.
 from __future__ import annotations
 
 import secrets
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, connectProtocol
-from twisted.internet.interfaces import IReactorTime
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from angosd.storage.errors import StorageError
+from angosd.coordination.interface import CoordinationError, Lease
 
 _log = Logger()
 
 _RELEASE = b"if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
 _RENEW = (b"if redis.call('get', KEYS[1]) == ARGV[1] then "
           b"return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end")
-
-
-class CoordinationError(StorageError):
-    """The shared state (Redis) cannot be reached or refused a command."""
-
-
-@dataclass(eq=False)
-class Lease:
-    """A held lock: ``name`` owned through ``token``. ``lost`` turns true if it expired while held."""
-
-    name: str
-    token: str
-    lost: bool = False
-    renewal: LoopingCall | None = field(default=None, repr=False)
-
-
-class Coordination(Protocol):
-    """What callers use; both implementations provide it."""
-
-    async def acquire(self, name: str) -> Lease | None:
-        """The lock ``name`` if nobody holds it (None otherwise); raises `CoordinationError`."""
-
-    async def release(self, lease: Lease) -> None:
-        """Give the lock back (a no-op if it expired and someone else holds it now)."""
-
-    async def get(self, key: str) -> bytes | None:
-        """A cached value, None when absent or expired."""
-
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
-        """Cache ``value`` under ``key`` for ``ttl`` seconds."""
-
-
-class MemoryCoordination:
-    """Locks and cache entries in this process (one daemon), expiring by ``clock``."""
-
-    def __init__(self, clock: IReactorTime, lock_ttl: float = 15.0) -> None:
-        self._clock = clock
-        self._lock_ttl = lock_ttl
-        self._locks: dict[str, str] = {}
-        self._cache: dict[str, tuple[bytes, float]] = {}
-
-    async def acquire(self, name: str) -> Lease | None:
-        if name in self._locks:
-            return None  # a process never dies while holding its own locks
-        lease = Lease(name, secrets.token_hex(16))
-        self._locks[name] = lease.token
-        return lease
-
-    async def release(self, lease: Lease) -> None:
-        if self._locks.get(lease.name) == lease.token:
-            del self._locks[lease.name]
-
-    async def get(self, key: str) -> bytes | None:
-        entry = self._cache.get(key)
-        if entry is None or entry[1] <= self._clock.seconds():
-            self._cache.pop(key, None)
-            return None
-        return entry[0]
-
-    async def set(self, key: str, value: bytes, ttl: float) -> None:
-        now = self._clock.seconds()
-        self._cache = {k: v for k, v in self._cache.items() if v[1] > now}
-        self._cache[key] = (value, now + ttl)
 
 
 class RedisCoordination:

@@ -1,6 +1,6 @@
 """The supervisor: starts the worker processes, keeps them running, stops them.
 
-Each worker is ``python -m angosd.workers.main`` (see there) started with
+Each worker is ``python -m angosd.daemon.workers.main`` (see there) started with
 ``reactor.spawnProcess``; its descriptors:
 
 ====  ==========================================================================
@@ -44,11 +44,11 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
-from angosd.shutdown import exit_normally
-from angosd.workers.listening import SharedSocket
-from angosd.workers.logrelay import LogRelay
-from angosd.workers.rundir import RunDirectory
-from angosd.workers.status import StatusReader
+from angosd.daemon.shutdown import exit_normally
+from angosd.daemon.workers.listening import SharedSocket
+from angosd.daemon.workers.logrelay import LogRelay
+from angosd.daemon.workers.rundir import RunDirectory
+from angosd.daemon.workers.status import StatusReader
 
 __all__ = ["HEARTBEAT", "HEARTBEAT_TIMEOUT", "LISTEN_FD", "STATUS_FD", "Backoff", "WorkerCommand",
            "WorkerSupervisor"]

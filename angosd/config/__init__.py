@@ -400,7 +400,7 @@ class ServerConfig:
     #: One JSON line per request in the ``angosd.access`` log namespace; off for benchmarks.
     access_log: bool = True
     #: Worker processes sharing the listening socket; None (``"auto"``): one per usable core.
-    #: 1 is a single process, as before workers existed (see `angosd.workers`).
+    #: 1 is a single process, as before workers existed (see `angosd.daemon.workers`).
     workers: int | None = field(default=None, metadata=_parse(parse_workers))
 
 

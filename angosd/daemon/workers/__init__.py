@@ -1,7 +1,7 @@
 """Several worker processes sharing one listening socket (``[server] workers = N``).
 
 ``twistd -n angosd`` with N > 1 is a supervisor: it binds the socket once, starts N workers
-(``python -m angosd.workers.main``), each serving exactly what a single daemon serves on
+(``python -m angosd.daemon.workers.main``), each serving exactly what a single daemon serves on
 that socket, and keeps them running. One module per job:
 
 - `cpus`: the default N (usable cores);

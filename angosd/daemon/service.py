@@ -2,7 +2,7 @@
 
 One builder (`_daemon`) makes the single daemon (``[server] workers = 1``) and each worker
 process of a supervisor (`build_worker_service`); `build_service` makes the one or the
-supervisor (`angosd.workers.parent`).
+supervisor (`angosd.daemon.workers.parent`).
 """
 
 from __future__ import annotations
@@ -18,37 +18,39 @@ from twisted.application.internet import StreamServerEndpointService, TimerServi
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 
-from angosd import allocator, systemd
 from angosd.auth.authenticator import Authenticator, AuthRecorder, TokenValidator
 from angosd.auth.authorizer import PolicyAuthorizer, SecurityState
 from angosd.auth.basic import PasswordUsers
 from angosd.auth.oidc import OidcProviders, make_http_client
 from angosd.config import Config
-from angosd.coordination import Coordination, RedisCoordination
-from angosd.filelock import FileCoordination
+from angosd.coordination.files import FileCoordination
+from angosd.coordination.interface import Coordination
+from angosd.coordination.redis import RedisCoordination
+from angosd.daemon import allocator, systemd
+from angosd.daemon.live import LiveConfig, tag_immutable
+from angosd.daemon.overrides import Overrides
+from angosd.daemon.shutdown import DrainService
+from angosd.daemon.workers.cpus import usable_cpus
+from angosd.daemon.workers.rundir import RunDirectory
+from angosd.daemon.workers.supervisor import HEARTBEAT
 from angosd.http.accesslog import AccessLog
 from angosd.http.api import RegistryAPI
 from angosd.http.extensions import ExtensionAPI
 from angosd.http.site import RegistrySite
-from angosd.http_client import make_client
-from angosd.live import LiveConfig, tag_immutable
-from angosd.metrics import Metrics
-from angosd.overrides import Overrides
+from angosd.observability.metrics import Metrics
+from angosd.outbound.client import make_client
 from angosd.proxy import prefetch
 from angosd.proxy.cache import PullThroughCache
 from angosd.registry.gc import collector_service
 from angosd.registry.paths import REPOSITORIES
 from angosd.registry.pulls import PullTimeFlusher
 from angosd.registry.registry import Limits, Registry
-from angosd.shutdown import DrainService
 from angosd.storage.fs import FilesystemDriver
 from angosd.storage.interface import IStorageDriver
-from angosd.tls import listening_factory
+from angosd.tls.server import listening_factory
 from angosd.ui import UserInterface
-from angosd.webhooks import AuthorizationWebhooks, EventBus
-from angosd.workers.cpus import usable_cpus
-from angosd.workers.rundir import RunDirectory
-from angosd.workers.supervisor import HEARTBEAT
+from angosd.webhooks.authorization import AuthorizationWebhooks
+from angosd.webhooks.events import EventBus
 
 #: Seconds between looks at the configuration files' modification times.
 RELOAD_INTERVAL = 2.0
@@ -190,13 +192,13 @@ def build_service(config: Config, reactor: Any, listen: str | None = None, paths
     ``paths`` are the configuration files ``config`` came from: they are watched and
     reloaded when they change (``overrides`` are re-applied). With one worker
     (``[server] workers = 1``) this process serves; with more, it is their supervisor
-    (`angosd.workers.parent`).
+    (`angosd.daemon.workers.parent`).
     """
     overrides = overrides if overrides is not None else Overrides()
     description = listen or endpoint_description(config)
     count = worker_count(config)
     if count > 1:
-        from angosd.workers.parent import build_supervisor_service
+        from angosd.daemon.workers.parent import build_supervisor_service
 
         return build_supervisor_service(config, reactor, count, description, paths, overrides)
     endpoint = systemd.ObservedEndpoint(systemd.listen_endpoint(reactor, description))
@@ -208,7 +210,7 @@ def build_service(config: Config, reactor: Any, listen: str | None = None, paths
 def build_worker_service(config: Config, reactor: Any, endpoint: systemd.ObservedEndpoint,
                          notifier: systemd.Notifier, run_dir: str, paths: Sequence[str] = (),
                          overrides: Overrides | None = None) -> MultiService:
-    """One worker of a supervisor (`angosd.workers.main`): the single daemon's service tree on
+    """One worker of a supervisor (`angosd.daemon.workers.main`): the single daemon's service tree on
     ``endpoint`` (the shared socket), reporting to ``notifier`` (the status pipe), with its
     metrics in the run directory's multiprocess files, file locks on uploads when there is no
     Redis, and without the online garbage collector (the supervisor runs it, once per store)."""

@@ -38,7 +38,7 @@ created per run by the supervisor), and ``GET /metrics``, whichever worker answe
 reports the sum over all workers, including those that ended (a replaced worker's
 counters stay counted). The gauges count live workers only (``livesum``: the supervisor
 removes a dead worker's gauge files). ``process_*`` describe the whole daemon
-(`angosd.metrics_processes`); ``python_gc_*`` are left out (they would describe one
+(`angosd.observability.processes`); ``python_gc_*`` are left out (they would describe one
 worker only); ``angosd_uploads_in_progress`` is refreshed every second and at each scrape.
 
 Pull-through recorder API (`PullThroughMetrics`, available as ``Metrics.pull_through``;
@@ -78,7 +78,7 @@ from angosd.http.api import Handler
 from angosd.http.request import RegistryRequest
 from angosd.http.responses import respond
 from angosd.http.router import Route
-from angosd.metrics_processes import ProcessGroupCollector
+from angosd.observability.processes import ProcessGroupCollector
 
 __all__ = [
     "AUTH_METHODS",

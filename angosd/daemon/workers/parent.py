@@ -1,4 +1,4 @@
-"""The supervisor's service tree, for ``[server] workers`` > 1 (see `angosd.workers`)."""
+"""The supervisor's service tree, for ``[server] workers`` > 1 (see `angosd.daemon.workers`)."""
 
 from __future__ import annotations
 
@@ -11,16 +11,16 @@ from typing import Any
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService
 
-from angosd import systemd
 from angosd.config import Config
-from angosd.live import LiveConfig
-from angosd.overrides import Overrides
+from angosd.daemon import systemd
+from angosd.daemon.live import LiveConfig
+from angosd.daemon.overrides import Overrides
+from angosd.daemon.workers.listening import SharedSocket
+from angosd.daemon.workers.rundir import RunDirectory
+from angosd.daemon.workers.supervisor import WorkerCommand, WorkerSupervisor
 from angosd.registry.blobs import BlobStore
 from angosd.registry.gc import collector_service
-from angosd.tls import ReloadingServerTLS
-from angosd.workers.listening import SharedSocket
-from angosd.workers.rundir import RunDirectory
-from angosd.workers.supervisor import WorkerCommand, WorkerSupervisor
+from angosd.tls.server import ReloadingServerTLS
 
 __all__ = ["build_supervisor_service", "worker_command"]
 
@@ -33,7 +33,7 @@ _SUPERVISOR_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FD
 #: Carries the supervisor's ``sys.path`` to its workers (so they import the same code).
 _PATH_VARIABLE = "ANGOSD_WORKER_SYS_PATH"
 _BOOT = ("import json, os, sys; sys.path[:] = json.loads(os.environ.pop('ANGOSD_WORKER_SYS_PATH')); "
-         "from angosd.workers.main import main; main()")
+         "from angosd.daemon.workers.main import main; main()")
 
 
 def worker_command(paths: Sequence[str], overrides: Overrides, run_dir: RunDirectory, index: int) -> WorkerCommand:
@@ -60,7 +60,7 @@ def build_supervisor_service(config: Config, reactor: Any, count: int, listen: s
     stops the start once with the single daemon's message: `PolicyError`, `TlsError`,
     `ListenError`.
     """
-    from angosd.service import RELOAD_INTERVAL, StagedService, build_driver, build_security
+    from angosd.daemon.service import RELOAD_INTERVAL, StagedService, build_driver, build_security
 
     security = build_security(config, reactor)
     if config.server.tls is not None:

@@ -47,7 +47,7 @@ def relay_observer(out: IO[str]) -> ILogObserver:
     """The worker's log observer: each event as one JSON record on ``out``, flushed at once.
 
     It never raises: when the supervisor is gone the event is lost (the worker is stopping
-    by then, see `angosd.workers.main`).
+    by then, see `angosd.daemon.workers.main`).
     """
 
     @provider(ILogObserver)

@@ -1,28 +1,20 @@
-"""Webhooks: an external authorization check, and registry events for audit.
+"""Event webhooks: registry events for audit.
 
-Authorization webhooks are asked after the CEL policies allowed a request whose namespace
-belongs to a repository with an effective webhook (the repository's, else the global one;
-``""`` disables). 2xx allows; anything else, an error or a timeout denies (fail closed).
-401/403 and 2xx answers are cached for ``cache_ttl`` per identity and route; transient
-failures (429, 5xx, transport) are not.
-
-Event webhooks receive a signed JSON POST for ``manifest.push``, ``manifest.pull``,
-``manifest.delete``, ``blob.push``, ``blob.pull``, ``tag.create`` and ``tag.delete``,
-fired before the operation. ``required`` receivers that fail (after their retries)
-abort the operation; ``optional`` ones are only logged; ``async`` ones are delivered in
-the background and drained on shutdown.
+Receivers get a signed JSON POST for ``manifest.push``, ``manifest.pull``, ``manifest.delete``,
+``blob.push``, ``blob.pull``, ``tag.create`` and ``tag.delete``, fired before the operation.
+``required`` receivers that fail (after their retries) abort the operation; ``optional`` ones
+are only logged; ``async`` ones are delivered in the background and drained on shutdown.
 """
 
 from __future__ import annotations
 
-import base64
 import datetime
 import hashlib
 import hmac
 import json
 import re
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,15 +25,15 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.web.iweb import IRequest
 
 from angosd.auth.identity import Identity
-from angosd.config import AuthWebhookConfig, Config, EventWebhookConfig, WebhookTlsConfig
-from angosd.http.router import Route
-from angosd.http_client import ClientTLS, make_client
+from angosd.config import Config, EventWebhookConfig, WebhookTlsConfig
 from angosd.oci.errors import OciError
+from angosd.webhooks.client import webhook_client
 
 _log = Logger()
+
+
 
 
 class EventRejected(OciError):
@@ -50,85 +42,6 @@ class EventRejected(OciError):
     code = "DENIED"
     status = 503
     message = "a required event webhook did not accept the operation"
-
-
-def _client(reactor: Any, tls: WebhookTlsConfig) -> HTTPClient:
-    client, _pool = make_client(reactor, ClientTLS(tls.server_ca_bundle, tls.client_certificate_bundle,
-                                                   tls.client_private_key), connect_timeout=10.0)
-    return client
-
-
-def _header(value: str) -> str:
-    return value.replace("\r", " ").replace("\n", " ")
-
-
-class AuthorizationWebhooks:
-    def __init__(self, configs: Sequence[AuthWebhookConfig], reactor: Any) -> None:
-        self._configs = {config.name: config for config in configs}
-        self._clients = {config.name: _client(reactor, config.tls) for config in configs}
-        self._clock: IReactorTime = reactor
-        self._cache: dict[tuple[str, str], tuple[bool, float]] = {}
-
-    async def allows(self, name: str, identity: Identity, route: Route, request: IRequest) -> bool:
-        """Ask webhook ``name`` about this request; False on any doubt."""
-        config = self._configs.get(name)
-        if config is None:
-            return False
-        key = (name, json.dumps([identity.to_cel(), route.action, route.method, route.path, route.namespace,
-                                 route.reference, route.digest], sort_keys=True, default=str))
-        cached = self._cache.get(key)
-        now = self._clock.seconds()
-        if cached is not None and cached[1] > now:
-            return cached[0]
-        headers = self._headers(config, identity, route, request)
-        try:
-            response = await self._clients[name].get(config.url, headers=headers, allow_redirects=False,
-                                                     timeout=config.timeout_ms / 1000)
-            await treq.content(response)
-        except Exception as exc:
-            _log.warn("authorization webhook {name} failed: {error}", name=name, error=f"{type(exc).__name__}")
-            return False
-        allowed = 200 <= response.code < 300
-        if (allowed or response.code in (401, 403)) and config.cache_ttl:
-            self._cache[key] = (allowed, now + config.cache_ttl)
-            if len(self._cache) > 10_000:
-                self._cache.clear()
-        return allowed
-
-    @staticmethod
-    def _headers(config: AuthWebhookConfig, identity: Identity, route: Route, request: IRequest) -> Any:
-        secure = bool(getattr(request, "isSecure", lambda: False)())
-        host = request.getHeader("Host") or ""
-        headers: dict[str, Any] = {
-            "X-Forwarded-Method": route.method,
-            "X-Forwarded-Proto": "https" if secure else "http",
-            "X-Forwarded-Host": _header(host),
-            "X-Forwarded-Uri": _header(route.path),
-            "X-Forwarded-For": identity.client_ip or "",
-            "X-Registry-Action": route.action,
-        }
-        optional = {
-            "X-Registry-Namespace": route.namespace, "X-Registry-Reference": route.reference,
-            "X-Registry-Digest": route.digest, "X-Registry-Username": identity.username,
-            "X-Registry-Identity-ID": identity.id,
-            "X-Registry-OIDC-Provider": identity.oidc.provider_name if identity.oidc else None,
-            "X-Registry-OIDC-Subject": str(identity.oidc.claims.get("sub")) if identity.oidc else None,
-        }
-        headers.update({name: _header(value) for name, value in optional.items() if value})
-        if identity.certificate.common_names:
-            headers["X-Registry-Certificate-CN"] = [_header(v) for v in identity.certificate.common_names]
-        if identity.certificate.organizations:
-            headers["X-Registry-Certificate-O"] = [_header(v) for v in identity.certificate.organizations]
-        for name in config.forward_headers:
-            value = request.getHeader(name)
-            if value is not None and name.lower() != "authorization":
-                headers[name] = _header(value)
-        if config.bearer_token:
-            headers["Authorization"] = f"Bearer {config.bearer_token}"
-        elif config.basic_auth:
-            pair = f"{config.basic_auth['username']}:{config.basic_auth['password']}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode()
-        return headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -219,7 +132,7 @@ class EventBus(Service):
         key = (webhook.name, webhook.tls)
         client = self._clients.get(key)
         if client is None:
-            client = self._clients[key] = _client(self._reactor, webhook.tls)
+            client = self._clients[key] = webhook_client(self._reactor, webhook.tls)
         headers: dict[str | bytes, str | bytes] = {"Content-Type": "application/json", "X-Registry-Event": kind}
         if webhook.token:
             signature = hmac.new(webhook.token.encode(), body, hashlib.sha256).hexdigest()

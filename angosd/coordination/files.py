@@ -30,7 +30,7 @@ from urllib.parse import quote
 
 from twisted.internet.interfaces import IReactorTime
 
-from angosd.coordination import CoordinationError, Lease
+from angosd.coordination.interface import CoordinationError, Lease
 from angosd.storage.errors import OutOfSpace, StorageError
 
 __all__ = ["FileCoordination"]

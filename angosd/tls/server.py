@@ -30,7 +30,7 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from angosd.config import Config, TlsConfig
-from angosd.tls_records import BulkTLSFactory
+from angosd.tls.records import BulkTLSFactory
 
 __all__ = ["RELOAD_INTERVAL", "ReloadingServerTLS", "TlsError", "build_context", "listening_factory"]
 

@@ -1,11 +1,11 @@
-"""A worker process: ``python -m angosd.workers.main --run-dir DIR [--index N] [-c FILE ...] [--root DIR]``.
+"""A worker process: ``python -m angosd.daemon.workers.main --run-dir DIR [--index N] [-c FILE ...] [--root DIR]``.
 
-Only `angosd.workers.supervisor` starts workers, with the descriptors it documents. A worker
+Only `angosd.daemon.workers.supervisor` starts workers, with the descriptors it documents. A worker
 loads the same configuration files as the supervisor and serves on the inherited listening
-socket exactly what a single daemon serves (`angosd.service.build_worker_service`). It:
+socket exactly what a single daemon serves (`angosd.daemon.service.build_worker_service`). It:
 
-- logs every event to the supervisor (`angosd.workers.logrelay`) and reports its state on
-  the status pipe (`angosd.workers.status`);
+- logs every event to the supervisor (`angosd.daemon.workers.logrelay`) and reports its state on
+  the status pipe (`angosd.daemon.workers.status`);
 - reloads its configuration on SIGHUP and when its files change, like a single daemon;
 - on SIGTERM or SIGINT, stops accepting and drains its requests in flight, then exits 0;
 - when the supervisor goes away (end of file on its standard input), stops the same way;
@@ -31,7 +31,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from angosd.workers.supervisor import LISTEN_FD, STATUS_FD
+from angosd.daemon.workers.supervisor import LISTEN_FD, STATUS_FD
 
 __all__ = ["WorkerOptions", "main"]
 
@@ -40,7 +40,7 @@ _log = Logger()
 
 class WorkerOptions(usage.Options):
     optParameters = [
-        ["run-dir", None, None, "The supervisor's run directory (angosd.workers.rundir)"],
+        ["run-dir", None, None, "The supervisor's run directory (angosd.daemon.workers.rundir)"],
         ["index", None, "1", "This worker's number, for the log"],
         ["root", "r", None, "Filesystem storage root (overrides [blob_store.fs] root_dir)"],
         ["listen-fd", None, str(LISTEN_FD), "The inherited listening socket"],
@@ -101,12 +101,12 @@ def run(reactor: Any, options: WorkerOptions) -> int:
     # Imported here, once logging goes to the supervisor: what importing logs is relayed too.
     from angosd.auth.policy import PolicyError
     from angosd.config import ConfigError, default_config, load_config
-    from angosd.overrides import Overrides
-    from angosd.service import build_worker_service
-    from angosd.systemd import ObservedEndpoint
-    from angosd.tls import TlsError
-    from angosd.workers.listening import SharedSocketEndpoint
-    from angosd.workers.status import PipeNotifier
+    from angosd.daemon.overrides import Overrides
+    from angosd.daemon.service import build_worker_service
+    from angosd.daemon.systemd import ObservedEndpoint
+    from angosd.daemon.workers.listening import SharedSocketEndpoint
+    from angosd.daemon.workers.status import PipeNotifier
+    from angosd.tls.server import TlsError
 
     overrides = Overrides(root=options["root"])
     endpoint = ObservedEndpoint(SharedSocketEndpoint(reactor, options["listen-fd"]))
@@ -157,7 +157,7 @@ def main(argv: list[str] | None = None) -> None:
     except usage.UsageError as exc:
         print(f"angosd worker: {exc}", file=sys.stderr)
         sys.exit(2)
-    from angosd.workers.logrelay import relay_observer
+    from angosd.daemon.workers.logrelay import relay_observer
 
     log_file = open(1, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115 - lives as long as the process
     globalLogBeginner.beginLoggingTo([relay_observer(log_file)], redirectStandardIO=True)

@@ -9,9 +9,9 @@ from twisted.python import usage
 
 from angosd.auth.policy import PolicyError
 from angosd.config import ConfigError, default_config, load_config, parse_workers
-from angosd.overrides import AUTO, Overrides
-from angosd.systemd import ListenError
-from angosd.tls import TlsError
+from angosd.daemon.overrides import AUTO, Overrides
+from angosd.daemon.systemd import ListenError
+from angosd.tls.server import TlsError
 
 
 class Options(usage.Options):
@@ -49,7 +49,7 @@ def _warn(message: str) -> None:
 def makeService(options: Options) -> IService:
     from twisted.internet import reactor
 
-    from angosd.service import build_service
+    from angosd.daemon.service import build_service
 
     overrides = Overrides(root=options["root"], workers=options["workers"])
     try:

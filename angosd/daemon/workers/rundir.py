@@ -5,7 +5,7 @@
     <base>/angosd-run-<supervisor pid>-<random>/
         metrics/        prometheus-client multiprocess files (PROMETHEUS_MULTIPROC_DIR)
         processes       the supervisor's and the running workers' pids (process_* metrics)
-        coordination/   upload locks when the store is not a local directory (see angosd.filelock)
+        coordination/   upload locks when the store is not a local directory (see angosd.coordination.files)
 
 ``<base>`` is systemd's ``$RUNTIME_DIRECTORY`` when set (``RuntimeDirectory=`` in the unit),
 else the temporary directory. A run starts with an empty directory of its own and removes it
@@ -23,7 +23,7 @@ from collections.abc import Iterable, Mapping
 
 from prometheus_client.multiprocess import mark_process_dead
 
-from angosd.metrics_processes import write_processes
+from angosd.observability.processes import write_processes
 
 __all__ = ["PREFIX", "RunDirectory", "default_base"]
 

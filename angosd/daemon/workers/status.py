@@ -1,6 +1,6 @@
 """Worker status messages: what a worker's `SystemdService` says, sent to its supervisor.
 
-A worker runs the same `angosd.systemd.SystemdService` as a single daemon, with a
+A worker runs the same `angosd.daemon.systemd.SystemdService` as a single daemon, with a
 `PipeNotifier` instead of the sd_notify socket: ``READY=1`` once it listens and its
 storage answers, ``RELOADING=1``/``READY=1`` around a SIGHUP reload, ``STOPPING=1``,
 and ``WATCHDOG=1`` every few seconds (its heartbeat). Messages are the sd_notify fields
@@ -13,7 +13,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 
-from angosd.systemd import Notifier
+from angosd.daemon.systemd import Notifier
 
 __all__ = ["PipeNotifier", "StatusReader"]
 

@@ -1,0 +1,1 @@
+"""Coordination between processes sharing one store."""

@@ -1,0 +1,1 @@
+"""Webhooks: the external authorization check and registry event delivery."""

@@ -1,0 +1,23 @@
+"""What both kinds of webhook share: the outgoing client and header sanitising."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from treq.client import HTTPClient
+from twisted.logger import Logger
+
+from angosd.config import WebhookTlsConfig
+from angosd.outbound.client import ClientTLS, make_client
+
+_log = Logger()
+
+
+def webhook_client(reactor: Any, tls: WebhookTlsConfig) -> HTTPClient:
+    client, _pool = make_client(reactor, ClientTLS(tls.server_ca_bundle, tls.client_certificate_bundle,
+                                                   tls.client_private_key), connect_timeout=10.0)
+    return client
+
+
+def header_value(value: str) -> str:
+    return value.replace("\r", " ").replace("\n", " ")
