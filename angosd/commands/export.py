@@ -79,7 +79,7 @@ class ExportPlan:
 
 
 async def _export(reactor: Any, args: argparse.Namespace, progress: Progress) -> int:
-    from angosd.daemon.service import open_store
+    from angosd.daemon.assembly import open_store
 
     config = load_store_config(args)
     registry, _cache = open_store(config, reactor)

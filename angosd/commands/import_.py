@@ -102,7 +102,7 @@ class ImportResult:
 
 
 async def _import(reactor: Any, args: argparse.Namespace, progress: Progress) -> int:
-    from angosd.daemon.service import open_store
+    from angosd.daemon.assembly import open_store
 
     config = load_store_config(args)
     registry, _cache = open_store(config, reactor)

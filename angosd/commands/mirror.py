@@ -53,7 +53,7 @@ async def _mirror(reactor: Any, args: argparse.Namespace, progress: Progress) ->
     from twisted.internet.defer import DeferredSemaphore
 
     from angosd.archive.layout import LayoutError, parse_ref_name
-    from angosd.daemon.service import open_store
+    from angosd.daemon.assembly import open_store
     from angosd.oci.names import Reference
     from angosd.proxy.prefetch import ALL_PLATFORMS, FILL_SLOTS, CacheFill, PlatformFilter
 

@@ -85,7 +85,7 @@ def emitter(progress: Progress) -> Callable[[str], None]:
 
 
 async def _prune(reactor: Any, args: argparse.Namespace, progress: Progress) -> int:
-    from angosd.daemon.service import open_store
+    from angosd.daemon.assembly import open_store
     from angosd.registry.gc import namespaces
     from angosd.registry.retention import Pruner
     from angosd.registry.uploads import UploadInfo

@@ -40,7 +40,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _scrub(reactor: Any, args: argparse.Namespace, progress: Progress) -> int:
-    from angosd.daemon.service import open_store
+    from angosd.daemon.assembly import open_store
     from angosd.registry.gc import GarbageCollector
     from angosd.registry.scrub import Finding, Scrubber
 

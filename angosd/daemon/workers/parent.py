@@ -60,7 +60,7 @@ def build_supervisor_service(config: Config, reactor: Any, count: int, listen: s
     stops the start once with the single daemon's message: `PolicyError`, `TlsError`,
     `ListenError`.
     """
-    from angosd.daemon.service import RELOAD_INTERVAL, StagedService, build_driver, build_security
+    from angosd.daemon.assembly import RELOAD_INTERVAL, StagedService, build_driver, build_security
 
     security = build_security(config, reactor)
     if config.server.tls is not None:

@@ -1,0 +1,195 @@
+"""The daemon's object graph: configuration -> storage -> registry -> HTTP application.
+
+Everything here builds objects and starts nothing. `angosd.daemon.service` (the single daemon
+and each worker), `angosd.daemon.workers.parent` (the supervisor), the maintenance commands
+and the in-memory HTTP tests all build through these functions, so they run the same graph.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from twisted.application.internet import TimerService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred, maybeDeferred
+
+from angosd.auth.authenticator import Authenticator, AuthRecorder, TokenValidator
+from angosd.auth.authorizer import PolicyAuthorizer, SecurityState
+from angosd.auth.basic import PasswordUsers
+from angosd.auth.oidc import OidcProviders, make_http_client
+from angosd.config import Config
+from angosd.coordination.files import FileCoordination
+from angosd.coordination.interface import Coordination
+from angosd.coordination.redis import RedisCoordination
+from angosd.daemon.live import LiveConfig, tag_immutable
+from angosd.daemon.shutdown import DrainService
+from angosd.http.accesslog import AccessLog
+from angosd.http.api import RegistryAPI
+from angosd.http.extensions import ExtensionAPI
+from angosd.http.site import RegistrySite
+from angosd.observability.metrics import Metrics
+from angosd.outbound.client import make_client
+from angosd.proxy import prefetch
+from angosd.proxy.cache import PullThroughCache
+from angosd.registry.registry import Limits, Registry
+from angosd.storage.fs import FilesystemDriver
+from angosd.storage.interface import IStorageDriver
+from angosd.ui import UserInterface
+from angosd.webhooks.authorization import AuthorizationWebhooks
+from angosd.webhooks.events import EventBus
+
+#: Seconds between looks at the configuration files' modification times.
+RELOAD_INTERVAL = 2.0
+#: Seconds between two recordings of computed gauges by a worker (multiprocess metrics).
+METRICS_REFRESH = 1.0
+
+
+def build_security(config: Config, reactor: Any, record_auth: AuthRecorder | None = None) -> SecurityState:
+    """Users, OIDC providers and compiled policies for ``config``; raises `PolicyError`.
+    ``record_auth`` counts authentications (metrics)."""
+    oidc: TokenValidator | None = None
+    if config.auth.oidc:
+        oidc = OidcProviders(config.auth.oidc, {p.name: make_http_client(reactor, p) for p in config.auth.oidc},
+                             reactor)
+    authenticator = Authenticator(PasswordUsers(config.auth.identities, reactor, reactor), oidc, record_auth)
+    return SecurityState.build(config, authenticator, AuthorizationWebhooks(config.auth.webhooks, reactor))
+
+
+def build_registry(live: LiveConfig, reactor: Any, coordination: Coordination | None = None,
+                   driver: IStorageDriver | None = None) -> Registry:
+    """The registry of ``live``'s store (or of ``driver``, when given); ``coordination`` excludes
+    other processes from the uploads this process writes (None: none needed)."""
+    return _registry(live.config, reactor, live.namespace_allowed, live.tag_immutable,
+                     update_pull_time=lambda: live.config.global_.update_pull_time, coordination=coordination,
+                     driver=driver)
+
+
+def build_driver(config: Config, reactor: Any) -> IStorageDriver:
+    """The store of ``config``: the ``[blob_store.s3]`` bucket when set, else the filesystem."""
+    s3 = config.blob_store_s3
+    if s3 is None:
+        return FilesystemDriver(os.path.abspath(config.blob_store.root_dir), reactor, config.blob_store.sync_to_disk)
+    from angosd.storage.s3 import S3Driver  # botocore only where S3 is configured
+    from angosd.storage.s3_client import S3Options
+
+    http, pool = make_client(reactor, connect_timeout=min(30.0, s3.operation_attempt_timeout_secs))
+    pool.maxPersistentPerHost = 32
+    options = S3Options(endpoint=s3.endpoint, bucket=s3.bucket, access_key_id=s3.access_key_id,
+                        secret_key=s3.secret_key, region=s3.region, key_prefix=s3.key_prefix,
+                        part_size=s3.multipart_part_size, max_attempts=s3.max_attempts,
+                        operation_timeout=s3.operation_timeout_secs, attempt_timeout=s3.operation_attempt_timeout_secs)
+    return S3Driver(reactor, http, options)
+
+
+def build_coordination(config: Config, reactor: Any, files: str | None = None) -> Coordination | None:
+    """Shared state for several processes on one store: Redis (``[cache.redis]``) when
+    configured, else file locks in ``files`` when given (the workers of one daemon), else
+    None (this process only)."""
+    if config.redis is not None:
+        return RedisCoordination(reactor, config.redis.url, config.redis.key_prefix, config.redis.lock_ttl_secs)
+    if files is not None:
+        return FileCoordination(files, reactor)
+    return None
+
+
+def coordination_directory(config: Config, run_dir: str) -> str:
+    """Where the workers of one daemon keep their file locks: ``_coordination`` under a
+    filesystem store's root (any process on this host serving that store takes part), else
+    the daemon's run directory."""
+    if config.blob_store_s3 is None:
+        return os.path.join(os.path.abspath(config.blob_store.root_dir), "_coordination")
+    return os.path.join(run_dir, "coordination")
+
+
+def blob_redirect_ttl(config: Config) -> int | None:
+    """Lifetime of blob redirect URLs under ``config``; None when blob GETs are served inline."""
+    if config.blob_store_s3 is None or not config.global_.enable_blob_redirect:
+        return None
+    return config.blob_store_s3.presign_ttl_secs
+
+
+def _registry(config: Config, reactor: Any, namespace_allowed: Callable[[str], bool],
+              immutable: Callable[[str, str], bool], update_pull_time: Callable[[], bool],
+              coordination: Coordination | None, driver: IStorageDriver | None = None) -> Registry:
+    limits = Limits(config.global_.max_manifest_size, config.global_.max_blob_size)
+    store = driver if driver is not None else build_driver(config, reactor)
+    registry = Registry(store, reactor, limits, namespace_allowed, immutable,
+                        update_pull_time=update_pull_time)
+    registry.uploads.coordination = coordination
+    return registry
+
+
+def open_store(config: Config, reactor: Any) -> tuple[Registry, PullThroughCache]:
+    """The registry and pull-through cache of ``config``'s store, for maintenance commands
+    (``angosd mirror/export/import``): no listener, no reload, no background prefetch.
+
+    Every write they make is atomic, so they may run beside a daemon on the same store.
+    """
+    immutable = functools.partial(tag_immutable, config)
+    registry = _registry(config, reactor, config.namespace_allowed, immutable, update_pull_time=lambda: False,
+                         coordination=build_coordination(config, reactor))
+    return registry, PullThroughCache(registry, config.repository_for, immutable, reactor)
+
+
+class StagedService(MultiService):
+    """Starts children in order and stops them in reverse order, one stage after the other.
+
+    `MultiService` stops all its children at once; here each child (a stage) is stopped
+    only when the one added after it has finished stopping.
+    """
+
+    def stopService(self) -> Deferred[None]:
+        Service.stopService(self)
+        stages = list(self)[::-1]
+
+        async def stop_in_turn() -> None:
+            for stage in stages:
+                await maybeDeferred(stage.stopService)
+
+        return Deferred.fromCoroutine(stop_in_turn())
+
+
+@dataclass(frozen=True, slots=True)
+class Application:
+    """What serves requests in one process: the registry, its pull-through cache, the event bus,
+    the Klein application and the site that carries it, and the drain that stops it in order."""
+
+    registry: Registry
+    cache: PullThroughCache
+    events: EventBus
+    api: RegistryAPI
+    drain: DrainService
+    site: RegistrySite
+
+
+def build_application(config: Config, reactor: Any, live: LiveConfig, registry: Registry,
+                      metrics: Metrics) -> Application:
+    """The HTTP application over ``registry``, reading policies, repositories and the UI settings
+    from ``live`` on every request; ``metrics`` observes requests and uploads. Starts nothing:
+    the caller puts ``events`` and ``drain`` in its service tree and ``site`` behind a listener
+    (or an in-memory transport)."""
+    metrics.watch_uploads(lambda: registry.uploads.writing)
+    cache = PullThroughCache(registry, lambda namespace: live.config.repository_for(namespace), live.tag_immutable,
+                             reactor, metrics=metrics.pull_through)
+    prefetch.attach(cache, registry, reactor)  # [repository] prefetch_platforms
+    events = EventBus(lambda: live.config, reactor, drain_seconds=config.global_.shutdown_drain_secs)
+    extensions = {**ExtensionAPI(registry, lambda: live.config).handlers(),
+                  **UserInterface(lambda: live.config.ui).handlers(), **metrics.handlers()}
+    api = RegistryAPI(registry, PolicyAuthorizer(lambda: live.security), cache=cache, events=events,
+                      extensions=extensions, blob_redirect=lambda: blob_redirect_ttl(live.config))
+    drain = DrainService(lambda: live.config.global_.shutdown_drain_secs, reactor)
+    access_log = [AccessLog(time.monotonic, reactor.seconds)] if config.server.access_log else []
+    site = RegistrySite(api, observers=[drain, metrics.requests, *access_log])
+    return Application(registry, cache, events, api, drain, site)
+
+
+def timer(interval: float, call: Callable[[], object], reactor: Any) -> TimerService:
+    """A service calling ``call`` every ``interval`` seconds on ``reactor``'s clock."""
+    service = TimerService(interval, call)
+    service.clock = reactor
+    return service
