@@ -31,6 +31,7 @@ from angosd.daemon.shutdown import DrainService
 from angosd.http.accesslog import AccessLog
 from angosd.http.api import RegistryAPI
 from angosd.http.extensions import ExtensionAPI
+from angosd.http.metrics_endpoint import RequestMetrics, metrics_handlers
 from angosd.http.site import RegistrySite
 from angosd.observability.metrics import Metrics
 from angosd.outbound.client import make_client
@@ -179,12 +180,12 @@ def build_application(config: Config, reactor: Any, live: LiveConfig, registry: 
     prefetch.attach(cache, registry, reactor)  # [repository] prefetch_platforms
     events = EventBus(lambda: live.config, reactor, drain_seconds=config.global_.shutdown_drain_secs)
     extensions = {**ExtensionAPI(registry, lambda: live.config).handlers(),
-                  **UserInterface(lambda: live.config.ui).handlers(), **metrics.handlers()}
+                  **UserInterface(lambda: live.config.ui).handlers(), **metrics_handlers(metrics)}
     api = RegistryAPI(registry, PolicyAuthorizer(lambda: live.security), cache=cache, events=events,
                       extensions=extensions, blob_redirect=lambda: blob_redirect_ttl(live.config))
     drain = DrainService(lambda: live.config.global_.shutdown_drain_secs, reactor)
     access_log = [AccessLog(time.monotonic, reactor.seconds)] if config.server.access_log else []
-    site = RegistrySite(api, observers=[drain, metrics.requests, *access_log])
+    site = RegistrySite(api, observers=[drain, RequestMetrics(metrics.http, metrics.clock), *access_log])
     return Application(registry, cache, events, api, drain, site)
 
 

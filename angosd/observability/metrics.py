@@ -1,9 +1,11 @@
-"""Prometheus metrics, served at ``GET /metrics`` (action ``metrics``, under the access policy).
+"""Prometheus metrics, served at ``GET /metrics`` (action ``metrics``, under the access policy,
+by `angosd.http.metrics_endpoint`, which also feeds the HTTP series below from the site).
 
 Everything lives on one `prometheus_client.CollectorRegistry` that `Metrics` creates (or
 is given); nothing touches prometheus-client's global default registry.
 
-HTTP (recorded by `RequestMetrics`, a `RequestObserver` of the site):
+HTTP (`HttpMetrics`, recorded by `angosd.http.metrics_endpoint.RequestMetrics`, a
+`RequestObserver` of the site):
 
 - ``angosd_http_requests_total{action,method,status}``: counter, one per finished request.
 - ``angosd_http_request_duration_seconds{action,method}``: histogram, headers in to response
@@ -17,7 +19,7 @@ HTTP (recorded by `RequestMetrics`, a `RequestObserver` of the site):
 Label values are bounded: ``action`` is the router's action (a fixed set, ``unknown``
 included), never the path or namespace; ``method`` is one of `HTTP_METHODS` or ``OTHER``;
 ``status`` is the numeric response code, ``499`` when the client went away before a
-response was started (see `angosd.http.accesslog.response_status`).
+response was started (the observer reports it so).
 
 Other:
 
@@ -57,10 +59,8 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from typing import Any
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -73,11 +73,6 @@ from prometheus_client import (
 from prometheus_client import values as prometheus_values
 from prometheus_client.multiprocess import MultiProcessCollector
 
-from angosd.http.accesslog import received_bytes, response_status
-from angosd.http.api import Handler
-from angosd.http.request import RegistryRequest
-from angosd.http.responses import respond
-from angosd.http.router import Route
 from angosd.observability.processes import ProcessGroupCollector
 
 __all__ = [
@@ -85,9 +80,9 @@ __all__ = [
     "AUTH_RESULTS",
     "DURATION_BUCKETS",
     "HTTP_METHODS",
+    "HttpMetrics",
     "Metrics",
     "PullThroughMetrics",
-    "RequestMetrics",
     "method_label",
 ]
 
@@ -107,25 +102,11 @@ def method_label(method: str) -> str:
     return method if method in HTTP_METHODS else "OTHER"
 
 
-def _route(request: Any) -> tuple[str, str]:
-    """(action, method label) of a request; ``unknown`` when it was never routed."""
-    route = getattr(request, "route", None)
-    if route is None:
-        return "unknown", "OTHER"
-    return route.action, method_label(route.method)
+class HttpMetrics:
+    """The HTTP series (see the module docstring). Knows nothing of requests: the site's
+    observer reports each request's start (`began`) and end (`ended`), once each."""
 
-
-class RequestMetrics:
-    """The HTTP metrics, fed by the site as a `RequestObserver`.
-
-    ``clock`` returns monotonic seconds. Every request seen in `started` is counted once
-    in `finished`, and the in-flight gauge goes up and down exactly once for it; a
-    `finished` without `started` (or a second one) changes nothing.
-    """
-
-    def __init__(self, registry: CollectorRegistry, clock: Callable[[], float]) -> None:
-        self._clock = clock
-        self._started: dict[Any, float] = {}
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.requests = Counter("angosd_http_requests", "HTTP requests finished, by route action, method and status.",
                                 ("action", "method", "status"), registry=registry)
         self.duration = Histogram("angosd_http_request_duration_seconds",
@@ -138,26 +119,18 @@ class RequestMetrics:
         self.sent = Counter("angosd_http_response_bytes", "Response body bytes sent, by route action.",
                             ("action",), registry=registry)
 
-    def started(self, request: Any) -> None:
-        """Headers of ``request`` are in: it is in flight."""
-        if request in self._started:
-            return
-        self._started[request] = self._clock()
+    def began(self) -> None:
+        """One more request in flight."""
         self.in_flight.inc()
 
-    def finished(self, request: Any, failed: bool) -> None:
-        """``request`` was answered (or its connection lost): count it, once."""
-        began = self._started.pop(request, None)
-        if began is None:
-            return
+    def ended(self, action: str, method: str, status: int, seconds: float, received: int, sent: int) -> None:
+        """One request in flight finished: count it. ``method`` is reported through `method_label`."""
         self.in_flight.dec()
-        action, method = _route(request)
-        self.requests.labels(action, method, str(response_status(request, failed))).inc()
-        self.duration.labels(action, method).observe(max(self._clock() - began, 0.0))
-        received = received_bytes(request)
+        method = method_label(method)
+        self.requests.labels(action, method, str(status)).inc()
+        self.duration.labels(action, method).observe(max(seconds, 0.0))
         if received:
             self.received.labels(action).inc(received)
-        sent = int(getattr(request, "sentLength", 0) or 0)
         if sent:
             self.sent.labels(action).inc(sent)
 
@@ -200,9 +173,9 @@ class PullThroughMetrics:
 
 
 class Metrics:
-    """All of the daemon's metrics on one registry, and the ``metrics`` action's handler.
+    """All of the daemon's metrics on one registry.
 
-    ``clock`` returns monotonic seconds (request durations). ``registry`` (what is served)
+    ``clock`` returns monotonic seconds (request durations, kept as ``clock``). ``registry`` (what is served)
     defaults to a new `CollectorRegistry` with the process, GC and platform collectors added.
 
     With ``multiprocess_dir`` the values are recorded in prometheus-client's multiprocess
@@ -233,7 +206,8 @@ class Metrics:
                 GCCollector(registry=registry)
             recording = registry
         self.registry = registry
-        self.requests = RequestMetrics(recording, clock)
+        self.clock = clock
+        self.http = HttpMetrics(recording)
         self.pull_through = PullThroughMetrics(recording)
         self.auth_attempts = Counter("angosd_auth_attempts", "Authentications by credential method and result.",
                                      ("method", "result"), registry=recording)
@@ -269,13 +243,6 @@ class Metrics:
         """The registry in the Prometheus text format (`CONTENT_TYPE_LATEST`)."""
         self.refresh()
         return bytes(generate_latest(self.registry))
-
-    def handlers(self) -> dict[str, Handler]:
-        """The ``metrics`` action's handler, for `RegistryAPI(extensions=...)`."""
-        return {"metrics": self._serve}
-
-    async def _serve(self, request: RegistryRequest, route: Route) -> bytes:
-        return respond(request, 200, self.exposition(), CONTENT_TYPE_LATEST)
 
 
 def _check_multiprocess_mode(directory: str) -> None:

@@ -18,6 +18,7 @@ from angosd.auth.authenticator import Authenticator
 from angosd.auth.identity import CertificateIdentity, Identity, OidcIdentity
 from angosd.auth.oidc import InvalidToken
 from angosd.http.accesslog import NAMESPACE, AccessLog, response_status
+from angosd.http.metrics_endpoint import RequestMetrics, metrics_handlers
 from angosd.http.router import parse_route
 from angosd.observability.metrics import AUTH_METHODS, AUTH_RESULTS, DURATION_BUCKETS, Metrics, method_label
 from angosd.oci.errors import Unauthorized
@@ -83,16 +84,23 @@ def metrics(clock: FakeClock) -> Metrics:
     return Metrics(clock, CollectorRegistry())
 
 
+@pytest.fixture
+def requests(metrics: Metrics) -> RequestMetrics:
+    """The site's request observer feeding ``metrics``."""
+    return RequestMetrics(metrics.http, metrics.clock)
+
+
 # --------------------------------------------------------------------------- HTTP metrics
 
 
-def test_a_request_is_counted_with_its_action_method_status_and_duration(metrics: Metrics, clock: FakeClock) -> None:
+def test_a_request_is_counted_with_its_action_method_status_and_duration(metrics: Metrics, requests: RequestMetrics,
+                                                                         clock: FakeClock) -> None:
     request = FakeRequest("GET", "/v2/team/app/manifests/latest")
-    metrics.requests.started(request)
+    requests.started(request)
     assert sample(metrics, "angosd_http_requests_in_flight") == 1
     clock.advance(0.003)
     request.respond(404, 93)
-    metrics.requests.finished(request, False)
+    requests.finished(request, False)
     assert sample(metrics, "angosd_http_requests_total", action="get-manifest", method="GET", status="404") == 1
     assert sample(metrics, "angosd_http_requests_in_flight") == 0
     histogram = {"action": "get-manifest", "method": "GET"}
@@ -109,13 +117,14 @@ def test_duration_buckets_span_sub_millisecond_to_minutes() -> None:
     assert list(DURATION_BUCKETS) == sorted(DURATION_BUCKETS)
 
 
-def test_a_long_upload_lands_in_its_bucket_with_its_bytes(metrics: Metrics, clock: FakeClock) -> None:
+def test_a_long_upload_lands_in_its_bucket_with_its_bytes(metrics: Metrics, requests: RequestMetrics,
+                                                          clock: FakeClock) -> None:
     request = FakeRequest("PATCH", "/v2/team/app/blobs/uploads/2a3a0c5e-1111-4222-8333-944455556666")
-    metrics.requests.started(request)
+    requests.started(request)
     request.received_bytes = 5_000_000
     clock.advance(75)
     request.respond(202)
-    metrics.requests.finished(request, False)
+    requests.finished(request, False)
     labels = {"action": "update-upload", "method": "PATCH"}
     assert sample(metrics, "angosd_http_request_duration_seconds_bucket", le="60.0", **labels) == 0
     assert sample(metrics, "angosd_http_request_duration_seconds_bucket", le="120.0", **labels) == 1
@@ -123,17 +132,17 @@ def test_a_long_upload_lands_in_its_bucket_with_its_bytes(metrics: Metrics, cloc
     assert sample(metrics, "angosd_http_response_bytes_total", action="update-upload") is None
 
 
-def test_in_flight_goes_down_exactly_once_per_request(metrics: Metrics) -> None:
+def test_in_flight_goes_down_exactly_once_per_request(metrics: Metrics, requests: RequestMetrics) -> None:
     first, second = FakeRequest(), FakeRequest()
-    metrics.requests.started(first)
-    metrics.requests.started(first)  # a repeated start is not a second request
-    metrics.requests.started(second)
+    requests.started(first)
+    requests.started(first)  # a repeated start is not a second request
+    requests.started(second)
     assert sample(metrics, "angosd_http_requests_in_flight") == 2
-    metrics.requests.finished(first, True)
-    metrics.requests.finished(first, True)
-    metrics.requests.finished(FakeRequest(), False)  # never started: ignored
+    requests.finished(first, True)
+    requests.finished(first, True)
+    requests.finished(FakeRequest(), False)  # never started: ignored
     assert sample(metrics, "angosd_http_requests_in_flight") == 1
-    metrics.requests.finished(second, False)
+    requests.finished(second, False)
     assert sample(metrics, "angosd_http_requests_in_flight") == 0
     assert sample(metrics, "angosd_http_requests_total", action="get-api-version", method="GET", status="499") == 1
     assert sample(metrics, "angosd_http_requests_total", action="get-api-version", method="GET", status="200") == 1
@@ -147,24 +156,24 @@ def test_a_disconnect_is_499_before_the_response_and_keeps_the_code_after() -> N
     assert response_status(request, False) == 200
 
 
-def test_labels_stay_bounded_for_strange_methods_and_paths(metrics: Metrics) -> None:
+def test_labels_stay_bounded_for_strange_methods_and_paths(metrics: Metrics, requests: RequestMetrics) -> None:
     assert method_label("BREW") == "OTHER"
     assert method_label("PATCH") == "PATCH"
     for index in range(3):
         request = FakeRequest(f"X{index}", f"/nothing/here/{index}")
-        metrics.requests.started(request)
+        requests.started(request)
         request.respond(404)
-        metrics.requests.finished(request, False)
+        requests.finished(request, False)
     assert sample(metrics, "angosd_http_requests_total", action="unknown", method="OTHER", status="404") == 3
     assert "/nothing" not in metrics.exposition().decode()
 
 
-def test_a_request_that_was_never_routed_is_unknown(metrics: Metrics) -> None:
+def test_a_request_that_was_never_routed_is_unknown(metrics: Metrics, requests: RequestMetrics) -> None:
     request = FakeRequest()
     request.route = None
-    metrics.requests.started(request)
+    requests.started(request)
     request.respond(400)
-    metrics.requests.finished(request, False)
+    requests.finished(request, False)
     assert sample(metrics, "angosd_http_requests_total", action="unknown", method="OTHER", status="400") == 1
 
 
@@ -230,7 +239,7 @@ def test_the_handler_serves_the_text_exposition(metrics: Metrics) -> None:
 
     response = Response()
     route = parse_route("GET", "/metrics")
-    body = run(metrics.handlers()["metrics"](response, route))  # type: ignore[arg-type]
+    body = run(metrics_handlers(metrics)["metrics"](response, route))  # type: ignore[arg-type]
     assert response.code == 200
     assert response.headers["Content-Type"] == CONTENT_TYPE_LATEST
     assert b"angosd_http_requests_in_flight" in body

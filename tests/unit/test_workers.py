@@ -355,6 +355,7 @@ def test_process_metrics_add_up_over_the_listed_processes(tmp_path: Path) -> Non
 _RECORDER = """
 import json, os, sys, time
 sys.path.insert(0, {repo!r})
+from angosd.http.metrics_endpoint import RequestMetrics
 from angosd.http.router import parse_route
 from angosd.observability.metrics import Metrics
 
@@ -364,11 +365,12 @@ class Request:
 
 metrics = Metrics(time.monotonic, multiprocess_dir={directory!r}, processes_file={processes!r})
 metrics.watch_uploads(lambda: {uploads})
+observer = RequestMetrics(metrics.http, metrics.clock)
 for _ in range({count}):
     request = Request()
-    metrics.requests.started(request)
-    metrics.requests.finished(request, failed=False)
-metrics.requests.started(Request())  # still in flight
+    observer.started(request)
+    observer.finished(request, failed=False)
+observer.started(Request())  # still in flight
 metrics.auth_attempt("anonymous", "success")
 metrics.refresh()
 sys.stdout.write(metrics.exposition().decode())
