@@ -35,8 +35,8 @@ from angosd.http.metrics_endpoint import RequestMetrics, metrics_handlers
 from angosd.http.site import RegistrySite
 from angosd.observability.metrics import Metrics
 from angosd.outbound.client import make_client
-from angosd.proxy import prefetch
 from angosd.proxy.cache import PullThroughCache
+from angosd.proxy.prefetch import Prefetcher
 from angosd.registry.registry import Limits, Registry
 from angosd.storage.fs import FilesystemDriver
 from angosd.storage.interface import IStorageDriver
@@ -175,9 +175,9 @@ def build_application(config: Config, reactor: Any, live: LiveConfig, registry: 
     the caller puts ``events`` and ``drain`` in its service tree and ``site`` behind a listener
     (or an in-memory transport)."""
     metrics.watch_uploads(lambda: registry.uploads.writing)
+    prefetcher = Prefetcher(registry, reactor)  # [repository] prefetch_platforms
     cache = PullThroughCache(registry, lambda namespace: live.config.repository_for(namespace), live.tag_immutable,
-                             reactor, metrics=metrics.pull_through)
-    prefetch.attach(cache, registry, reactor)  # [repository] prefetch_platforms
+                             reactor, metrics=metrics.pull_through, on_manifest_fetched=prefetcher.after_fill)
     events = EventBus(lambda: live.config, reactor, drain_seconds=config.global_.shutdown_drain_secs)
     extensions = {**ExtensionAPI(registry, lambda: live.config).handlers(),
                   **UserInterface(lambda: live.config.ui).handlers(), **metrics_handlers(metrics)}

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from klein import Klein
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.iweb import IRequest
@@ -32,18 +33,14 @@ from angosd.oci.errors import (
     OciError,
     PaginationNumberInvalid,
     RangeNotSatisfiable,
-    StorageFailure,
-    StorageUnavailable,
     Unauthorized,
 )
 from angosd.oci.names import Reference, is_valid_name
 from angosd.oci.ranges import parse_content_range, parse_range
-from angosd.proxy.cache import PullThroughCache
-from angosd.registry import paths
-from angosd.registry.registry import Registry, paginate
+from angosd.proxy.cache import BlobFill, PullThroughCache
+from angosd.registry.failures import storage_failure
+from angosd.registry.registry import NotReady, Registry, paginate
 from angosd.registry.uploads import UploadOffsetMismatch, UploadSink, parse_session_id
-from angosd.storage.errors import OutOfSpace, StorageError
-from angosd.storage.interface import IRedirectingDriver
 from angosd.webhooks.events import EventBus
 
 Handler = Callable[[RegistryRequest, Route], Awaitable[bytes | None]]
@@ -65,6 +62,39 @@ def _cache_headers(state: str) -> dict[str, str]:
     if state == "stale":
         headers["Warning"] = '110 angosd "Response is Stale: upstream unreachable"'
     return headers
+
+
+class _BlobResponse:
+    """A `BlobClient` over a response: the blob's headers, then the cache's status and state."""
+
+    def __init__(self, request: RegistryRequest, headers: dict[str, str]) -> None:
+        self._request = request
+        self._headers = headers
+
+    def begin(self, fill: BlobFill) -> None:
+        self._request.setResponseCode(200)
+        for name, value in {**self._headers, **_cache_headers(fill.state)}.items():
+            self._request.setHeader(name, value)
+        if fill.length is not None:
+            self._request.setHeader("Content-Length", str(fill.length))
+
+    def write(self, data: bytes) -> None:
+        self._request.write(data)
+
+    def finish(self) -> None:
+        self._request.finish()
+
+    def abort(self) -> None:
+        self._request.loseConnection()
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._request.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._request.unregisterProducer()
+
+    def notifyFinish(self) -> Deferred[None]:
+        return self._request.notifyFinish()
 
 
 class RegistryAPI:
@@ -186,8 +216,8 @@ class RegistryAPI:
 
     async def _ready(self, request: RegistryRequest, route: Route) -> bytes:
         try:
-            await self.registry.driver.children("repositories")
-        except Exception as exc:
+            await self.registry.ready()
+        except NotReady as exc:
             return respond_json(request, 503, {"status": "unavailable", "detail": str(exc)[:200]})
         return respond_json(request, 200, {"status": "ready"})
 
@@ -299,8 +329,8 @@ class RegistryAPI:
             respond_head(request, 200, size, headers)
             return None
         if mirror is not None and self.cache is not None:
-            client = request if request.getHeader("Range") is None else None
-            if await self.cache.serve_blob(namespace, mirror, digest, client, headers):
+            client = _BlobResponse(request, headers) if request.getHeader("Range") is None else None
+            if await self.cache.serve_blob(namespace, mirror, digest, client):
                 return None
         location = await self._redirect_url(request, namespace, digest)
         if location is not None:
@@ -346,13 +376,11 @@ class RegistryAPI:
         own origin). Raises `BlobUnknown` (before any URL exists) when the namespace does
         not own the blob."""
         ttl = self.blob_redirect()
-        driver = IRedirectingDriver(self.registry.driver, None)
         inline = any(request.getHeader(name) is not None for name in ("Range", "X-Angosd-No-Redirect",
                                                                       "X-Angosd-Browse"))
-        if ttl is None or driver is None or inline or request.getHeader("Sec-Fetch-Dest") == "empty":
+        if ttl is None or inline or request.getHeader("Sec-Fetch-Dest") == "empty":
             return None
-        await self.registry.blobs.size(namespace, digest)
-        return driver.redirect_url(paths.blob_data(digest), ttl)
+        return await self.registry.blob_redirect_url(namespace, digest, ttl)
 
     async def _delete_blob(self, request: RegistryRequest, route: Route) -> bytes:
         namespace = self._namespace(route)
@@ -442,16 +470,6 @@ class RegistryAPI:
         assert isinstance(error, OciError)
         return self._error_response(request, error)
 
-    @app.handle_errors(StorageError)
-    def _storage_error(self, request: IRequest, failure: Failure) -> bytes | None:
-        _log.failure("storage failure on {method} {path}", failure, method=request.method, path=request.path)
-        error: OciError
-        if failure.check(OutOfSpace):
-            error = StorageUnavailable("insufficient storage: the registry's disk is full")
-        else:
-            error = StorageFailure(f"storage error: {failure.value}")
-        return self._error_response(request, error)
-
     @app.handle_errors(HTTPException)
     def _routing_error(self, request: IRequest, failure: Failure) -> bytes | None:
         """Klein's own URL map refused the request before `dispatch` ran (e.g. a path holding
@@ -462,9 +480,14 @@ class RegistryAPI:
 
     @app.handle_errors(Exception)
     def _unexpected(self, request: IRequest, failure: Failure) -> bytes | None:
+        """A storage failure is answered as `storage_failure` says (507 or 503); anything
+        else is a bug: 500."""
+        error = storage_failure(failure.value)
+        if error is not None:
+            _log.failure("storage failure on {method} {path}", failure, method=request.method, path=request.path)
+            return self._error_response(request, error)
         _log.failure("unhandled error on {method} {path}", failure, method=request.method, path=request.path)
-        error = OciError("internal error")
-        return self._error_response(request, error)
+        return self._error_response(request, OciError("internal error"))
 
     def _error_response(self, request: IRequest, error: OciError) -> bytes | None:
         if getattr(request, "startedWriting", False):

@@ -38,7 +38,6 @@ from angosd.oci.errors import ManifestUnknown, NameUnknown, OciError
 from angosd.oci.manifest import Descriptor, Manifest, parse_manifest
 from angosd.oci.names import Reference, validate_name
 from angosd.registry.registry import Registry
-from angosd.storage.errors import PathNotFound
 
 #: Config media types that do not make a manifest an artifact: runnable images' configs, and
 #: the empty config (an artifact with it declares ``artifactType`` itself).
@@ -225,7 +224,7 @@ class ExtensionAPI:
         try:
             revision = await manifests.revision(namespace, digest)
             stored = await manifests.get(namespace, Reference(digest=digest))
-        except (ManifestUnknown, PathNotFound):
+        except ManifestUnknown:  # the store's "not found" is ManifestUnknown already
             return None
         entry = _Entry(digest, revision.media_type, len(stored.body), revision.pushed_at, revision.subject, None)
         with contextlib.suppress(OciError, ValueError):  # unparsable: listed, without children

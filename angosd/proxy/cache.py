@@ -10,6 +10,12 @@
   mismatch, or an upstream that dies mid-body, the client's connection is cut and
   nothing is cached. Concurrent requests for the same blob wait for that one fill and
   are then served locally. A client that disconnects does not stop the fill.
+
+Nothing here speaks HTTP: answers are value objects (`Served`, `BlobFill`) and a blob
+being filled streams into a `BlobClient`, which the HTTP layer turns into a response.
+Background prefetching is not known here either: the cache calls the
+``on_manifest_fetched`` callable it was built with for each manifest it answered from
+upstream.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.iweb import UNKNOWN_LENGTH, IRequest, IResponse
+from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer
 
 from angosd.config import RepositoryConfig
@@ -33,7 +39,6 @@ from angosd.oci.digest import Digest
 from angosd.oci.errors import BlobUnknown, ManifestUnknown, NameUnknown, OciError
 from angosd.oci.manifest import Descriptor, parse_manifest
 from angosd.oci.names import Reference
-from angosd.proxy import prefetch
 from angosd.proxy.upstream import Upstream, UpstreamError, UpstreamNotFound
 from angosd.registry.manifests import StoredManifest
 from angosd.registry.registry import Registry
@@ -74,6 +79,36 @@ class Served:
     state: str
 
 
+#: Called with (the cache, namespace, repository, answer) for each manifest the cache answered
+#: after asking upstream (``hit`` after revalidation, or ``miss``); must not raise or wait.
+ManifestFetched = Callable[["PullThroughCache", str, RepositoryConfig, Served], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BlobFill:
+    """How a blob filled from upstream is answered before its bytes: status 200, marked
+    with the cache state ``miss``; ``length`` is the upstream's, None when it sent none."""
+
+    length: int | None
+    state: str = "miss"
+
+
+class BlobClient(Protocol):
+    """Where a blob being filled streams to while it is stored (a client's response).
+
+    `begin` comes first, once, before any byte; then `write` calls throttled by the
+    producer registered with `registerProducer`; then `finish` (the digest verified) or
+    `abort` (the client must not take the bytes it got as complete)."""
+
+    def begin(self, fill: BlobFill) -> None: ...
+    def write(self, data: bytes) -> None: ...
+    def finish(self) -> None: ...
+    def abort(self) -> None: ...
+    def registerProducer(self, producer: IPushProducer, streaming: bool) -> None: ...
+    def unregisterProducer(self) -> None: ...
+    def notifyFinish(self) -> Deferred[None]: ...
+
+
 class PullThroughCache:
     """Pull-through behaviour for namespaces of repositories that have upstreams.
 
@@ -82,8 +117,12 @@ class PullThroughCache:
     """
 
     def __init__(self, registry: Registry, repository_for: Callable[[str], RepositoryConfig | None],
-                 tag_immutable: Callable[[str, str], bool], reactor: Any, metrics: CacheMetrics | None = None) -> None:
+                 tag_immutable: Callable[[str, str], bool], reactor: Any, metrics: CacheMetrics | None = None,
+                 on_manifest_fetched: ManifestFetched | None = None) -> None:
+        """``on_manifest_fetched`` hears of each manifest answered after asking upstream (the
+        daemon's background prefetch); its failures are logged, never raised."""
         self._registry = registry
+        self._on_manifest_fetched = on_manifest_fetched
         self._repository_for = repository_for
         self._tag_immutable = tag_immutable
         self._reactor = reactor
@@ -140,8 +179,17 @@ class PullThroughCache:
             self.metrics.stale(repository.name)
             return Served(local, "stale")
         (self.metrics.hit if served.state == "hit" else self.metrics.miss)(repository.name)
-        prefetch.after_fill(self, namespace, repository, served)  # background; only for fresh indexes
+        self._fetched(namespace, repository, served)
         return served
+
+    def _fetched(self, namespace: str, repository: RepositoryConfig, served: Served) -> None:
+        if self._on_manifest_fetched is None:
+            return
+        try:
+            self._on_manifest_fetched(self, namespace, repository, served)
+        except Exception as exc:
+            _log.warn("after fetching {namespace}@{digest}: {error}", namespace=namespace,
+                      digest=str(served.manifest.digest), error=f"{type(exc).__name__}: {exc}")
 
     async def _ask(self, repository: RepositoryConfig, what: str, call: Callable[[Upstream], Awaitable[_T]],
                    not_found: Callable[[], OciError]) -> _T:
@@ -212,11 +260,12 @@ class PullThroughCache:
                                lambda: BlobUnknown(str(digest)))
 
     async def serve_blob(self, namespace: str, repository: RepositoryConfig, digest: Digest,
-                         request: IRequest | None, headers: dict[str, str]) -> bool:
-        """Fill a missing blob while streaming it to ``request`` (if given).
+                         client: BlobClient | None) -> bool:
+        """Fill a missing blob while streaming it to ``client`` (if given).
 
         Returns False when the blob is (now) cached and should be served locally; True
-        when this call streamed the response itself.
+        when this call streamed the blob to ``client`` (begun, and finished or aborted).
+        Failing before `BlobClient.begin` (no upstream has it, none answers) raises.
         """
         if await self._registry.blobs.owns(namespace, digest):
             self.metrics.hit(repository.name)
@@ -232,18 +281,18 @@ class PullThroughCache:
         self._fills[(namespace, digest)] = []
         # The fill runs on its own: cancelling this request's handler (Klein does so when the
         # client disconnects) must not cancel it, or every waiting follower fails with it.
-        await _shielded(Deferred.fromCoroutine(self._lead_fill(namespace, repository, digest, request, headers)))
-        if request is None:
+        await _shielded(Deferred.fromCoroutine(self._lead_fill(namespace, repository, digest, client)))
+        if client is None:
             if not await self._registry.blobs.owns(namespace, digest):
                 raise UpstreamUnavailable(f"filling {digest} from upstream failed")
             return False
         return True
 
     async def _lead_fill(self, namespace: str, repository: RepositoryConfig, digest: Digest,
-                         request: IRequest | None, headers: dict[str, str]) -> None:
+                         client: BlobClient | None) -> None:
         try:
             response = await self._open_upstream_blob(namespace, repository, digest)
-            await self._fill(namespace, repository, digest, response, request, headers)
+            await self._fill(namespace, repository, digest, response, client)
         finally:
             for follower in self._fills.pop((namespace, digest)):
                 follower.callback(None)  # a cancelled follower ignores this (Deferred.cancel)
@@ -254,7 +303,7 @@ class PullThroughCache:
                                lambda: BlobUnknown(str(digest)))
 
     async def _fill(self, namespace: str, repository: RepositoryConfig, digest: Digest, response: IResponse,
-                    request: IRequest | None, headers: dict[str, str]) -> None:
+                    client: BlobClient | None) -> None:
         uploads = self._registry.uploads
         try:
             session = await uploads.start(namespace, digest.algorithm)
@@ -262,13 +311,9 @@ class PullThroughCache:
         except BaseException:
             response.deliverBody(_Discard())  # read and drop the body so the connection is released
             raise
-        if request is not None:
-            request.setResponseCode(200)
-            for header, value in {**headers, "X-Angosd-Cache": "miss"}.items():
-                request.setHeader(header, value)
-            if response.length is not UNKNOWN_LENGTH:
-                request.setHeader("Content-Length", str(response.length))
-        body = _TeeBody(sink, request, self._clock, repository.upstreams[0].read_timeout_secs if repository.upstreams
+        if client is not None:
+            client.begin(BlobFill(None if response.length is UNKNOWN_LENGTH else int(response.length)))
+        body = _TeeBody(sink, client, self._clock, repository.upstreams[0].read_timeout_secs if repository.upstreams
                         else 300.0)
         response.deliverBody(body)
         try:
@@ -301,7 +346,7 @@ class _TeeBody(TwistedProtocol):
     (`fail_client`).
     """
 
-    def __init__(self, sink: Any, client: IRequest | None, clock: IReactorTime, idle_timeout: float) -> None:
+    def __init__(self, sink: Any, client: BlobClient | None, clock: IReactorTime, idle_timeout: float) -> None:
         self._sink = sink
         self._client = client
         self._clock = clock
@@ -313,14 +358,14 @@ class _TeeBody(TwistedProtocol):
         self._producer: Any = None
         self.finished: Deferred[None] = Deferred()
         if client is not None:
-            client.notifyFinish().addErrback(self._client_gone)  # type: ignore[attr-defined]
+            client.notifyFinish().addErrback(self._client_gone)
 
     def connectionMade(self) -> None:
         self._producer = self.transport  # the upstream connection, as an IPushProducer
         if self._client is not None:
             # Not the upstream transport itself: the client's transport calls stopProducing
             # on its producer when the client disconnects, which must not stop the fill.
-            self._client.registerProducer(_ClientThrottle(self), True)  # type: ignore[attr-defined]
+            self._client.registerProducer(_ClientThrottle(self), True)
         self._arm()
 
     def _arm(self) -> None:
@@ -355,7 +400,7 @@ class _TeeBody(TwistedProtocol):
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         if self._client is not None:
-            self._client.unregisterProducer()  # type: ignore[attr-defined]
+            self._client.unregisterProducer()
         if self._error is not None:
             self.finished.errback(self._error)
         elif reason.check(ResponseDone, PotentialDataLoss):
@@ -394,7 +439,7 @@ class _TeeBody(TwistedProtocol):
 
     def fail_client(self) -> None:
         if self._client is not None:
-            self._client.loseConnection()  # type: ignore[attr-defined]
+            self._client.abort()
 
 
 @implementer(IPushProducer)

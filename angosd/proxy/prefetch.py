@@ -3,14 +3,16 @@
 Two users:
 
 - `angosd mirror` awaits `CacheFill.fill` for each image it is given (every platform);
-- the daemon prefetches in the background: when a pull-through fill stores an index and
-  the repository sets ``prefetch_platforms``, `after_fill` starts a fill of the matching
-  child manifests and their blobs (config and layers), plus referrers.
+- the daemon prefetches in the background: the daemon builds the `PullThroughCache` with
+  a `Prefetcher`'s `Prefetcher.after_fill` as its ``on_manifest_fetched``; when a fill
+  stores an index and the repository sets ``prefetch_platforms``, it starts a fill of the
+  matching child manifests and their blobs (config and layers), plus referrers.
 
-Everything goes through `PullThroughCache`, so a manifest fetched by digest is verified,
-blob fills are verified and shared with client requests for the same blob (one upstream
-fetch), and what is already cached costs a stat, never a download. Referrers are asked
-of the upstream's referrers API; an upstream without one (or failing) only loses them.
+Everything goes through the pull-through cache (seen here as a `FillSource`), so a
+manifest fetched by digest is verified, blob fills are verified and shared with client
+requests for the same blob (one upstream fetch), and what is already cached costs a stat,
+never a download. Referrers are asked of the upstream's referrers API; an upstream without
+one (or failing) only loses them.
 """
 
 from __future__ import annotations
@@ -18,8 +20,7 @@ from __future__ import annotations
 from collections import deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
-from weakref import WeakKeyDictionary
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
 from twisted.logger import Logger
@@ -33,9 +34,6 @@ from angosd.oci.manifest import Descriptor, parse_manifest
 from angosd.oci.names import Reference
 from angosd.registry.manifests import StoredManifest
 from angosd.registry.registry import Registry
-
-if TYPE_CHECKING:
-    from angosd.proxy.cache import PullThroughCache, Served
 
 _log = Logger()
 #: Blob fills a prefetcher (or a mirror run) keeps going at once.
@@ -99,6 +97,26 @@ class PlatformFilter:
 ALL_PLATFORMS = PlatformFilter(everything=True)
 
 
+class ServedManifest(Protocol):
+    """A manifest answer of the cache and how it was produced (``hit``, ``miss``, ``stale``)."""
+
+    @property
+    def manifest(self) -> StoredManifest: ...
+    @property
+    def state(self) -> str: ...
+
+
+class FillSource(Protocol):
+    """What a fill asks of the pull-through cache (`angosd.proxy.cache.PullThroughCache`)."""
+
+    async def manifest(self, namespace: str, repository: RepositoryConfig,
+                       reference: Reference) -> ServedManifest: ...
+    async def referrers(self, namespace: str, repository: RepositoryConfig, subject: Digest,
+                        artifact_type: str | None) -> list[dict[str, Any]]: ...
+    async def serve_blob(self, namespace: str, repository: RepositoryConfig, digest: Digest,
+                         client: None) -> bool: ...
+
+
 class FillObserver(Protocol):
     """What a fill reports as it goes (`angosd mirror` draws its progress from it)."""
 
@@ -138,7 +156,7 @@ class FillResult:
 class CacheFill:
     """Fills closures of manifests of one pull-through cache (see the module doc)."""
 
-    def __init__(self, cache: PullThroughCache, registry: Registry, slots: DeferredSemaphore | None = None,
+    def __init__(self, cache: FillSource, registry: Registry, slots: DeferredSemaphore | None = None,
                  observer: FillObserver | None = None, referrers: bool = True) -> None:
         self._cache = cache
         self._registry = registry
@@ -228,7 +246,7 @@ class CacheFill:
         async def fill_one(digest: Digest, size: int) -> None:
             await self._slots.acquire()
             try:
-                await self._cache.serve_blob(namespace, repository, digest, None, {})
+                await self._cache.serve_blob(namespace, repository, digest, None)
             finally:
                 self._slots.release()
             result.blobs_fetched += 1
@@ -251,18 +269,33 @@ def _describe(exc: BaseException) -> str:
 
 
 class Prefetcher:
-    """Background fills after pull-through fills of indexes (one at a time per index)."""
+    """Background fills after pull-through fills of indexes (one at a time per index).
 
-    def __init__(self, cache: PullThroughCache, registry: Registry, reactor: Any, slots: int = FILL_SLOTS) -> None:
-        self._cache = cache
+    Given to the cache as its ``on_manifest_fetched`` (`after_fill`); the cache passes
+    itself along, so the two are built without knowing each other's module."""
+
+    def __init__(self, registry: Registry, reactor: Any, slots: int = FILL_SLOTS) -> None:
         self._registry = registry
         self._reactor = reactor
         self._slots = DeferredSemaphore(slots)
         self._running: dict[tuple[str, Digest], Deferred[None]] = {}
 
-    def schedule(self, namespace: str, repository: RepositoryConfig, stored: StoredManifest) -> None:
-        """Start prefetching ``stored`` (an index just cached) on the next reactor turn,
-        if the repository asks for it and it is not being prefetched already."""
+    def after_fill(self, cache: FillSource, namespace: str, repository: RepositoryConfig,
+                   served: ServedManifest) -> None:
+        """Called by the cache with each manifest it answered from upstream: an index freshly
+        stored (``miss``) starts a prefetch when asked for. Never raises, never waits."""
+        if served.state != "miss":
+            return
+        try:
+            self.schedule(cache, namespace, repository, served.manifest)
+        except Exception as exc:
+            _log.warn("prefetch of {namespace}@{digest} not started: {error}", namespace=namespace,
+                      digest=str(served.manifest.digest), error=f"{type(exc).__name__}: {exc}")
+
+    def schedule(self, cache: FillSource, namespace: str, repository: RepositoryConfig,
+                 stored: StoredManifest) -> None:
+        """Start prefetching ``stored`` (an index just cached) through ``cache`` on the next
+        reactor turn, if the repository asks for it and it is not being prefetched already."""
         if not repository.prefetch_platforms or stored.media_type not in mt.INDEXES:
             return
         key = (namespace, stored.digest)
@@ -272,7 +305,8 @@ class Prefetcher:
         run: Deferred[None] = Deferred()
 
         def start() -> None:  # after the response that caused it is on its way
-            Deferred.fromCoroutine(self._prefetch(namespace, repository, stored.digest, platforms)).chainDeferred(run)
+            Deferred.fromCoroutine(self._prefetch(cache, namespace, repository, stored.digest,
+                                                  platforms)).chainDeferred(run)
 
         self._reactor.callLater(0, start)
         self._running[key] = run
@@ -282,9 +316,9 @@ class Prefetcher:
     def _ended(self, _result: object, key: tuple[str, Digest]) -> None:
         self._running.pop(key, None)
 
-    async def _prefetch(self, namespace: str, repository: RepositoryConfig, digest: Digest,
+    async def _prefetch(self, cache: FillSource, namespace: str, repository: RepositoryConfig, digest: Digest,
                         platforms: PlatformFilter) -> None:
-        fill = CacheFill(self._cache, self._registry, self._slots)
+        fill = CacheFill(cache, self._registry, self._slots)
         result = await fill.fill(namespace, repository, Reference(digest=digest), platforms)
         _log.info("prefetched {namespace}@{digest}: {manifests} manifests, {fetched} blobs fetched "
                   "({bytes} bytes), {cached} already cached", namespace=namespace, digest=str(digest),
@@ -301,25 +335,3 @@ class Prefetcher:
     def idle(self) -> Deferred[None]:
         """Fires once every prefetch running now has ended (they never fail)."""
         return DeferredList(list(self._running.values())).addCallback(lambda _: None)
-
-
-_prefetchers: WeakKeyDictionary[PullThroughCache, Prefetcher] = WeakKeyDictionary()
-
-
-def attach(cache: PullThroughCache, registry: Registry, reactor: Any) -> Prefetcher:
-    """Turn on background prefetching for ``cache`` (the daemon does; commands do not)."""
-    prefetcher = _prefetchers[cache] = Prefetcher(cache, registry, reactor)
-    return prefetcher
-
-
-def after_fill(cache: PullThroughCache, namespace: str, repository: RepositoryConfig, served: Served) -> None:
-    """Called by the cache with each manifest it answered from upstream: an index freshly
-    stored (``miss``) starts a prefetch when asked for. Never raises, never waits."""
-    prefetcher = _prefetchers.get(cache)
-    if prefetcher is None or served.state != "miss":
-        return
-    try:
-        prefetcher.schedule(namespace, repository, served.manifest)
-    except Exception as exc:
-        _log.warn("prefetch of {namespace}@{digest} not started: {error}", namespace=namespace,
-                  digest=str(served.manifest.digest), error=f"{type(exc).__name__}: {exc}")

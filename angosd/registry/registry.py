@@ -15,10 +15,14 @@ from angosd.registry.blobs import BlobStore
 from angosd.registry.manifests import ManifestStore
 from angosd.registry.pulls import PullTimes
 from angosd.registry.uploads import UploadSessions
-from angosd.storage.interface import IStorageDriver
+from angosd.storage.interface import IRedirectingDriver, IStorageDriver
 
 #: Decides whether a caller may read blobs of another namespace (for mounts).
 ReadCheck = Callable[[str], Awaitable[bool]]
+
+
+class NotReady(Exception):
+    """The store cannot be used right now; the message says why (no secrets, no paths of ours)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +76,25 @@ class Registry:
                 await self.blobs.grant(namespace, digest)
                 return True
         return False
+
+    async def ready(self) -> None:
+        """Return once the store answered a listing; raise `NotReady` (with the store's
+        reason) when it cannot."""
+        try:
+            await self.driver.children(paths.REPOSITORIES)
+        except Exception as exc:
+            raise NotReady(str(exc)) from exc
+
+    async def blob_redirect_url(self, namespace: str, digest: Digest, ttl: int) -> str | None:
+        """A URL valid for ``ttl`` seconds from which the blob can be fetched directly, when the
+        store offers such URLs; None (nothing checked) when it does not. Raises `BlobUnknown`
+        before making a URL when ``namespace`` does not own the blob."""
+        driver = IRedirectingDriver(self.driver, None)
+        if driver is None:
+            return None
+        await self.blobs.size(namespace, digest)
+        url: str | None = driver.redirect_url(paths.blob_data(digest), ttl)
+        return url
 
     async def catalog(self) -> list[str]:
         """Every served namespace holding at least one manifest, sorted."""

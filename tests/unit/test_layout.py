@@ -477,7 +477,7 @@ class FakeCache:
             raise RuntimeError("no referrers API")
         return [{"digest": str(d)} for d in self.referrer_map.get(subject, [])]
 
-    async def serve_blob(self, namespace: str, repository: Any, blob: Digest, request: Any, headers: Any) -> bool:
+    async def serve_blob(self, namespace: str, repository: Any, blob: Digest, client: Any) -> bool:
         if blob in self.bad_blobs:
             raise ManifestUnknown("upstream lost it")
         self.filled.append(blob)
