@@ -8,15 +8,15 @@ from typing import Any, Protocol
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from angosd.actions import Action, Route
 from angosd.auth.authenticator import Authenticator
 from angosd.auth.identity import Identity
 from angosd.auth.policy import AccessPolicy, Decision
 from angosd.config import Config
-from angosd.http.router import Route
 from angosd.oci.errors import Denied, Unauthorized
 
 #: Actions that are never behind authentication (probes must work under default-deny).
-UNAUTHENTICATED_ACTIONS = frozenset({"healthz", "readyz"})
+UNAUTHENTICATED_ACTIONS = frozenset({Action.HEALTHZ, Action.READYZ})
 _log = Logger()
 
 
@@ -35,7 +35,7 @@ class AllowAll:
 
 def request_variables(route: Route) -> dict[str, Any]:
     """The ``request`` variable of access policies; absent fields are omitted (use ``has()``)."""
-    variables: dict[str, Any] = {"action": route.action, "method": route.method, "path": route.path}
+    variables: dict[str, Any] = {"action": str(route.action), "method": route.method, "path": route.path}
     optional = {
         "namespace": route.namespace,
         "reference": route.reference,
@@ -45,12 +45,12 @@ def request_variables(route: Route) -> dict[str, Any]:
         "n": route.param("n"),
         "last": route.param("last"),
         "artifact_type": route.param("artifactType"),
-        "from": route.param("from") if route.action == "mount-blob" else None,
+        "from": route.param("from") if route.action == Action.MOUNT_BLOB else None,
         "digest_algorithm": route.param("digest-algorithm"),
     }
     if route.reference is not None and ":" not in route.reference:
         optional["tag"] = route.reference
-    if route.action == "list-namespaces":
+    if route.action == Action.LIST_NAMESPACES:
         optional["repository"] = route.namespace
     variables.update({key: value for key, value in optional.items() if value is not None})
     return variables

@@ -30,6 +30,8 @@ from typing import Any
 
 from twisted.logger import Logger
 
+from angosd.actions import Action
+
 __all__ = ["ABORTED_STATUS", "NAMESPACE", "AccessLog", "client_address", "received_bytes", "response_status"]
 
 #: The twisted.logger namespace of access-log events.
@@ -117,7 +119,7 @@ class AccessLog:
             "method": method[:MAX_METHOD],
             "path": path,
             "query": sorted(key[:MAX_QUERY_KEY] for key in route.query)[:MAX_QUERY_KEYS] if route is not None else [],
-            "action": route.action if route is not None else "unknown",
+            "action": str(route.action if route is not None else Action.UNKNOWN),
             "status": response_status(request, failed),
             "bytes_sent": int(getattr(request, "sentLength", 0) or 0),
             "bytes_received": received_bytes(request),

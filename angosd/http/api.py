@@ -17,11 +17,11 @@ from twisted.web.iweb import IRequest
 from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
+from angosd.actions import WRITE_ACTIONS, Action, Route
 from angosd.auth.authorizer import Authorizer
 from angosd.config import RepositoryConfig
 from angosd.http.request import MemorySink, RegistryRequest
 from angosd.http.responses import JSON, respond, respond_head, respond_json, upload_headers
-from angosd.http.router import WRITE_ACTIONS, Route
 from angosd.http.sendfile import SendfileProducer, sendfile_transport
 from angosd.oci import media_types as mt
 from angosd.oci.digest import ALGORITHMS, Digest
@@ -106,7 +106,7 @@ class RegistryAPI:
     app.url_map.converters["path"] = _AnyPath  # before the branch route below compiles its rule
 
     def __init__(self, registry: Registry, authorizer: Authorizer, realm: str = "angosd",
-                 extensions: Mapping[str, Handler] | None = None, cache: PullThroughCache | None = None,
+                 extensions: Mapping[Action, Handler] | None = None, cache: PullThroughCache | None = None,
                  events: EventBus | None = None, blob_redirect: Callable[[], int | None] = lambda: None) -> None:
         """``extensions`` adds or replaces handlers by action (extension API, UI, metrics);
         ``cache`` serves the namespaces of pull-through repositories; ``events`` publishes
@@ -118,24 +118,24 @@ class RegistryAPI:
         self.events = events
         self.authorizer = authorizer
         self.realm = realm
-        self._handlers: dict[str, Handler] = {
-            "get-api-version": self._api_version,
-            "list-catalog": self._catalog,
-            "list-tags": self._tags,
-            "get-manifest": self._get_manifest,
-            "put-manifest": self._put_manifest,
-            "delete-manifest": self._delete_manifest,
-            "start-upload": self._start_upload,
-            "mount-blob": self._start_upload,
-            "get-upload": self._upload_status,
-            "update-upload": self._update_upload,
-            "complete-upload": self._complete_upload,
-            "cancel-upload": self._cancel_upload,
-            "get-blob": self._get_blob,
-            "delete-blob": self._delete_blob,
-            "get-referrers": self._referrers,
-            "healthz": self._health,
-            "readyz": self._ready,
+        self._handlers: dict[Action, Handler] = {
+            Action.GET_API_VERSION: self._api_version,
+            Action.LIST_CATALOG: self._catalog,
+            Action.LIST_TAGS: self._tags,
+            Action.GET_MANIFEST: self._get_manifest,
+            Action.PUT_MANIFEST: self._put_manifest,
+            Action.DELETE_MANIFEST: self._delete_manifest,
+            Action.START_UPLOAD: self._start_upload,
+            Action.MOUNT_BLOB: self._start_upload,
+            Action.GET_UPLOAD: self._upload_status,
+            Action.UPDATE_UPLOAD: self._update_upload,
+            Action.COMPLETE_UPLOAD: self._complete_upload,
+            Action.CANCEL_UPLOAD: self._cancel_upload,
+            Action.GET_BLOB: self._get_blob,
+            Action.DELETE_BLOB: self._delete_blob,
+            Action.GET_REFERRERS: self._referrers,
+            Action.HEALTHZ: self._health,
+            Action.READYZ: self._ready,
             **(extensions or {}),
         }
 
@@ -148,8 +148,8 @@ class RegistryAPI:
         action = route.action
         if action in WRITE_ACTIONS and self._mirror(route) is not None:
             raise MethodNotAllowed(f"{route.namespace} is served by a pull-through cache: pushes are refused")
-        if action in ("update-upload", "complete-upload"):
-            if action == "complete-upload" and length == 0:
+        if action in (Action.UPDATE_UPLOAD, Action.COMPLETE_UPLOAD):
+            if action == Action.COMPLETE_UPLOAD and length == 0:
                 return None
             namespace = self.registry.check_namespace(route.namespace or "")
             session = parse_session_id(route.argument or "")
@@ -161,12 +161,12 @@ class RegistryAPI:
                     size = (await self.registry.uploads.info(namespace, session)).size
                     raise UploadOffsetMismatch(namespace, session, size, "Content-Range does not match Content-Length")
             return await self.registry.uploads.open_sink(namespace, session, first)
-        if action == "start-upload" and route.param("digest") is not None:
+        if action == Action.START_UPLOAD and route.param("digest") is not None:
             namespace = self.registry.check_namespace(route.namespace or "")
             digest = Digest.parse(route.param("digest") or "")
             session = await self.registry.uploads.start(namespace, digest.algorithm)
             return await self.registry.uploads.open_sink(namespace, session, 0)
-        if action == "put-manifest":
+        if action == Action.PUT_MANIFEST:
             return MemorySink(self.registry.manifests.max_manifest_size)
         return None
 
@@ -418,7 +418,7 @@ class RegistryAPI:
 
     def _may_read(self, request: RegistryRequest) -> Callable[[str], Awaitable[bool]]:
         async def may_read(namespace: str) -> bool:
-            source_route = Route("get-blob", "GET", f"/v2/{namespace}/blobs/", namespace)
+            source_route = Route(Action.GET_BLOB, "GET", f"/v2/{namespace}/blobs/", namespace)
             try:
                 await self.authorizer.authorize(request, source_route)
             except OciError:

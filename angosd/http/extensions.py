@@ -27,11 +27,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from angosd.actions import Action, Route
 from angosd.config import Config, RepositoryConfig
 from angosd.http.api import Handler
 from angosd.http.request import RegistryRequest
 from angosd.http.responses import respond_json
-from angosd.http.router import Route
 from angosd.oci import media_types as mt
 from angosd.oci.digest import Digest
 from angosd.oci.errors import ManifestUnknown, NameUnknown, OciError
@@ -102,13 +102,13 @@ class ExtensionAPI:
         self.registry = registry
         self._config = config
 
-    def handlers(self) -> dict[str, Handler]:
+    def handlers(self) -> dict[Action, Handler]:
         """The handlers by action, for `RegistryAPI(extensions=...)`."""
         return {
-            "list-repositories": self._list_repositories,
-            "list-namespaces": self._list_namespaces,
-            "list-revisions": self._list_revisions,
-            "list-uploads": self._list_uploads,
+            Action.LIST_REPOSITORIES: self._list_repositories,
+            Action.LIST_NAMESPACES: self._list_namespaces,
+            Action.LIST_REVISIONS: self._list_revisions,
+            Action.LIST_UPLOADS: self._list_uploads,
         }
 
     # -- repositories and namespaces ---------------------------------------------------------

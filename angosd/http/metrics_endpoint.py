@@ -11,11 +11,11 @@ from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
+from angosd.actions import Action, Route
 from angosd.http.accesslog import received_bytes, response_status
 from angosd.http.api import Handler
 from angosd.http.request import RegistryRequest
 from angosd.http.responses import respond
-from angosd.http.router import Route
 from angosd.observability.metrics import HttpMetrics, Metrics
 
 __all__ = ["RequestMetrics", "metrics_handlers"]
@@ -25,7 +25,7 @@ def _route(request: Any) -> tuple[str, str]:
     """(action, method) of a request; ``unknown`` and ``OTHER`` when it was never routed."""
     route = getattr(request, "route", None)
     if route is None:
-        return "unknown", "OTHER"
+        return str(Action.UNKNOWN), "OTHER"
     return str(route.action), route.method
 
 
@@ -59,10 +59,10 @@ class RequestMetrics:
                             received_bytes(request), int(getattr(request, "sentLength", 0) or 0))
 
 
-def metrics_handlers(metrics: Metrics) -> dict[str, Handler]:
+def metrics_handlers(metrics: Metrics) -> dict[Action, Handler]:
     """The ``metrics`` action's handler (the text exposition), for `RegistryAPI(extensions=...)`."""
 
     async def serve(request: RegistryRequest, route: Route) -> bytes:
         return respond(request, 200, metrics.exposition(), CONTENT_TYPE_LATEST)
 
-    return {"metrics": serve}
+    return {Action.METRICS: serve}

@@ -20,11 +20,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 
+from angosd.actions import Action, Route
 from angosd.config import UiConfig
 from angosd.http.api import Handler
 from angosd.http.request import RegistryRequest
 from angosd.http.responses import respond, respond_json
-from angosd.http.router import Route
 from angosd.oci.errors import NotFound
 
 #: Where the static files are served from (namespaces never start with ``_``).
@@ -78,9 +78,9 @@ class UserInterface:
         self._config = config
         self._assets = assets if assets is not None else load_assets()
 
-    def handlers(self) -> dict[str, Handler]:
+    def handlers(self) -> dict[Action, Handler]:
         """The handlers by action, for `RegistryAPI(extensions=...)`."""
-        return {"ui-asset": self._asset, "ui-config": self._ui_config}
+        return {Action.UI_ASSET: self._asset, Action.UI_CONFIG: self._ui_config}
 
     def _check_enabled(self, route: Route) -> None:
         if not self._config().enabled:

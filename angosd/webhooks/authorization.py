@@ -18,9 +18,9 @@ from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
 
+from angosd.actions import Route
 from angosd.auth.identity import Identity
 from angosd.config import AuthWebhookConfig
-from angosd.http.router import Route
 from angosd.webhooks.client import header_value, webhook_client
 
 _log = Logger()
@@ -69,7 +69,7 @@ class AuthorizationWebhooks:
             "X-Forwarded-Host": header_value(host),
             "X-Forwarded-Uri": header_value(route.path),
             "X-Forwarded-For": identity.client_ip or "",
-            "X-Registry-Action": route.action,
+            "X-Registry-Action": str(route.action),
         }
         optional = {
             "X-Registry-Namespace": route.namespace, "X-Registry-Reference": route.reference,
