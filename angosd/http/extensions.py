@@ -29,7 +29,7 @@ from typing import Any
 
 from angosd.actions import Action, Route
 from angosd.config import Config, RepositoryConfig
-from angosd.http.api import Handler
+from angosd.http.endpoints.base import Handler
 from angosd.http.request import RegistryRequest
 from angosd.http.responses import respond_json
 from angosd.oci import media_types as mt

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 
 from angosd.actions import Action, Route
 from angosd.http.accesslog import received_bytes, response_status
-from angosd.http.api import Handler
+from angosd.http.endpoints.base import Handler
 from angosd.http.request import RegistryRequest
 from angosd.http.responses import respond
 from angosd.observability.metrics import HttpMetrics, Metrics

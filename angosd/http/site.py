@@ -9,10 +9,9 @@ from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import Site
 
+from angosd.http import errors
 from angosd.http.api import RegistryAPI
 from angosd.http.request import RegistryRequest, RequestObserver
-from angosd.http.responses import JSON, respond
-from angosd.oci.errors import NameInvalid
 
 _TLS_HANDSHAKE = 0x16
 #: Bytes read from a connection at a time (Twisted's default is 64 KiB).
@@ -47,7 +46,8 @@ class RegistryChannel(HTTPChannel):
 
 
 class _Utf8Paths(Resource):
-    """Answers paths whose percent-escapes are not UTF-8 with an OCI error, not Klein's text."""
+    """Answers paths whose percent-escapes are not UTF-8 with an OCI error (`errors.invalid_path`),
+    not Klein's text."""
 
     isLeaf = True
 
@@ -59,8 +59,7 @@ class _Utf8Paths(Resource):
         try:
             unquote_to_bytes(request.path).decode("utf-8")
         except UnicodeDecodeError:
-            error = NameInvalid("the request path is not valid UTF-8")
-            return respond(request, error.status, error.body(), JSON)
+            return errors.invalid_path(request)
         return self._inner.render(request)
 
 

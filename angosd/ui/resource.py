@@ -22,7 +22,7 @@ from importlib import resources
 
 from angosd.actions import Action, Route
 from angosd.config import UiConfig
-from angosd.http.api import Handler
+from angosd.http.endpoints.base import Handler
 from angosd.http.request import RegistryRequest
 from angosd.http.responses import respond, respond_json
 from angosd.oci.errors import NotFound
