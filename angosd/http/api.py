@@ -17,6 +17,7 @@ from werkzeug.exceptions import HTTPException
 from werkzeug.routing import PathConverter
 
 from angosd.auth.authorizer import Authorizer
+from angosd.compat import request_disconnected
 from angosd.config import RepositoryConfig
 from angosd.http.request import MemorySink, RegistryRequest
 from angosd.http.responses import JSON, respond, respond_head, respond_json, upload_headers
@@ -325,7 +326,7 @@ class RegistryAPI:
         except OciError:
             handle.close()
             raise
-        if handle.size == 0 or request._disconnected:
+        if handle.size == 0 or request_disconnected(request):
             handle.close()
             return b""
         fd = handle.fileno()
