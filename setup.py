@@ -11,7 +11,7 @@ setup(
     packages=find_packages(exclude=["tests*", "bench*"]) + ["twisted.plugins"],
     package_data={"angosd": ["py.typed"], "angosd.ui": ["static/*"]},
     install_requires=[
-        "twisted[tls]>=24.7",
+        "twisted[tls]>=24.7,<27",  # angosd.compat uses private names: tested up to 26.x
         "klein>=24.8",
         "treq>=24.9",
         "service-identity>=24.1",

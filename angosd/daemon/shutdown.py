@@ -26,6 +26,8 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 
+from angosd.compat import clear_exit_signal
+
 __all__ = ["POLL_INTERVAL", "DrainService", "exit_normally"]
 
 _log = Logger()
@@ -62,8 +64,7 @@ def exit_normally(reactor: object) -> None:
     would report "killed by SIGTERM". A finished drain is a normal exit; reactors without
     the attribute (test clocks) are left alone.
     """
-    if getattr(reactor, "_exitSignal", None) is not None:
-        reactor._exitSignal = None  # type: ignore[attr-defined]
+    clear_exit_signal(reactor)
 
 
 class DrainService(Service):

@@ -31,6 +31,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from angosd.compat import systemd_inherited_descriptors
+
 __all__ = [
     "STORAGE_RETRY",
     "ListenError",
@@ -152,9 +154,9 @@ def activated_fds(environ: Mapping[str, str] | None = None, pid: int | None = No
     ``LISTEN_FDNAMES`` is set as well, as systemd always does), so that record is the truth.
     """
     if environ is None:
-        recorded = getattr(getattr(endpoints, "_SystemdParser", None), "_sddaemon", None)
-        if recorded is not None and recorded.inheritedDescriptors():
-            return list(recorded.inheritedDescriptors())
+        recorded = systemd_inherited_descriptors()
+        if recorded is not None:
+            return recorded
         environ = os.environ
     pid = os.getpid() if pid is None else pid
     if environ.get("LISTEN_PID") != str(pid):

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.python.failure import Failure
 from twisted.web import server
 
+from angosd.compat import request_disconnected, request_line
 from angosd.http.router import Route, parse_route
 from angosd.oci.errors import TooLarge
 
@@ -77,7 +78,7 @@ class RegistryRequest(server.Request):
 
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()  # type: ignore[assignment]
-        self.route = parse_route(getattr(self.channel, "_command", b""), getattr(self.channel, "_path", b""))
+        self.route = parse_route(*request_line(self.channel))
         self._held: list[bytes] | None = []
         self._sink_open = False
         self._ready: Deferred[None] = Deferred()
@@ -121,7 +122,7 @@ class RegistryRequest(server.Request):
 
     def _resume(self) -> None:
         transport = getattr(self.channel, "transport", None)
-        if self._paused and transport is not None and not self._disconnected:
+        if self._paused and transport is not None and not request_disconnected(self):
             self._paused = False
             transport.resumeProducing()
         self._ready.callback(None)

@@ -16,6 +16,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import ISSLTransport
 
+from angosd.compat import buffered_bytes
 from angosd.storage.producers import StreamingProducer
 
 #: Bytes handed to one sendfile call; the kernel sends what the socket buffer takes.
@@ -27,8 +28,10 @@ def sendfile_transport(request: Any) -> Any | None:
     transport = getattr(getattr(request, "channel", None), "transport", None)
     if transport is None or ISSLTransport.providedBy(transport):
         return None
-    needed = ("socket", "dataBuffer", "offset", "_tempDataLen", "producerPaused", "startWriting")
-    return transport if all(hasattr(transport, name) for name in needed) else None
+    needed = ("socket", "producerPaused", "startWriting")
+    if buffered_bytes(transport) is None or not all(hasattr(transport, name) for name in needed):
+        return None
+    return transport
 
 
 class SendfileProducer(StreamingProducer):
@@ -49,8 +52,7 @@ class SendfileProducer(StreamingProducer):
         return super().start()
 
     def _buffered(self) -> bool:
-        transport = self._transport
-        return bool(len(transport.dataBuffer) - transport.offset + transport._tempDataLen)
+        return bool(buffered_bytes(self._transport))
 
     def _wait_writable(self) -> None:
         self._transport.producerPaused = True  # doWrite resumes paused producers once drained

@@ -8,17 +8,13 @@ from typing import Any
 import treq
 from treq.client import HTTPClient
 from twisted.internet import ssl
-from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent, _HTTP11ClientFactory
+from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent
 from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
+from angosd.compat import quiet_connection_pool
+
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
-
-
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """The pool's connection factory, without a log line per connection."""
-
-    noisy = False
 
 
 @implementer(IPolicyForHTTPS)
@@ -52,7 +48,7 @@ def make_client(reactor: Any, tls: ClientTLS | None = None, connect_timeout: flo
     if pool is None:
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 8
-    pool._factory = _QuietClientFactory
+    quiet_connection_pool(pool)
     agent: Any = Agent(reactor, contextFactory=tls or ClientTLS(), pool=pool, connectTimeout=connect_timeout)
     if max_redirects:
         agent = RedirectAgent(agent, redirectLimit=max_redirects)

@@ -12,8 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from OpenSSL.SSL import Error, WantReadError
-from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
+from twisted.protocols.tls import TLSMemoryBIOFactory
 from twisted.python.failure import Failure
+
+from angosd.compat import TLSWriteHooks
 
 #: Plaintext bytes encrypted per ``SSL_write``.
 PIECE = 256 * 1024
@@ -21,30 +23,32 @@ PIECE = 256 * 1024
 _RECORDS = PIECE + 16 * 1024
 
 
-class BulkTLSProtocol(BufferingTLSTransport):
+class BulkTLSProtocol(TLSWriteHooks):
     """Twisted's TLS transport (small writes still aggregated) with `PIECE`-sized encryption."""
 
-    def _write(self, data: bytes) -> None:
-        if self._lostTLSConnection:
+    def write_plaintext(self, data: bytes) -> None:
+        if self.tls_lost:
             return
+        connection = self.tls_connection
         view = memoryview(data)
         sent = 0
         while sent < len(view):
             try:
-                sent += self._tlsConnection.send(view[sent:sent + PIECE])
+                sent += connection.send(view[sent:sent + PIECE])
             except WantReadError:  # handshake or renegotiation in progress: send once it's done
-                self._bufferedWrite(bytes(view[sent:]))
+                self.hold_plaintext(bytes(view[sent:]))
                 break
             except Error:
-                self._tlsShutdownFinished(Failure())
+                self.tls_failed(Failure())
                 break
             else:
-                self._flushSendBIO()
+                self.flush_records()
 
-    def _flushSendBIO(self) -> None:
+    def flush_records(self) -> None:
+        connection = self.tls_connection
         while True:
             try:
-                records = self._tlsConnection.bio_read(_RECORDS)
+                records = connection.bio_read(_RECORDS)
             except WantReadError:
                 return
             self.transport.write(records)  # type: ignore[union-attr]

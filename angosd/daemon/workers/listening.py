@@ -31,6 +31,8 @@ from twisted.internet.protocol import Factory, Protocol
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from angosd.compat import adopt_tcp_port, adopt_unix_port, keep_listening_after_stop
+
 __all__ = ["SharedSocket", "SharedSocketEndpoint", "socket_family"]
 
 
@@ -100,9 +102,9 @@ class SharedSocketEndpoint:
             os.set_blocking(self._fd, False)  # Twisted's accept loop must never block
             port: tcp.Port
             if family == socket.AF_UNIX:
-                port = SharedUNIXPort._fromListeningDescriptor(self._reactor, self._fd, protocolFactory)
+                port = adopt_unix_port(SharedUNIXPort, self._reactor, self._fd, protocolFactory)
             else:
-                port = SharedTCPPort._fromListeningDescriptor(self._reactor, self._fd, family, protocolFactory)
+                port = adopt_tcp_port(SharedTCPPort, self._reactor, self._fd, family, protocolFactory)
             port.startListening()
             os.close(self._fd)
         except Exception:
@@ -161,7 +163,7 @@ class SharedSocket(Service):
             raise SystemExit(f"angosd: cannot listen on {self._description} with several workers: use a plain "
                              "tcp, tcp6, unix or systemd endpoint ([server.tls] provides TLS)")
         port.stopReading()  # the workers accept, never this process
-        port._shouldShutdown = False  # shutdown() would stop the workers' copies listening too
+        keep_listening_after_stop(port)  # shutdown() would stop the workers' copies listening too
         self.port = port
 
     def startService(self) -> None:

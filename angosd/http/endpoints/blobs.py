@@ -12,6 +12,7 @@ from typing import Any
 from twisted.internet.defer import Deferred
 
 from angosd.actions import Route
+from angosd.compat import request_disconnected
 from angosd.http.endpoints.base import Endpoint
 from angosd.http.endpoints.sources import cache_headers
 from angosd.http.request import RegistryRequest
@@ -100,7 +101,7 @@ class GetBlob(Endpoint):
         except OciError:
             handle.close()
             raise
-        if handle.size == 0 or request._disconnected:
+        if handle.size == 0 or request_disconnected(request):
             handle.close()
             return b""
         fd = handle.fileno()

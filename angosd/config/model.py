@@ -1,0 +1,302 @@
+"""The configuration model: frozen dataclasses, one per section, with their defaults.
+
+Each field's metadata names the parser (`angosd.config.schema`) that reads its TOML
+value; fields without one are read by their type (`angosd.config.reader.build`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from angosd.config.schema import (
+    ACCESS_DEFAULT,
+    argon2_hash,
+    basic_auth_table,
+    claims_table,
+    http_url,
+    int_range,
+    ip_address,
+    jws_algorithms,
+    non_empty,
+    one_of,
+    parse_size,
+    parse_workers,
+    parsed_by,
+    part_size,
+    platform_list,
+    positive_float,
+    redis_url,
+    regexes,
+    webhook_events,
+)
+
+
+@dataclass(frozen=True, slots=True)
+class TlsConfig:
+    """``[server.tls]``: serve HTTPS; ``client_auth = "required"`` needs ``client_ca_bundle``."""
+
+    server_certificate_bundle: str
+    server_private_key: str
+    client_ca_bundle: str | None = None
+    client_auth: str = field(default="optional", metadata=parsed_by(one_of("optional", "required")))
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """``[server]``: where to listen; no ``tls`` means plain HTTP."""
+
+    bind_address: str = field(default="127.0.0.1", metadata=parsed_by(ip_address))
+    port: int = field(default=5000, metadata=parsed_by(int_range(0, 65535)))
+    tls: TlsConfig | None = None
+    #: ``"systemd"`` (the socket passed by systemd) or a Twisted server endpoint string;
+    #: replaces ``bind_address``/``port`` when set (``--listen`` overrides it).
+    listen: str | None = field(default=None, metadata=parsed_by(non_empty))
+    #: One JSON line per request in the ``angosd.access`` log namespace; off for benchmarks.
+    access_log: bool = True
+    #: Worker processes sharing the listening socket; None (``"auto"``): one per usable core.
+    #: 1 is a single process, as before workers existed (see `angosd.daemon.workers`).
+    workers: int | None = field(default=None, metadata=parsed_by(parse_workers))
+
+
+@dataclass(frozen=True, slots=True)
+class FsStoreConfig:
+    """``[blob_store.fs]``: the filesystem store; relative paths are kept as given."""
+
+    root_dir: str = "./registry-data"
+    sync_to_disk: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class S3StoreConfig:
+    """``[blob_store.s3]``: an S3-compatible bucket (path-style requests to ``endpoint``).
+
+    ``multipart_part_size`` is the size of the parts an upload is stored in (and the
+    memory an upload may hold, about three parts); ``presign_ttl_secs`` is how long a
+    blob redirect URL stays valid. The secret key is never printed.
+    """
+
+    endpoint: str = field(metadata=parsed_by(http_url))
+    bucket: str = field(metadata=parsed_by(non_empty))
+    access_key_id: str = field(metadata=parsed_by(non_empty))
+    secret_key: str = field(repr=False)
+    region: str = "us-east-1"
+    key_prefix: str = ""
+    multipart_part_size: int = field(default=16 * 1024**2, metadata=parsed_by(part_size))
+    max_attempts: int = field(default=3, metadata=parsed_by(int_range(1, 20)))
+    operation_timeout_secs: float = field(default=900.0, metadata=parsed_by(positive_float))
+    operation_attempt_timeout_secs: float = field(default=300.0, metadata=parsed_by(positive_float))
+    presign_ttl_secs: int = field(default=1800, metadata=parsed_by(int_range(1, 7 * 86400)))
+
+
+@dataclass(frozen=True, slots=True)
+class RedisConfig:
+    """``[cache.redis]``: state shared by several daemons (upload locks). Absent: in memory.
+
+    A lock a daemon holds expires ``lock_ttl_secs`` after its last renewal, so a killed
+    daemon blocks nobody for longer. The URL (it may hold a password) is never printed.
+    """
+
+    url: str = field(repr=False, metadata=parsed_by(redis_url))
+    key_prefix: str = "angosd:"
+    lock_ttl_secs: float = field(default=15.0, metadata=parsed_by(positive_float))
+
+
+@dataclass(frozen=True, slots=True)
+class AccessPolicyConfig:
+    """``access_policy``: CEL ``rules`` and the decision when none matches."""
+
+    default: str = field(default="allow", metadata=parsed_by(ACCESS_DEFAULT))
+    rules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class RetentionPolicyConfig:
+    """``retention_policy``: CEL rules deciding which manifests to keep."""
+
+    rules: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UpstreamConfig:
+    """One ``[[repository."NAME".upstream]]`` of a pull-through repository."""
+
+    url: str = field(metadata=parsed_by(http_url))
+    username: str | None = None
+    password: str | None = None
+    server_ca_bundle: str | None = None
+    client_certificate: str | None = None
+    client_private_key: str | None = None
+    max_redirect: int = field(default=5, metadata=parsed_by(int_range(0, 255)))
+    connect_timeout_secs: float = field(default=30.0, metadata=parsed_by(positive_float))
+    read_timeout_secs: float = field(default=300.0, metadata=parsed_by(positive_float))
+
+
+@dataclass(frozen=True, slots=True)
+class RepositoryConfig:
+    """``[repository."NAME"]``: a served namespace prefix and its overrides.
+
+    As loaded by `load_config`, ``immutable_tags``, ``immutable_tags_exclusions`` and
+    ``authorization_webhook`` hold the ``[global]`` value when the repository does not
+    set them; ``access_policy``/``retention_policy`` are None when not set here.
+    """
+
+    name: str
+    immutable_tags: bool = False
+    immutable_tags_exclusions: tuple[str, ...] = field(default=(), metadata=parsed_by(regexes))
+    access_policy: AccessPolicyConfig | None = None
+    retention_policy: RetentionPolicyConfig | None = None
+    upstreams: tuple[UpstreamConfig, ...] = ()
+    authorization_webhook: str | None = None
+    event_webhooks: tuple[str, ...] = ()
+    #: Pull-through only: when an index is cached, fetch these platforms' manifests and
+    #: blobs in the background (``("all",)`` for every platform; empty: no prefetch).
+    prefetch_platforms: tuple[str, ...] = field(default=(), metadata=parsed_by(platform_list))
+
+    @property
+    def is_pull_through(self) -> bool:
+        """True when the repository mirrors at least one upstream registry."""
+        return bool(self.upstreams)
+
+
+@dataclass(frozen=True, slots=True)
+class GlobalConfig:
+    """``[global]``: limits and the defaults every repository inherits."""
+
+    max_manifest_size: int = field(default=4 * 1024 * 1024, metadata=parsed_by(parse_size))
+    max_blob_size: int = field(default=100 * 1024**3, metadata=parsed_by(parse_size))
+    update_pull_time: bool = False
+    #: Answer blob GETs with a 307 to a presigned URL when the store can make one (S3).
+    enable_blob_redirect: bool = True
+    immutable_tags: bool = False
+    immutable_tags_exclusions: tuple[str, ...] = field(default=(), metadata=parsed_by(regexes))
+    access_policy: AccessPolicyConfig = AccessPolicyConfig()
+    retention_policy: RetentionPolicyConfig = RetentionPolicyConfig()
+    gc_grace_secs: int = field(default=300, metadata=parsed_by(int_range(0)))
+    shutdown_drain_secs: int = field(default=30, metadata=parsed_by(int_range(0)))
+    authorization_webhook: str | None = None
+    event_webhooks: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class IdentityConfig:
+    """``[auth.identity.ID]``: a Basic-auth user; ``password`` is an argon2 PHC hash."""
+
+    id: str
+    username: str
+    password: str = field(metadata=parsed_by(argon2_hash))
+
+
+@dataclass(frozen=True, slots=True)
+class OidcConfig:
+    """``[auth.oidc.NAME]``: an OIDC issuer whose JWTs authenticate callers.
+
+    ``required_claims`` maps claim names to the value each must have. Without
+    ``jwks_uri`` the keys are found through ``<issuer>/.well-known/openid-configuration``.
+    """
+
+    name: str
+    issuer: str = field(metadata=parsed_by(http_url))
+    jwks_uri: str | None = field(default=None, metadata=parsed_by(http_url))
+    required_audience: str | None = None
+    required_claims: Mapping[str, Any] = field(default_factory=dict, metadata=parsed_by(claims_table))
+    allowed_algorithms: tuple[str, ...] = field(default=("RS256",), metadata=parsed_by(jws_algorithms))
+    clock_skew_tolerance: int = field(default=60, metadata=parsed_by(int_range(0, 86400)))
+    jwks_refresh_interval: int = field(default=3600, metadata=parsed_by(int_range(1)))
+    server_ca_bundle: str | None = None
+    http_request_timeout_secs: float = field(default=10.0, metadata=parsed_by(positive_float))
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookTlsConfig:
+    """Client-side TLS of a webhook: a private CA and an optional client certificate."""
+
+    server_ca_bundle: str | None = None
+    client_certificate_bundle: str | None = None
+    client_private_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthWebhookConfig:
+    """``[auth.webhook.NAME]``: an external service asked after the policies allowed."""
+
+    name: str
+    url: str = field(metadata=parsed_by(http_url))
+    timeout_ms: int = field(metadata=parsed_by(int_range(1, 600_000)))
+    bearer_token: str | None = None
+    basic_auth: Mapping[str, str] | None = field(default=None, metadata=parsed_by(basic_auth_table))
+    forward_headers: tuple[str, ...] = ()
+    cache_ttl: int = field(default=60, metadata=parsed_by(int_range(0, 86400)))
+    tls: WebhookTlsConfig = WebhookTlsConfig()
+
+
+@dataclass(frozen=True, slots=True)
+class EventWebhookConfig:
+    """``[event_webhook.NAME]``: where registry events are POSTed, and how firmly."""
+
+    name: str
+    url: str = field(metadata=parsed_by(http_url))
+    policy: str = field(default="optional", metadata=parsed_by(one_of("required", "optional", "async")))
+    events: tuple[str, ...] = field(default=(), metadata=parsed_by(webhook_events))
+    token: str | None = None
+    timeout_ms: int = field(default=5000, metadata=parsed_by(int_range(1, 600_000)))
+    max_retries: int | None = field(default=None, metadata=parsed_by(int_range(0, 16)))
+    repository_filter: tuple[str, ...] = field(default=(), metadata=parsed_by(regexes))
+    tls: WebhookTlsConfig = WebhookTlsConfig()
+
+    @property
+    def retries(self) -> int:
+        """Retries after the first attempt: 3 for required receivers, 0 otherwise, unless set."""
+        if self.max_retries is not None:
+            return self.max_retries
+        return 3 if self.policy == "required" else 0
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    """``[auth]``: the users, OIDC providers and authorization webhooks."""
+
+    identities: tuple[IdentityConfig, ...] = ()
+    oidc: tuple[OidcConfig, ...] = ()
+    webhooks: tuple[AuthWebhookConfig, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class UiConfig:
+    """``[ui]``: the optional web interface."""
+
+    enabled: bool = False
+    name: str = "angosd"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The whole daemon configuration (``Config()`` is the built-in default)."""
+
+    server: ServerConfig = ServerConfig()
+    blob_store: FsStoreConfig = FsStoreConfig()
+    #: ``[blob_store.s3]``: when set, the store is this bucket and ``blob_store`` is unused.
+    blob_store_s3: S3StoreConfig | None = None
+    #: ``[cache.redis]``: shared state for several daemons; None keeps it in memory.
+    redis: RedisConfig | None = None
+    global_: GlobalConfig = GlobalConfig()
+    repositories: tuple[RepositoryConfig, ...] = ()
+    ui: UiConfig = UiConfig()
+    auth: AuthConfig = AuthConfig()
+    event_webhooks: tuple[EventWebhookConfig, ...] = ()
+    sources: tuple[str, ...] = ()
+
+    def repository_for(self, namespace: str) -> RepositoryConfig | None:
+        """The repository named ``namespace`` or its longest ``"name/"`` prefix, if any."""
+        best: RepositoryConfig | None = None
+        for repository in self.repositories:
+            inside = namespace == repository.name or namespace.startswith(repository.name + "/")
+            if inside and (best is None or len(repository.name) > len(best.name)):
+                best = repository
+        return best
+
+    def namespace_allowed(self, namespace: str) -> bool:
+        """Whether ``namespace`` is served: always without repositories, else inside one."""
+        return not self.repositories or self.repository_for(namespace) is not None
+
