@@ -7,11 +7,13 @@ import http.client
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _STARTED = re.compile(r"RegistrySite(?: \(TLS\))? starting on (\d+)")
@@ -130,6 +132,60 @@ class Daemon:
             return Response(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
         finally:
             connection.close()
+
+    def connect(self) -> Connection:
+        """A keep-alive connection to the daemon."""
+        return Connection(self.port)
+
+    def raw(self, data: bytes) -> Response:
+        """Send exact bytes (a whole request) on a fresh socket and parse the response."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=30) as sock:
+            sock.sendall(data)
+            response = http.client.HTTPResponse(sock)
+            response.begin()
+            return Response(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+
+
+class Connection:
+    """A keep-alive connection; ``request`` mirrors `Daemon.request` but can stream bodies."""
+
+    def __init__(self, port: int) -> None:
+        self._connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+
+    def request(self, method: str, path: str, body: bytes | Iterable[bytes] | None = None,
+                headers: dict[str, str] | None = None) -> Response:
+        """An iterable body without a Content-Length header is sent chunked."""
+        self._connection.request(method, path, body=body, headers=headers or {})
+        response = self._connection.getresponse()
+        return Response(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+
+    def close(self) -> None:
+        self._connection.close()
+
+    def __enter__(self) -> Connection:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class KeepAlive(Protocol):
+    """A client connection that carries requests in turn (`Connection`, or an in-memory one)."""
+
+    def request(self, method: str, path: str, body: bytes | Iterable[bytes] | None = None,
+                headers: dict[str, str] | None = None) -> Response: ...
+    def close(self) -> None: ...
+    def __enter__(self) -> KeepAlive: ...
+    def __exit__(self, *_: object) -> None: ...
+
+
+class Client(Protocol):
+    """What the HTTP API tests talk to: a `Daemon` over sockets, or `tests.inmemory.InMemoryDaemon`."""
+
+    def request(self, method: str, path: str, body: bytes | None = None,
+                headers: dict[str, str] | None = None) -> Response: ...
+    def connect(self) -> KeepAlive: ...
+    def raw(self, data: bytes) -> Response: ...
 
 
 @dataclass(frozen=True)

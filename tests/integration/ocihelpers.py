@@ -1,12 +1,12 @@
 """Small helpers shared by the HTTP API tests: digests, pushes, raw requests, snapshots.
 
-Everything talks to a running `tests.daemon.Daemon` over real sockets.
+Everything talks to a `tests.daemon.Client`: a running `tests.daemon.Daemon` over real sockets,
+or the application in memory (`tests.inmemory.InMemoryDaemon`).
 """
 
 from __future__ import annotations
 
 import hashlib
-import http.client
 import itertools
 import json
 import os
@@ -17,7 +17,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
-from tests.daemon import Daemon, Response
+from tests.daemon import Client, KeepAlive, Response
 
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 OCI_INDEX = "application/vnd.oci.image.index.v1+json"
@@ -76,7 +76,7 @@ def assert_error(response: Response, status: int, code: str | None = None) -> No
 # -- blobs and uploads ---------------------------------------------------------------------
 
 
-def push_blob(daemon: Daemon, namespace: str, data: bytes, algorithm: str = "sha256") -> str:
+def push_blob(daemon: Client, namespace: str, data: bytes, algorithm: str = "sha256") -> str:
     """Monolithic upload; returns the digest."""
     blob_digest = digest(data, algorithm)
     response = daemon.request("POST", f"/v2/{namespace}/blobs/uploads/?digest={blob_digest}", data,
@@ -85,14 +85,14 @@ def push_blob(daemon: Daemon, namespace: str, data: bytes, algorithm: str = "sha
     return blob_digest
 
 
-def start_upload(daemon: Daemon, namespace: str, query: str = "") -> str:
+def start_upload(daemon: Client, namespace: str, query: str = "") -> str:
     """Open an upload session; returns its Location."""
     response = daemon.request("POST", f"/v2/{namespace}/blobs/uploads/{query}")
     assert response.status == 202, (response.status, response.body)
     return response.headers["location"]
 
 
-def patch(daemon: Daemon | Connection, location: str, chunk: bytes, first: int | None = None) -> Response:
+def patch(daemon: Client | KeepAlive, location: str, chunk: bytes, first: int | None = None) -> Response:
     headers = {"Content-Type": "application/octet-stream"}
     if first is not None:
         headers["Content-Range"] = f"{first}-{first + len(chunk) - 1}"
@@ -140,19 +140,19 @@ def index_manifest(children: Iterable[bytes], *, media_type: str = OCI_INDEX) ->
                    "manifests": [descriptor(child_type, child, platform=platform) for child in children]})
 
 
-def put_manifest(daemon: Daemon, namespace: str, reference: str, body: bytes,
+def put_manifest(daemon: Client, namespace: str, reference: str, body: bytes,
                  media_type: str = OCI_MANIFEST) -> Response:
     return daemon.request("PUT", f"/v2/{namespace}/manifests/{reference}", body, {"Content-Type": media_type})
 
 
-def push_manifest(daemon: Daemon, namespace: str, reference: str, body: bytes, media_type: str = OCI_MANIFEST) -> str:
+def push_manifest(daemon: Client, namespace: str, reference: str, body: bytes, media_type: str = OCI_MANIFEST) -> str:
     """PUT a manifest that must be accepted; returns its digest."""
     response = put_manifest(daemon, namespace, reference, body, media_type)
     assert response.status == 201, (response.status, response.body)
     return response.headers["docker-content-digest"]
 
 
-def push_image(daemon: Daemon, namespace: str, tag: str, seed: int = 0, media_type: str = OCI_MANIFEST) -> bytes:
+def push_image(daemon: Client, namespace: str, tag: str, seed: int = 0, media_type: str = OCI_MANIFEST) -> bytes:
     """Upload a config and a layer, push an image manifest referencing them; returns its bytes."""
     config = json.dumps({"architecture": "amd64", "os": "linux", "seed": seed}).encode()
     layer = payload(1000 + seed, seed)
@@ -166,36 +166,9 @@ def push_image(daemon: Daemon, namespace: str, tag: str, seed: int = 0, media_ty
 # -- connections ---------------------------------------------------------------------------
 
 
-class Connection:
-    """A keep-alive connection; ``request`` mirrors `Daemon.request` but can stream bodies."""
-
-    def __init__(self, daemon: Daemon) -> None:
-        self._connection = http.client.HTTPConnection("127.0.0.1", daemon.port, timeout=60)
-
-    def request(self, method: str, path: str, body: bytes | Iterable[bytes] | None = None,
-                headers: dict[str, str] | None = None) -> Response:
-        """An iterable body without a Content-Length header is sent chunked."""
-        self._connection.request(method, path, body=body, headers=headers or {})
-        response = self._connection.getresponse()
-        return Response(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
-
-    def close(self) -> None:
-        self._connection.close()
-
-    def __enter__(self) -> Connection:
-        return self
-
-    def __exit__(self, *_: object) -> None:
-        self.close()
-
-
-def raw_request(daemon: Daemon, data: bytes) -> Response:
-    """Send exact bytes (a whole request) on a fresh socket and parse the response."""
-    with socket.create_connection(("127.0.0.1", daemon.port), timeout=30) as sock:
-        sock.sendall(data)
-        response = http.client.HTTPResponse(sock)
-        response.begin()
-        return Response(response.status, {k.lower(): v for k, v in response.getheaders()}, response.read())
+def raw_request(daemon: Client, data: bytes) -> Response:
+    """Send exact bytes (a whole request) on a fresh connection and parse the response."""
+    return daemon.raw(data)
 
 
 def reset_close(sock: socket.socket) -> None:

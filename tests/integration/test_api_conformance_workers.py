@@ -1,6 +1,10 @@
-"""The whole HTTP API conformance module (`test_api_conformance`) again, against daemons with
-two worker processes: every request may land on either worker, including the chunks of one
-upload and the steps of one push."""
+"""The whole HTTP API conformance suite again, against daemon processes with two workers: every
+request may land on either worker, including the chunks of one upload and the steps of one push.
+
+The suite is `tests.http.test_conformance` (run in memory there, over sockets here: its tests
+only speak HTTP through the `tests.daemon.Client` interface) plus the socket-level cases of
+`test_api_conformance`; what differs with workers is which process answers, which only a
+real multi-process daemon shows."""
 
 from __future__ import annotations
 
@@ -10,8 +14,9 @@ from pathlib import Path
 import pytest
 
 from tests.daemon import Daemon
+from tests.http.test_conformance import *  # noqa: F403 - the same tests, collected here too
 from tests.integration.ocihelpers import wait_for
-from tests.integration.test_api_conformance import *  # noqa: F403 - the same tests, collected here too
+from tests.integration.test_api_conformance import *  # noqa: F403
 
 
 def _start(work: Path, store: Path) -> Daemon:

@@ -1,75 +1,20 @@
-"""Immutable tags and live configuration reload, through the real daemon."""
+"""Live configuration reload, through the real daemon: the reload timer of its service, and
+what it logs. (Immutable tags are tested in memory: `tests.http.test_immutable_tags`.)"""
 
 from __future__ import annotations
 
 import base64
 import http.client
-import json
 import time
 from pathlib import Path
 
 from tests.daemon import Daemon
-
-INDEX = "application/vnd.oci.image.index.v1+json"
-
-
-def index_manifest(marker: str) -> bytes:
-    return json.dumps({"schemaVersion": 2, "mediaType": INDEX, "manifests": [],
-                       "annotations": {"marker": marker}}).encode()
-
-
-def put_tag(daemon: Daemon, namespace: str, tag: str, body: bytes, headers: dict[str, str] | None = None) -> int:
-    response = daemon.request("PUT", f"/v2/{namespace}/manifests/{tag}", body,
-                              {"Content-Type": INDEX, **(headers or {})})
-    return response.status
 
 
 def start(tmp_path: Path, config: str) -> tuple[Daemon, Path]:
     path = tmp_path / "angosd.toml"
     path.write_text(config)
     return Daemon(str(tmp_path / "work"), str(tmp_path / "store"), configs=(str(path),)).start(), path
-
-
-def test_immutable_tags_allow_first_push_and_same_digest_only(tmp_path: Path) -> None:
-    daemon, _ = start(tmp_path, """
-[global]
-immutable_tags = true
-immutable_tags_exclusions = ["^latest$"]
-[repository."apps"]
-[repository."scratch"]
-immutable_tags = false
-""")
-    try:
-        first, second = index_manifest("one"), index_manifest("two")
-        assert put_tag(daemon, "apps/web", "1.0", first) == 201
-        assert put_tag(daemon, "apps/web", "1.0", first) == 201, "re-pushing the same digest is idempotent"
-        refused = daemon.request("PUT", "/v2/apps/web/manifests/1.0", second, {"Content-Type": INDEX})
-        assert refused.status == 409
-        assert refused.error_codes == ["TAG_IMMUTABLE"]
-        assert daemon.request("GET", "/v2/apps/web/manifests/1.0").body == first
-        assert put_tag(daemon, "apps/web", "latest", first) == 201
-        assert put_tag(daemon, "apps/web", "latest", second) == 201, "excluded tags stay mutable"
-        assert put_tag(daemon, "scratch/x", "1.0", first) == 201
-        assert put_tag(daemon, "scratch/x", "1.0", second) == 201, "the repository turned immutability off"
-    finally:
-        daemon.stop()
-
-
-def test_repository_exclusions_replace_the_global_list(tmp_path: Path) -> None:
-    daemon, _ = start(tmp_path, """
-[global]
-immutable_tags = true
-immutable_tags_exclusions = ["^latest$"]
-[repository."apps"]
-immutable_tags_exclusions = ["^rc-"]
-""")
-    try:
-        assert put_tag(daemon, "apps/a", "latest", index_manifest("1")) == 201
-        assert put_tag(daemon, "apps/a", "latest", index_manifest("2")) == 409
-        assert put_tag(daemon, "apps/a", "rc-1", index_manifest("1")) == 201
-        assert put_tag(daemon, "apps/a", "rc-1", index_manifest("2")) == 201
-    finally:
-        daemon.stop()
 
 
 def basic(user: str, password: str) -> dict[str, str]:
