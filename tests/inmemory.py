@@ -27,13 +27,17 @@ from __future__ import annotations
 import os
 import tempfile
 import threading
-from collections.abc import Callable, Iterable
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import ILogObserver, LogEvent, formatEventAsClassicLogText, globalLogPublisher
 from twisted.python.failure import Failure
+from zope.interface import provider
 
 from angosd.config import Config, load_config
 from angosd.daemon.assembly import Application, build_application, build_registry, build_security
@@ -354,7 +358,7 @@ class InMemoryDaemon:
         self.patience = patience
         self.thread_grace = thread_grace
         self.config = _load(config, root)
-        self.metrics = Metrics(self.reactor.seconds)
+        self.metrics = Metrics(time.monotonic)  # as the daemon: request durations in real seconds
         self.driver: IStorageDriver | None = None if root is not None else MemoryDriver()
         live = LiveConfig([], build_security(self.config, self.reactor, self.metrics.auth_attempt),
                           lambda new: build_security(new, self.reactor, self.metrics.auth_attempt), lambda c: c)
@@ -376,6 +380,24 @@ class InMemoryDaemon:
     def connect(self) -> InMemoryConnection:
         """A keep-alive connection."""
         return InMemoryConnection(self)
+
+    @contextmanager
+    def capture_log(self) -> Iterator[list[str]]:
+        """The log lines emitted in the block, in twistd's log-file format
+        (``<time> [<namespace>#<level>] <text>``)."""
+        lines: list[str] = []
+
+        def observe(event: LogEvent) -> None:
+            text = formatEventAsClassicLogText(event)
+            if text is not None:
+                lines.append(text.rstrip("\n"))
+
+        observer = provider(ILogObserver)(observe)
+        globalLogPublisher.addObserver(observer)
+        try:
+            yield lines
+        finally:
+            globalLogPublisher.removeObserver(observer)
 
     def check_pool(self) -> None:
         """Fail with the first error of a thread job nobody was waiting for."""
