@@ -11,9 +11,12 @@ are parsed back into a `tests.daemon.Response`.
 Everything runs on the calling thread. The reactor is a `MemoryReactorClock` whose thread
 pool (`getThreadPool`, `callInThread`) runs each job at once and whose `callFromThread`
 queues the result for the next pump, so work "done in a thread" completes later, as in
-production, but deterministically. Whatever the application waits for must happen by
-pumping (and at most `patience` seconds of fake time); otherwise the request fails with
-what was received so far instead of hanging.
+production, but deterministically. Code that takes an explicit pool instead of the
+reactor's gets an `InlineThreadPool` the same way (it has `ThreadPool`'s methods); a real
+pool also works, since results arrive through the thread-safe `callFromThread` queue and a
+stalled request waits `thread_grace` real seconds for one. Whatever the application waits
+for must happen by pumping (and at most `patience` seconds of fake time); otherwise the
+request fails with what was received so far instead of hanging.
 
 Its client interface is the one `tests.daemon.Daemon` has (``request``, ``connect``,
 ``raw``), so the same test bodies run against either.
@@ -23,13 +26,18 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
+from twisted.logger import ILogObserver, LogEvent, formatEventAsClassicLogText, globalLogPublisher
 from twisted.python.failure import Failure
+from zope.interface import provider
 
 from angosd.config import Config, load_config
 from angosd.daemon.assembly import Application, build_application, build_registry, build_security
@@ -96,6 +104,7 @@ class InlineReactor(MemoryReactorClock):
         super().__init__()
         self.pool = InlineThreadPool()
         self.queued: list[tuple[Callable[..., Any], tuple[Any, ...], dict[str, Any]]] = []
+        self._arrived = threading.Condition()
 
     def getThreadPool(self) -> InlineThreadPool:
         return self.pool
@@ -104,16 +113,26 @@ class InlineReactor(MemoryReactorClock):
         self.pool.callInThread(func, *args, **kwargs)
 
     def callFromThread(self, func: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        self.queued.append((func, args, kwargs))
+        with self._arrived:
+            self.queued.append((func, args, kwargs))
+            self._arrived.notify_all()
 
     def run_queued(self) -> bool:
         """Run every queued ``callFromThread`` call (and those they queue); True if any ran."""
         ran = False
-        while self.queued:
-            func, args, kwargs = self.queued.pop(0)
+        while True:
+            with self._arrived:
+                if not self.queued:
+                    return ran
+                func, args, kwargs = self.queued.pop(0)
             func(*args, **kwargs)
             ran = True
-        return ran
+
+    def wait_for_thread(self, timeout: float) -> bool:
+        """Wait up to ``timeout`` real seconds for a ``callFromThread`` call; True if one is queued.
+        Only a real thread (a pool that is not `InlineThreadPool`) can deliver one meanwhile."""
+        with self._arrived:
+            return self._arrived.wait_for(lambda: bool(self.queued), timeout)
 
     def run_due(self) -> bool:
         """Run the delayed calls due now; True if any ran."""
@@ -293,9 +312,10 @@ class InMemoryConnection:
                 break
             if not progressed:
                 delay = reactor.next_call_within(self._daemon.patience)
-                if delay is None:
+                if delay is not None:
+                    reactor.advance(delay)
+                elif not reactor.wait_for_thread(self._daemon.thread_grace):
                     break
-                reactor.advance(delay)
         raise StuckRequest(
             f"{what}: no complete response after pumping (connection {'closed' if self.lost else 'open'}, "
             f"{len(self._outgoing)} request bytes not read by the server, transport "
@@ -326,15 +346,19 @@ class InMemoryConnection:
 class InMemoryDaemon:
     """The daemon's HTTP application in memory, on ``config`` (TOML text; empty: the built-in
     defaults). The store is a `MemoryDriver` (`driver`), or the filesystem store at ``root``
-    when given. ``patience``: seconds of fake time a request may wait on a timer."""
+    when given. ``patience``: seconds of fake time a request may wait on a timer;
+    ``thread_grace``: real seconds a stalled request waits for a result from a real thread
+    (none comes from `InlineThreadPool`: this only delays reporting a stuck request)."""
 
-    def __init__(self, config: str = "", root: str | None = None, patience: float = 1.0) -> None:
+    def __init__(self, config: str = "", root: str | None = None, patience: float = 1.0,
+                 thread_grace: float = 2.0) -> None:
         self.reactor = InlineReactor()
         self.reactor.advance(EPOCH)
         self.root = root
         self.patience = patience
+        self.thread_grace = thread_grace
         self.config = _load(config, root)
-        self.metrics = Metrics(self.reactor.seconds)
+        self.metrics = Metrics(time.monotonic)  # as the daemon: request durations in real seconds
         self.driver: IStorageDriver | None = None if root is not None else MemoryDriver()
         live = LiveConfig([], build_security(self.config, self.reactor, self.metrics.auth_attempt),
                           lambda new: build_security(new, self.reactor, self.metrics.auth_attempt), lambda c: c)
@@ -357,10 +381,29 @@ class InMemoryDaemon:
         """A keep-alive connection."""
         return InMemoryConnection(self)
 
+    @contextmanager
+    def capture_log(self) -> Iterator[list[str]]:
+        """The log lines emitted in the block, in twistd's log-file format
+        (``<time> [<namespace>#<level>] <text>``)."""
+        lines: list[str] = []
+
+        def observe(event: LogEvent) -> None:
+            text = formatEventAsClassicLogText(event)
+            if text is not None:
+                lines.append(text.rstrip("\n"))
+
+        observer = provider(ILogObserver)(observe)
+        globalLogPublisher.addObserver(observer)
+        try:
+            yield lines
+        finally:
+            globalLogPublisher.removeObserver(observer)
+
     def check_pool(self) -> None:
         """Fail with the first error of a thread job nobody was waiting for."""
-        if self.reactor.pool.errors:
-            failure = self.reactor.pool.errors.pop(0)
+        errors: list[Failure] = getattr(self.reactor.pool, "errors", [])
+        if errors:
+            failure = errors.pop(0)
             raise AssertionError(f"a job run in the thread pool failed: {failure.getTraceback()}")
 
 
