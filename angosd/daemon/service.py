@@ -47,6 +47,7 @@ from angosd.registry.pulls import PullTimeFlusher
 from angosd.registry.registry import Limits, Registry
 from angosd.storage.fs import FilesystemDriver
 from angosd.storage.interface import IStorageDriver
+from angosd.storage.pools import Pools
 from angosd.tls.server import listening_factory
 from angosd.ui import UserInterface
 from angosd.webhooks.authorization import AuthorizationWebhooks
@@ -71,29 +72,37 @@ def endpoint_description(config: Config) -> str:
     return f"tcp:{config.server.port}:interface={interface}"
 
 
-def build_security(config: Config, reactor: Any, record_auth: AuthRecorder | None = None) -> SecurityState:
+def build_pools(config: Config, reactor: Any) -> Pools:
+    """This process's thread pools, sized by ``[server]`` (not started)."""
+    server = config.server
+    return Pools.create(reactor, server.io_threads, server.io_queue, server.cpu_threads, server.cpu_queue)
+
+
+def build_security(config: Config, reactor: Any, pools: Pools,
+                   record_auth: AuthRecorder | None = None) -> SecurityState:
     """Users, OIDC providers and compiled policies for ``config``; raises `PolicyError`.
-    ``record_auth`` counts authentications (metrics)."""
+    Passwords are checked on ``pools.cpu``; ``record_auth`` counts authentications (metrics)."""
     oidc: TokenValidator | None = None
     if config.auth.oidc:
         oidc = OidcProviders(config.auth.oidc, {p.name: make_http_client(reactor, p) for p in config.auth.oidc},
                              reactor)
-    authenticator = Authenticator(PasswordUsers(config.auth.identities, reactor, reactor), oidc, record_auth)
+    authenticator = Authenticator(PasswordUsers(config.auth.identities, pools.cpu, reactor), oidc, record_auth)
     return SecurityState.build(config, authenticator, AuthorizationWebhooks(config.auth.webhooks, reactor))
 
 
-def build_registry(live: LiveConfig, reactor: Any, coordination: Coordination | None = None) -> Registry:
+def build_registry(live: LiveConfig, reactor: Any, pools: Pools, coordination: Coordination | None = None) -> Registry:
     """The registry of ``live``'s store; ``coordination`` excludes other processes from the uploads
     this process writes (None: none needed)."""
-    return _registry(live.config, reactor, live.namespace_allowed, live.tag_immutable,
+    return _registry(live.config, reactor, pools, live.namespace_allowed, live.tag_immutable,
                      update_pull_time=lambda: live.config.global_.update_pull_time, coordination=coordination)
 
 
-def build_driver(config: Config, reactor: Any) -> IStorageDriver:
-    """The store of ``config``: the ``[blob_store.s3]`` bucket when set, else the filesystem."""
+def build_driver(config: Config, reactor: Any, pools: Pools) -> IStorageDriver:
+    """The store of ``config``: the ``[blob_store.s3]`` bucket when set, else the filesystem;
+    its blocking work runs on ``pools.io``."""
     s3 = config.blob_store_s3
     if s3 is None:
-        return FilesystemDriver(os.path.abspath(config.blob_store.root_dir), reactor, config.blob_store.sync_to_disk)
+        return FilesystemDriver(os.path.abspath(config.blob_store.root_dir), pools.io, config.blob_store.sync_to_disk)
     from angosd.storage.s3 import S3Driver  # botocore only where S3 is configured
     from angosd.storage.s3_client import S3Options
 
@@ -103,7 +112,7 @@ def build_driver(config: Config, reactor: Any) -> IStorageDriver:
                         secret_key=s3.secret_key, region=s3.region, key_prefix=s3.key_prefix,
                         part_size=s3.multipart_part_size, max_attempts=s3.max_attempts,
                         operation_timeout=s3.operation_timeout_secs, attempt_timeout=s3.operation_attempt_timeout_secs)
-    return S3Driver(reactor, http, options)
+    return S3Driver(reactor, http, options, pools.io)
 
 
 def build_coordination(config: Config, reactor: Any, files: str | None = None) -> Coordination | None:
@@ -133,11 +142,11 @@ def blob_redirect_ttl(config: Config) -> int | None:
     return config.blob_store_s3.presign_ttl_secs
 
 
-def _registry(config: Config, reactor: Any, namespace_allowed: Callable[[str], bool],
+def _registry(config: Config, reactor: Any, pools: Pools, namespace_allowed: Callable[[str], bool],
               immutable: Callable[[str, str], bool], update_pull_time: Callable[[], bool],
               coordination: Coordination | None) -> Registry:
     limits = Limits(config.global_.max_manifest_size, config.global_.max_blob_size)
-    registry = Registry(build_driver(config, reactor), reactor, limits, namespace_allowed, immutable,
+    registry = Registry(build_driver(config, reactor, pools), reactor, limits, namespace_allowed, immutable,
                         update_pull_time=update_pull_time)
     registry.uploads.coordination = coordination
     return registry
@@ -147,10 +156,13 @@ def open_store(config: Config, reactor: Any) -> tuple[Registry, PullThroughCache
     """The registry and pull-through cache of ``config``'s store, for maintenance commands
     (``angosd mirror/export/import``): no listener, no reload, no background prefetch.
 
-    Every write they make is atomic, so they may run beside a daemon on the same store.
+    Every write they make is atomic, so they may run beside a daemon on the same store. The
+    thread pools start now and stop when the reactor shuts down.
     """
     immutable = functools.partial(tag_immutable, config)
-    registry = _registry(config, reactor, config.namespace_allowed, immutable, update_pull_time=lambda: False,
+    pools = build_pools(config, reactor)
+    pools.start_until_shutdown(reactor)
+    registry = _registry(config, reactor, pools, config.namespace_allowed, immutable, update_pull_time=lambda: False,
                          coordination=build_coordination(config, reactor))
     return registry, PullThroughCache(registry, config.repository_for, immutable, reactor)
 
@@ -224,10 +236,12 @@ def build_worker_service(config: Config, reactor: Any, endpoint: systemd.Observe
 def _daemon(config: Config, reactor: Any, paths: Sequence[str], overrides: Overrides, role: _Role) -> MultiService:
     allocator.tune()  # this process serves: large buffers come and go all the time
     metrics = role.metrics
-    live = LiveConfig(paths, build_security(config, reactor, metrics.auth_attempt),
-                      lambda new: build_security(new, reactor, metrics.auth_attempt), overrides.apply)
-    registry = build_registry(live, reactor, role.coordination)
+    pools = build_pools(config, reactor)  # sized at start: a reload does not resize them
+    live = LiveConfig(paths, build_security(config, reactor, pools, metrics.auth_attempt),
+                      lambda new: build_security(new, reactor, pools, metrics.auth_attempt), overrides.apply)
+    registry = build_registry(live, reactor, pools, role.coordination)
     metrics.watch_uploads(lambda: registry.uploads.writing)
+    metrics.watch_pools(pools)
     cache = PullThroughCache(registry, lambda namespace: live.config.repository_for(namespace), live.tag_immutable,
                              reactor, metrics=metrics.pull_through)
     prefetch.attach(cache, registry, reactor)  # [repository] prefetch_platforms
@@ -240,6 +254,7 @@ def _daemon(config: Config, reactor: Any, paths: Sequence[str], overrides: Overr
     access_log = [AccessLog(time.monotonic, reactor.seconds)] if config.server.access_log else []
     site = RegistrySite(api, observers=[drain, metrics.requests, *access_log])
     top = StagedService()
+    pools.service().setServiceParent(top)  # starts first, stops last
     back = MultiService()  # stops second: still delivers events and flushes pull times from drained requests
     back.setServiceParent(top)
     events.setServiceParent(back)

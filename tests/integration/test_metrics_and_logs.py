@@ -158,6 +158,15 @@ def test_metrics_are_served_in_the_prometheus_text_format(run: Run) -> None:
             "angosd_auth_attempts"} <= names
 
 
+def test_each_thread_pool_reports_its_queue_and_busy_threads(run: Run) -> None:
+    samples = metric_samples(run.first_scrape.body.decode())
+    for pool in ("io", "cpu"):
+        for name in ("angosd_thread_pool_queued_jobs", "angosd_thread_pool_active_threads"):
+            assert (name, frozenset({("pool", pool)})) in samples, (name, pool)
+    assert value(samples, "angosd_thread_pool_queued_jobs", pool="io") == 0  # nothing waits at rest
+    assert value(samples, "angosd_thread_pool_queued_jobs", pool="cpu") == 0
+
+
 def test_request_counters_match_the_sequence_exactly(run: Run) -> None:
     samples = metric_samples(run.first_scrape.body.decode())
     expected = Counter((s.action, s.method, str(s.status)) for s in run.sent)
