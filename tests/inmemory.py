@@ -45,6 +45,7 @@ from angosd.daemon.live import LiveConfig
 from angosd.observability.metrics import Metrics
 from angosd.storage.interface import IStorageDriver
 from angosd.storage.memory import MemoryDriver
+from angosd.storage.pools import BoundedPool, Pools
 from tests.daemon import Response
 
 #: Body bytes handed to the channel per `dataReceived` (a socket read's worth).
@@ -360,9 +361,13 @@ class InMemoryDaemon:
         self.config = _load(config, root)
         self.metrics = Metrics(time.monotonic)  # as the daemon: request durations in real seconds
         self.driver: IStorageDriver | None = None if root is not None else MemoryDriver()
-        live = LiveConfig([], build_security(self.config, self.reactor, self.metrics.auth_attempt),
-                          lambda new: build_security(new, self.reactor, self.metrics.auth_attempt), lambda c: c)
-        registry = build_registry(live, self.reactor, driver=self.driver)
+        self.pools = Pools(*(BoundedPool(name, self.reactor, 4, 64, threadpool=InlineThreadPool())
+                             for name in ("io", "cpu")))
+        self.pools.start_until_shutdown(self.reactor)
+        live = LiveConfig([], build_security(self.config, self.reactor, self.pools, self.metrics.auth_attempt),
+                          lambda new: build_security(new, self.reactor, self.pools, self.metrics.auth_attempt),
+                          lambda c: c)
+        registry = build_registry(live, self.reactor, self.pools, driver=self.driver)
         self.app: Application = build_application(self.config, self.reactor, live, registry, self.metrics)
         self.app.site.reactor = self.reactor  # the channels' timeouts run on the fake clock
 

@@ -181,9 +181,10 @@ def s3_driver(reactor: object, server: S3Server | None = None, bucket: str | Non
     """
     from angosd.outbound.client import make_client
     from angosd.storage.s3 import S3Driver
+    from tests.pools import started_pools
 
     server = server or shared_s3()
     if id(reactor) not in _HTTP:
         _HTTP[id(reactor)] = make_client(reactor)[0]
     options = s3_options(server, bucket or server.new_bucket("drv"), **overrides)
-    return S3Driver(reactor, _HTTP[id(reactor)], options)  # type: ignore[arg-type]
+    return S3Driver(reactor, _HTTP[id(reactor)], options, started_pools(reactor).io)  # type: ignore[arg-type]

@@ -1,4 +1,4 @@
-"""Basic-auth users with argon2 password hashes, verified off the reactor thread."""
+"""Basic-auth users with argon2 password hashes, verified on the ``cpu`` thread pool."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from collections.abc import Sequence
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from twisted.internet import threads
-from twisted.internet.interfaces import IReactorThreads, IReactorTime
+from twisted.internet.interfaces import IReactorTime
 
 from angosd.config import IdentityConfig
+from angosd.storage.pools import BoundedPool
 
 #: How long a verified (username, password) pair skips argon2; clients such as docker
 #: send Basic credentials on every request, and argon2 costs tens of milliseconds by design.
@@ -36,11 +36,15 @@ def _verify(phc: str, password: str) -> bool:
 
 
 class PasswordUsers:
-    """``[auth.identity.*]``: checks a username and password, returning the identity id."""
+    """``[auth.identity.*]``: checks a username and password, returning the identity id.
 
-    def __init__(self, identities: Sequence[IdentityConfig], reactor: IReactorThreads, clock: IReactorTime) -> None:
+    argon2 runs on ``pool`` (the ``cpu`` pool); when its queue is full, `check` fails with
+    `TooManyRequests`.
+    """
+
+    def __init__(self, identities: Sequence[IdentityConfig], pool: BoundedPool, clock: IReactorTime) -> None:
         self._by_username = {identity.username: identity for identity in identities}
-        self._reactor = reactor
+        self._pool = pool
         self._clock = clock
         self._verified: OrderedDict[bytes, tuple[str, float]] = OrderedDict()
 
@@ -60,8 +64,7 @@ class PasswordUsers:
         now = self._clock.seconds()
         if cached is not None and cached[1] > now:
             return cached[0]
-        pool = self._reactor.getThreadPool()
-        ok = await threads.deferToThreadPool(self._reactor, pool, _verify, phc, password)
+        ok = await self._pool.run(_verify, phc, password)
         if not ok or identity is None:
             return None
         self._verified[key] = (identity.id, now + VERIFIED_TTL)

@@ -12,6 +12,8 @@ from typing import Any
 
 from angosd.config.schema import (
     ACCESS_DEFAULT,
+    MAX_POOL_QUEUE,
+    MAX_POOL_THREADS,
     argon2_hash,
     basic_auth_table,
     claims_table,
@@ -58,6 +60,14 @@ class ServerConfig:
     #: Worker processes sharing the listening socket; None (``"auto"``): one per usable core.
     #: 1 is a single process, as before workers existed (see `angosd.daemon.workers`).
     workers: int | None = field(default=None, metadata=parsed_by(parse_workers))
+    #: Threads (per process) for storage work: appends, fsync, hashing (`angosd.storage.pools`).
+    io_threads: int = field(default=10, metadata=parsed_by(int_range(1, MAX_POOL_THREADS)))
+    #: Storage jobs that may wait for an ``io`` thread; past that requests get 429 Too Many Requests.
+    io_queue: int = field(default=1024, metadata=parsed_by(int_range(1, MAX_POOL_QUEUE)))
+    #: Threads (per process) verifying passwords (argon2, deliberately slow).
+    cpu_threads: int = field(default=2, metadata=parsed_by(int_range(1, MAX_POOL_THREADS)))
+    #: Password checks that may wait for a ``cpu`` thread; past that requests get 429.
+    cpu_queue: int = field(default=64, metadata=parsed_by(int_range(1, MAX_POOL_QUEUE)))
 
 
 @dataclass(frozen=True, slots=True)

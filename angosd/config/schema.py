@@ -139,6 +139,9 @@ def one_of(*options: str) -> Parser:
 
 #: Upper bound of ``[server] workers``.
 MAX_WORKERS = 256
+#: Upper bounds of ``[server] io_threads``/``cpu_threads`` and ``io_queue``/``cpu_queue``.
+MAX_POOL_THREADS = 256
+MAX_POOL_QUEUE = 1_000_000
 
 
 def parse_workers(value: object) -> int | None:

@@ -40,6 +40,7 @@ from angosd.proxy.prefetch import Prefetcher
 from angosd.registry.registry import Limits, Registry
 from angosd.storage.fs import FilesystemDriver
 from angosd.storage.interface import IStorageDriver
+from angosd.storage.pools import Pools
 from angosd.ui import UserInterface
 from angosd.webhooks.authorization import AuthorizationWebhooks
 from angosd.webhooks.events import EventBus
@@ -50,31 +51,39 @@ RELOAD_INTERVAL = 2.0
 METRICS_REFRESH = 1.0
 
 
-def build_security(config: Config, reactor: Any, record_auth: AuthRecorder | None = None) -> SecurityState:
+def build_pools(config: Config, reactor: Any) -> Pools:
+    """This process's thread pools, sized by ``[server]`` (not started)."""
+    server = config.server
+    return Pools.create(reactor, server.io_threads, server.io_queue, server.cpu_threads, server.cpu_queue)
+
+
+def build_security(config: Config, reactor: Any, pools: Pools,
+                   record_auth: AuthRecorder | None = None) -> SecurityState:
     """Users, OIDC providers and compiled policies for ``config``; raises `PolicyError`.
-    ``record_auth`` counts authentications (metrics)."""
+    Passwords are checked on ``pools.cpu``; ``record_auth`` counts authentications (metrics)."""
     oidc: TokenValidator | None = None
     if config.auth.oidc:
         oidc = OidcProviders(config.auth.oidc, {p.name: make_http_client(reactor, p) for p in config.auth.oidc},
                              reactor)
-    authenticator = Authenticator(PasswordUsers(config.auth.identities, reactor, reactor), oidc, record_auth)
+    authenticator = Authenticator(PasswordUsers(config.auth.identities, pools.cpu, reactor), oidc, record_auth)
     return SecurityState.build(config, authenticator, AuthorizationWebhooks(config.auth.webhooks, reactor))
 
 
-def build_registry(live: LiveConfig, reactor: Any, coordination: Coordination | None = None,
+def build_registry(live: LiveConfig, reactor: Any, pools: Pools, coordination: Coordination | None = None,
                    driver: IStorageDriver | None = None) -> Registry:
     """The registry of ``live``'s store (or of ``driver``, when given); ``coordination`` excludes
     other processes from the uploads this process writes (None: none needed)."""
-    return _registry(live.config, reactor, live.namespace_allowed, live.tag_immutable,
+    return _registry(live.config, reactor, pools, live.namespace_allowed, live.tag_immutable,
                      update_pull_time=lambda: live.config.global_.update_pull_time, coordination=coordination,
                      driver=driver)
 
 
-def build_driver(config: Config, reactor: Any) -> IStorageDriver:
-    """The store of ``config``: the ``[blob_store.s3]`` bucket when set, else the filesystem."""
+def build_driver(config: Config, reactor: Any, pools: Pools) -> IStorageDriver:
+    """The store of ``config``: the ``[blob_store.s3]`` bucket when set, else the filesystem;
+    its blocking work runs on ``pools.io``."""
     s3 = config.blob_store_s3
     if s3 is None:
-        return FilesystemDriver(os.path.abspath(config.blob_store.root_dir), reactor, config.blob_store.sync_to_disk)
+        return FilesystemDriver(os.path.abspath(config.blob_store.root_dir), pools.io, config.blob_store.sync_to_disk)
     from angosd.storage.s3 import S3Driver  # botocore only where S3 is configured
     from angosd.storage.s3_client import S3Options
 
@@ -84,7 +93,7 @@ def build_driver(config: Config, reactor: Any) -> IStorageDriver:
                         secret_key=s3.secret_key, region=s3.region, key_prefix=s3.key_prefix,
                         part_size=s3.multipart_part_size, max_attempts=s3.max_attempts,
                         operation_timeout=s3.operation_timeout_secs, attempt_timeout=s3.operation_attempt_timeout_secs)
-    return S3Driver(reactor, http, options)
+    return S3Driver(reactor, http, options, pools.io)
 
 
 def build_coordination(config: Config, reactor: Any, files: str | None = None) -> Coordination | None:
@@ -114,11 +123,11 @@ def blob_redirect_ttl(config: Config) -> int | None:
     return config.blob_store_s3.presign_ttl_secs
 
 
-def _registry(config: Config, reactor: Any, namespace_allowed: Callable[[str], bool],
+def _registry(config: Config, reactor: Any, pools: Pools, namespace_allowed: Callable[[str], bool],
               immutable: Callable[[str, str], bool], update_pull_time: Callable[[], bool],
               coordination: Coordination | None, driver: IStorageDriver | None = None) -> Registry:
     limits = Limits(config.global_.max_manifest_size, config.global_.max_blob_size)
-    store = driver if driver is not None else build_driver(config, reactor)
+    store = driver if driver is not None else build_driver(config, reactor, pools)
     registry = Registry(store, reactor, limits, namespace_allowed, immutable,
                         update_pull_time=update_pull_time)
     registry.uploads.coordination = coordination
@@ -129,10 +138,13 @@ def open_store(config: Config, reactor: Any) -> tuple[Registry, PullThroughCache
     """The registry and pull-through cache of ``config``'s store, for maintenance commands
     (``angosd mirror/export/import``): no listener, no reload, no background prefetch.
 
-    Every write they make is atomic, so they may run beside a daemon on the same store.
+    Every write they make is atomic, so they may run beside a daemon on the same store. The
+    thread pools start now and stop when the reactor shuts down.
     """
     immutable = functools.partial(tag_immutable, config)
-    registry = _registry(config, reactor, config.namespace_allowed, immutable, update_pull_time=lambda: False,
+    pools = build_pools(config, reactor)
+    pools.start_until_shutdown(reactor)
+    registry = _registry(config, reactor, pools, config.namespace_allowed, immutable, update_pull_time=lambda: False,
                          coordination=build_coordination(config, reactor))
     return registry, PullThroughCache(registry, config.repository_for, immutable, reactor)
 

@@ -25,6 +25,7 @@ from angosd.daemon.assembly import (
     StagedService,
     build_application,
     build_coordination,
+    build_pools,
     build_registry,
     build_security,
     coordination_directory,
@@ -106,11 +107,14 @@ def build_worker_service(config: Config, reactor: Any, endpoint: systemd.Observe
 def _daemon(config: Config, reactor: Any, paths: Sequence[str], overrides: Overrides, role: _Role) -> MultiService:
     allocator.tune()  # this process serves: large buffers come and go all the time
     metrics = role.metrics
-    live = LiveConfig(paths, build_security(config, reactor, metrics.auth_attempt),
-                      lambda new: build_security(new, reactor, metrics.auth_attempt), overrides.apply)
-    app = build_application(config, reactor, live, build_registry(live, reactor, role.coordination), metrics)
+    pools = build_pools(config, reactor)  # sized at start: a reload does not resize them
+    live = LiveConfig(paths, build_security(config, reactor, pools, metrics.auth_attempt),
+                      lambda new: build_security(new, reactor, pools, metrics.auth_attempt), overrides.apply)
+    app = build_application(config, reactor, live, build_registry(live, reactor, pools, role.coordination), metrics)
+    metrics.watch_pools(pools)
     registry, events, drain = app.registry, app.events, app.drain
     top = StagedService()
+    pools.service().setServiceParent(top)  # starts first, stops last
     back = MultiService()  # stops second: still delivers events and flushes pull times from drained requests
     back.setServiceParent(top)
     events.setServiceParent(back)

@@ -26,6 +26,9 @@ Other:
 - ``angosd_uploads_in_progress``: gauge of upload sessions whose bytes are being written
   right now (a PATCH/PUT chunk or monolithic POST admitted and not yet finished), read from
   the callable given to `Metrics.watch_uploads`. Idle open sessions are not counted.
+- ``angosd_thread_pool_queued_jobs{pool}`` and ``angosd_thread_pool_active_threads{pool}``:
+  gauges of the jobs waiting for a thread and the threads running one, per thread pool
+  (``io``, ``cpu``; see `angosd.storage.pools`), given to `Metrics.watch_pools`.
 - ``angosd_auth_attempts_total{method,result}``: one per authentication (once per request
   that is not a health probe); ``method`` is one of `AUTH_METHODS`, ``result`` one of
   `AUTH_RESULTS`. Record with `Metrics.auth_attempt` (the `Authenticator`'s ``record``).
@@ -41,7 +44,8 @@ reports the sum over all workers, including those that ended (a replaced worker'
 counters stay counted). The gauges count live workers only (``livesum``: the supervisor
 removes a dead worker's gauge files). ``process_*`` describe the whole daemon
 (`angosd.observability.processes`); ``python_gc_*`` are left out (they would describe one
-worker only); ``angosd_uploads_in_progress`` is refreshed every second and at each scrape.
+worker only); ``angosd_uploads_in_progress`` and the thread pool gauges are refreshed every
+second and at each scrape.
 
 Pull-through recorder API (`PullThroughMetrics`, available as ``Metrics.pull_through``;
 it satisfies `angosd.proxy.cache.CacheMetrics`). Each call adds one to a counter and
@@ -57,8 +61,10 @@ never raises for a valid name; ``repository`` is the repository's configured nam
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable, Iterable
+from typing import Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -83,6 +89,7 @@ __all__ = [
     "HttpMetrics",
     "Metrics",
     "PullThroughMetrics",
+    "WatchedPool",
     "method_label",
 ]
 
@@ -95,6 +102,17 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 AUTH_METHODS = ("certificate", "bearer", "basic", "oidc-basic", "anonymous")
 #: ``result`` label values of ``angosd_auth_attempts_total``.
 AUTH_RESULTS = ("success", "failure")
+
+
+class WatchedPool(Protocol):
+    """What the thread pool gauges read (`angosd.storage.pools.BoundedPool` is one)."""
+
+    @property
+    def name(self) -> str: ...
+    @property
+    def queued(self) -> int: ...
+    @property
+    def active(self) -> int: ...
 
 
 def method_label(method: str) -> str:
@@ -218,6 +236,11 @@ class Metrics:
                                          "Upload sessions whose bytes are being written right now.",
                                          registry=recording, multiprocess_mode="livesum")
         self._writing: Callable[[], int] | None = None
+        self.pool_queued = Gauge("angosd_thread_pool_queued_jobs", "Jobs waiting for a thread, per thread pool.",
+                                 ("pool",), registry=recording, multiprocess_mode="livesum")
+        self.pool_active = Gauge("angosd_thread_pool_active_threads", "Threads running a job, per thread pool.",
+                                 ("pool",), registry=recording, multiprocess_mode="livesum")
+        self._pools: tuple[WatchedPool, ...] = ()
 
     def auth_attempt(self, method: str, result: str) -> None:
         """Count one authentication; raises ValueError for a method or result not listed in
@@ -233,16 +256,38 @@ class Metrics:
         if not self.multiprocess:
             self.uploads_in_progress.set_function(lambda: float(writing()))
 
+    def watch_pools(self, pools: Iterable[WatchedPool]) -> None:
+        """Report each pool's ``queued`` and ``active`` as the thread pool gauges (label ``pool``
+        = its ``name``): read at each scrape, and with ``multiprocess_dir`` also at each `refresh`."""
+        self._pools = tuple(pools)
+        for pool in self._pools:
+            queued, active = self.pool_queued.labels(pool.name), self.pool_active.labels(pool.name)
+            if self.multiprocess:
+                queued.set(float(pool.queued))
+                active.set(float(pool.active))
+            else:
+                queued.set_function(functools.partial(_read, pool, "queued"))
+                active.set_function(functools.partial(_read, pool, "active"))
+
     def refresh(self) -> None:
         """Record the current value of the watched gauges (multiprocess mode keeps values in
         files, so a value computed at scrape time would only be seen by the scraped process)."""
-        if self.multiprocess and self._writing is not None:
+        if not self.multiprocess:
+            return
+        if self._writing is not None:
             self.uploads_in_progress.set(float(self._writing()))
+        for pool in self._pools:
+            self.pool_queued.labels(pool.name).set(float(pool.queued))
+            self.pool_active.labels(pool.name).set(float(pool.active))
 
     def exposition(self) -> bytes:
         """The registry in the Prometheus text format (`CONTENT_TYPE_LATEST`)."""
         self.refresh()
         return bytes(generate_latest(self.registry))
+
+
+def _read(pool: WatchedPool, attribute: str) -> float:
+    return float(getattr(pool, attribute))
 
 
 def _check_multiprocess_mode(directory: str) -> None:

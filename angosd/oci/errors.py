@@ -102,3 +102,14 @@ class StorageFailure(OciError):
     code = "UNKNOWN"
     status = 503
     message = "storage unavailable"
+
+
+class TooManyRequests(OciError):
+    """More work than the daemon takes right now (429); ``Retry-After`` says when to try again."""
+
+    code = "TOOMANYREQUESTS"
+    status = 429
+    message = "too many requests"
+
+    def __init__(self, detail: Any = None, headers: dict[str, str] | None = None, retry_after: int = 1) -> None:
+        super().__init__(detail, {"Retry-After": str(retry_after), **(headers or {})})

@@ -1,8 +1,8 @@
 """Filesystem driver: objects are files under one root directory.
 
 Small operations (metadata reads, renames, directory listings) run inline: on a local
-disk they take microseconds, far less than a thread hand-off. Whole-file hashing and
-fsync run on the reactor's thread pool.
+disk they take microseconds, far less than a thread hand-off. Appends, whole-file hashing
+and fsync run on the ``io`` thread pool given to the driver (`angosd.storage.pools`).
 """
 
 from __future__ import annotations
@@ -16,14 +16,15 @@ import uuid
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from twisted.internet import threads
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IConsumer, IReactorThreads
+from twisted.internet.interfaces import IConsumer
 from zope.interface import implementer
 
+from angosd.oci.errors import TooManyRequests
 from angosd.storage.errors import InvalidPath, OutOfSpace, PathNotFound, StorageError
 from angosd.storage.handles import FileObjectHandle
 from angosd.storage.interface import IAppendWriter, IHashingAppendWriter, IReadHandle, IStorageDriver
+from angosd.storage.pools import BoundedPool, PoolStopped
 from angosd.storage.producers import PausingConsumer
 
 T = TypeVar("T")
@@ -79,16 +80,16 @@ class _FileAppendWriter(PausingConsumer):
     `write` and by `finish`.
     """
 
-    def __init__(self, path: str, key: str, sync: bool, reactor: IReactorThreads) -> None:
+    def __init__(self, path: str, key: str, sync: bool, pool: BoundedPool) -> None:
         self._key = key
         self._sync = sync
-        self._reactor = reactor
+        self._pool = pool
         self._file = open(path, "ab", buffering=0)  # noqa: SIM115 - closed by finish/abort
         self.offset = self._file.tell()
         self._queue: list[bytes] = []
         self._queued = 0
         self._running = False
-        self._error: StorageError | None = None
+        self._error: StorageError | TooManyRequests | None = None
         self._aborted = False
         self._drained: list[Deferred[None]] = []
         self._hasher: Any = None
@@ -112,8 +113,7 @@ class _FileAppendWriter(PausingConsumer):
     def _start(self) -> None:
         batch, self._queue = self._queue, []
         self._running = True
-        pool = self._reactor.getThreadPool()
-        done = threads.deferToThreadPool(self._reactor, pool, self._write_batch, batch)
+        done = self._pool.run(self._write_batch, batch)
         done.addCallbacks(self._written, self._failed, callbackArgs=(batch,), errbackArgs=(batch,))
 
     def _write_batch(self, batch: list[bytes]) -> None:
@@ -130,7 +130,8 @@ class _FileAppendWriter(PausingConsumer):
 
     def _failed(self, failure: Any, batch: list[bytes]) -> None:
         error = failure.value
-        self._error = error if isinstance(error, StorageError) else StorageError(f"{error} ({self._key})")
+        kept = isinstance(error, StorageError | TooManyRequests)  # a full pool stays a 429
+        self._error = error if kept else StorageError(f"{error} ({self._key})")
         self._queue = []
         self._settle(batch)
 
@@ -168,7 +169,12 @@ class _FileAppendWriter(PausingConsumer):
                 finally:
                     self._file.close()
 
-            return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), sync_and_close)
+            def refused(failure: Any) -> Any:
+                if failure.check(TooManyRequests, PoolStopped):  # sync_and_close never ran
+                    self._file.close()
+                return failure
+
+            return self._pool.run(sync_and_close).addErrback(refused)
 
         return self._drain().addCallback(close)
 
@@ -185,11 +191,14 @@ class _FileAppendWriter(PausingConsumer):
 
 @implementer(IStorageDriver)
 class FilesystemDriver:
-    """Objects as files below ``root``; atomic writes by temp file and rename."""
+    """Objects as files below ``root``; atomic writes by temp file and rename.
 
-    def __init__(self, root: str, reactor: IReactorThreads, sync_to_disk: bool = False) -> None:
+    Blocking work runs on ``pool`` (the ``io`` pool).
+    """
+
+    def __init__(self, root: str, pool: BoundedPool, sync_to_disk: bool = False) -> None:
         self.root = os.path.abspath(root)
-        self._reactor = reactor
+        self._pool = pool
         self._sync = sync_to_disk
         os.makedirs(self.root, exist_ok=True)
 
@@ -200,7 +209,7 @@ class FilesystemDriver:
         return os.path.join(self.root, *parts)
 
     def _defer_to_thread(self, function: Callable[..., T], *args: Any) -> Deferred[T]:
-        return threads.deferToThreadPool(self._reactor, self._reactor.getThreadPool(), function, *args)
+        return self._pool.run(function, *args)
 
     def read(self, key: str) -> Deferred[bytes]:
         def read() -> bytes:
@@ -299,7 +308,7 @@ class FilesystemDriver:
         def open_writer() -> IAppendWriter:
             path = self._path(key)
             os.makedirs(os.path.dirname(path), exist_ok=True)
-            return _FileAppendWriter(path, key, self._sync, self._reactor)
+            return _FileAppendWriter(path, key, self._sync, self._pool)
 
         return self._defer_to_thread(open_writer).addErrback(_translate_failure, key)  # may create directories
 

@@ -36,13 +36,13 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from treq.client import HTTPClient
-from twisted.internet import threads
 from twisted.internet.defer import Deferred, fail
 from zope.interface import implementer
 
 from angosd.storage.errors import InvalidPath, PathNotFound, StorageError
 from angosd.storage.handles import bytes_handle
 from angosd.storage.interface import IAppendWriter, IReadHandle, IRedirectingDriver, IStorageDriver
+from angosd.storage.pools import BoundedPool
 from angosd.storage.s3_append import S3AppendWriter, assemble, chain, mark_appendable, new_token, parts_prefix
 from angosd.storage.s3_client import APPEND_TOKEN, S3Client, S3Options, S3Response
 from angosd.storage.s3_read import Segment, SegmentHandle, read_blocks
@@ -76,9 +76,10 @@ def _run(coroutine: Coroutine[Any, Any, T]) -> Deferred[T]:
 class S3Driver:
     """Objects in an S3 bucket; see the module docstring. ``http`` is a treq client."""
 
-    def __init__(self, reactor: Any, http: HTTPClient, options: S3Options) -> None:
+    def __init__(self, reactor: Any, http: HTTPClient, options: S3Options, pool: BoundedPool) -> None:
         self._reactor = reactor
-        self.client = S3Client(reactor, http, options)
+        self._pool = pool
+        self.client = S3Client(reactor, http, options, pool)
         self._part_size = options.part_size
 
     # -- keys ----------------------------------------------------------------------------
@@ -253,9 +254,8 @@ class S3Driver:
             info = await self._head(full, key)
             if info is None:
                 raise PathNotFound(key)
-            pool = self._reactor.getThreadPool()
             async for block in read_blocks(self.client, await self._segments(full, info)):
-                await threads.deferToThreadPool(self._reactor, pool, hasher.update, block)
+                await self._pool.run(hasher.update, block)
             return hasher.hexdigest()
 
         return _run(digest())

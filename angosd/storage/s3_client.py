@@ -25,7 +25,6 @@ from botocore.auth import S3SigV4Auth, S3SigV4QueryAuth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import Credentials
 from treq.client import HTTPClient
-from twisted.internet import threads
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.defer import TimeoutError as DeferredTimeout
 from twisted.internet.error import ConnectError, ConnectionLost, DNSLookupError, TimeoutError
@@ -42,6 +41,7 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from angosd.storage.errors import PathNotFound, StorageError
+from angosd.storage.pools import BoundedPool
 
 #: Bodies at least this big are hashed (for the signature) on a pool thread.
 _THREAD_HASH = 256 * 1024
@@ -205,10 +205,12 @@ def error_code(body: bytes) -> tuple[str, str]:
 
 
 class S3Client:
-    """Signed requests to one bucket. ``http`` is a treq client; ``reactor`` runs timers and threads."""
+    """Signed requests to one bucket. ``http`` is a treq client; ``reactor`` runs timers; large
+    payloads are hashed on ``pool`` (the ``io`` pool)."""
 
-    def __init__(self, reactor: Any, http: HTTPClient, options: S3Options) -> None:
+    def __init__(self, reactor: Any, http: HTTPClient, options: S3Options, pool: BoundedPool) -> None:
         self._reactor = reactor
+        self._pool = pool
         self._http = http
         self.options = options
         self._credentials = Credentials(options.access_key_id, options.secret_key)
@@ -241,9 +243,7 @@ class S3Client:
     async def _payload_hash(self, body: bytes) -> str:
         if len(body) < _THREAD_HASH:
             return hashlib.sha256(body).hexdigest()
-        pool = self._reactor.getThreadPool()
-        digest: str = await threads.deferToThreadPool(self._reactor, pool,
-                                                      lambda: hashlib.sha256(body).hexdigest())
+        digest: str = await self._pool.run(lambda: hashlib.sha256(body).hexdigest())
         return digest
 
     def _sign(self, method: str, url: str, headers: Mapping[str, str], payload_hash: str) -> Headers:

@@ -54,3 +54,17 @@ def test_a_client_that_disconnects_mid_upload_leaves_nothing_in_flight(tmp_path:
     assert len(aborted) == 1
     assert (aborted[0]["action"], aborted[0]["aborted"], aborted[0]["bytes_received"]) == \
         ("update-upload", True, len(part))
+
+
+def test_each_thread_pool_reports_its_queue_and_busy_threads(tmp_path: Path) -> None:
+    """The pools are built by the daemon's service tree (not by the in-memory application)."""
+    daemon = start(tmp_path)
+    try:
+        samples = metric_samples(daemon.request("GET", "/metrics").body.decode())
+    finally:
+        daemon.stop()
+    for pool in ("io", "cpu"):
+        for name in ("angosd_thread_pool_queued_jobs", "angosd_thread_pool_active_threads"):
+            assert (name, frozenset({("pool", pool)})) in samples, (name, pool)
+    assert value(samples, "angosd_thread_pool_queued_jobs", pool="io") == 0  # nothing waits at rest
+    assert value(samples, "angosd_thread_pool_queued_jobs", pool="cpu") == 0

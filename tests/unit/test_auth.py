@@ -19,6 +19,7 @@ from angosd.config import AccessPolicyConfig, Config, GlobalConfig, IdentityConf
 from angosd.daemon.live import tag_immutable
 from angosd.http.router import parse_route
 from angosd.oci.errors import Unauthorized
+from tests.pools import started_pools
 
 
 def b64(text: str) -> str:
@@ -126,7 +127,8 @@ def test_tag_immutability_rules(namespace: str, tag: str, immutable: bool) -> No
 
 @pytest_twisted.ensureDeferred
 async def test_password_users_check_off_the_reactor() -> None:
-    users = PasswordUsers([IdentityConfig("admin", "root", hash_password("s3cret"))], reactor, reactor)
+    users = PasswordUsers([IdentityConfig("admin", "root", hash_password("s3cret"))], started_pools(reactor).cpu,
+                          reactor)
     assert await users.check("root", "s3cret") == "admin"
     assert await users.check("root", "s3cret") == "admin"  # the cached path
     assert await users.check("root", "wrong") is None

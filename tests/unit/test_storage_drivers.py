@@ -31,6 +31,7 @@ from angosd.storage.fs import HIGH_WATER, FilesystemDriver, _write_all
 from angosd.storage.interface import IAppendWriter, IHashingAppendWriter, IReadHandle, IStorageDriver
 from angosd.storage.memory import MemoryDriver
 from angosd.storage.producers import CHUNK_SIZE
+from tests.pools import started_pools
 from tests.s3_server import s3_driver
 
 DRIVERS = ["memory", "fs", "fs-sync", "s3"]
@@ -44,7 +45,7 @@ def make_driver(kind: str, root: str) -> IStorageDriver:
         return MemoryDriver()
     if kind == "s3":
         return s3_driver(reactor, part_size=64 * 1024)  # small parts: appends span several
-    return FilesystemDriver(root, reactor, sync_to_disk=kind == "fs-sync")  # type: ignore[arg-type]
+    return FilesystemDriver(root, started_pools(reactor).io, sync_to_disk=kind == "fs-sync")
 
 
 @pytest.fixture(params=DRIVERS)
@@ -372,7 +373,7 @@ async def test_append_writer_offsets(driver: IStorageDriver) -> None:
 
 @pytest_twisted.ensureDeferred
 async def test_a_hashing_writer_hashes_exactly_what_it_stores(tmp_path: Any) -> None:
-    driver = FilesystemDriver(str(tmp_path), reactor)
+    driver = FilesystemDriver(str(tmp_path), started_pools(reactor).io)
     writer = await driver.open_append("uploads/u2/data")
     assert IHashingAppendWriter.providedBy(writer)
     hasher = hashlib.sha256()
@@ -560,7 +561,7 @@ class _Producer:
 
 @pytest_twisted.ensureDeferred
 async def test_fs_append_writer_pauses_its_producer_until_the_queue_drains(tmp_path: pathlib.Path) -> None:
-    driver = FilesystemDriver(str(tmp_path / "root"), reactor)
+    driver = FilesystemDriver(str(tmp_path / "root"), started_pools(reactor).io)
     writer = await driver.open_append("uploads/u/data")
     producer = _Producer()
     writer.registerProducer(producer, True)

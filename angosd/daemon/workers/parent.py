@@ -60,13 +60,14 @@ def build_supervisor_service(config: Config, reactor: Any, count: int, listen: s
     stops the start once with the single daemon's message: `PolicyError`, `TlsError`,
     `ListenError`.
     """
-    from angosd.daemon.assembly import RELOAD_INTERVAL, StagedService, build_driver, build_security
+    from angosd.daemon.assembly import RELOAD_INTERVAL, StagedService, build_driver, build_pools, build_security
 
-    security = build_security(config, reactor)
+    pools = build_pools(config, reactor)  # the garbage collector's storage work, policy checks
+    security = build_security(config, reactor, pools)
     if config.server.tls is not None:
         ReloadingServerTLS(config.server.tls)  # raises TlsError for unusable files
     endpoint = systemd.listen_endpoint(reactor, listen)
-    live = LiveConfig(paths, security, lambda new: build_security(new, reactor), overrides.apply)
+    live = LiveConfig(paths, security, lambda new: build_security(new, reactor, pools), overrides.apply)
     # Workers load the same files from anywhere (twistd may change directory) onto the same store.
     worker_overrides = Overrides(root=os.path.abspath(config.blob_store.root_dir))
     worker_paths = [os.path.abspath(path) for path in paths]
@@ -82,9 +83,10 @@ def build_supervisor_service(config: Config, reactor: Any, count: int, listen: s
         return reloaded
 
     top = StagedService()
+    pools.service().setServiceParent(top)  # starts first, stops last
     back = MultiService()  # stops once every worker has ended
     back.setServiceParent(top)
-    driver = build_driver(config, reactor)
+    driver = build_driver(config, reactor, pools)
     gc = collector_service(driver, BlobStore(driver), reactor, lambda: live.config.global_.gc_grace_secs)
     gc.setServiceParent(back)
     front = MultiService()
