@@ -20,11 +20,11 @@ setup(
         "prometheus-client>=0.20",
         "argon2-cffi>=23.1",
         "common-expression-language>=0.10",
-        "botocore>=1.34",  # SigV4 signing of S3 requests ([blob_store.s3]); transport is treq
     ],
     extras_require={
+        "s3": ["botocore>=1.34"],  # SigV4 signing of S3 requests ([blob_store.s3]); transport is treq
         "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff", "mypy", "mypy-zope",
-                 "playwright>=1.46", "moto[server]>=5.0"],
+                 "playwright>=1.46", "moto[server]>=5.0", "botocore>=1.34"],
     },
     entry_points={"console_scripts": ["angosd = angosd.commands.main:main"]},
 )

@@ -9,7 +9,8 @@ Checks what the daemon checks at start, and what it would only find later:
   ``cryptography``;
 - every ``authorization_webhook`` names an existing ``[auth.webhook.NAME]`` table;
 - ``[server] listen`` is a valid endpoint description, one that worker processes can share
-  unless ``[server] workers = 1``.
+  unless ``[server] workers = 1``;
+- with ``[blob_store.s3]``, botocore (the ``s3`` extra) is installed.
 
 Prints ``ok`` (exit 0) or one line per problem, ``<file>: <key>: <problem>`` (exit 1).
 Unknown keys are warnings on stderr and do not fail the check.
@@ -77,6 +78,7 @@ def check(paths: Sequence[str], warn: Callable[[str], None] = lambda _: None) ->
         problems += _server_tls(config, origins)
         problems += _client_tls(config, origins)
         problems += _listen(config, origins)
+        problems += _s3_support(config, origins)
     return problems
 
 
@@ -270,6 +272,14 @@ def _client_tls(config: Config, origins: _Origins) -> Iterator[str]:
         place = ("auth", "oidc", provider.name)
         yield from _pair(f"{origins.origin(place)}: {_dotted(place)}", provider.server_ca_bundle, None, None,
                          upstream_names)
+
+
+def _s3_support(config: Config, origins: _Origins) -> Iterator[str]:
+    from angosd.storage.s3_support import missing_s3_support
+
+    problem = missing_s3_support() if config.blob_store_s3 is not None else None
+    if problem is not None:
+        yield origins.line(("blob_store", "s3"), problem)
 
 
 def _listen(config: Config, origins: _Origins) -> Iterator[str]:

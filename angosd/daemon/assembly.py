@@ -84,6 +84,9 @@ def build_driver(config: Config, reactor: Any, pools: Pools) -> IStorageDriver:
     s3 = config.blob_store_s3
     if s3 is None:
         return FilesystemDriver(os.path.abspath(config.blob_store.root_dir), pools.io, config.blob_store.sync_to_disk)
+    from angosd.storage.s3_support import require_s3_support
+
+    require_s3_support()  # botocore is the optional [s3] extra: one line naming it, not a traceback
     from angosd.storage.s3 import S3Driver  # botocore only where S3 is configured
     from angosd.storage.s3_client import S3Options
 

@@ -376,6 +376,30 @@ def test_example_file_commented_sections_are_valid(tmp_path: Path) -> None:
     assert hub_config.upstreams[0].url == "https://registry-1.docker.io"
 
 
+def test_thread_pool_sizes_default_and_the_example_block_is_valid(tmp_path: Path) -> None:
+    server = ServerConfig()
+    assert (server.io_threads, server.io_queue, server.cpu_threads, server.cpu_queue) == (10, 1024, 2, 64)
+    pools = write(tmp_path, "pools.toml", "[server]\n" + _uncomment("# io_threads = 10", "# cpu_queue = 64"))
+    config, warnings = load(str(EXAMPLE), pools)
+    assert warnings == []
+    assert (config.server.io_threads, config.server.io_queue) == (10, 1024)
+    assert (config.server.cpu_threads, config.server.cpu_queue) == (2, 64)
+
+
+def test_thread_pool_sizes_are_read_and_bounded(tmp_path: Path) -> None:
+    sizes = write(tmp_path, "a.toml", "[server]\nio_threads = 4\nio_queue = 100\ncpu_threads = 1\ncpu_queue = 8\n")
+    config, warnings = load(sizes)
+    assert (config.server.io_threads, config.server.io_queue) == (4, 100)
+    assert (config.server.cpu_threads, config.server.cpu_queue) == (1, 8)
+    assert warnings == []
+    zero = write(tmp_path, "b.toml", "[server]\ncpu_threads = 0\n")
+    assert load_error(zero) == f"{zero}: server.cpu_threads: must be between 1 and 256, got 0"
+    text = write(tmp_path, "c.toml", '[server]\nio_queue = "many"\n')
+    assert load_error(text) == f"{text}: server.io_queue: expected an integer, got string"
+    huge = write(tmp_path, "d.toml", "[server]\nio_queue = 1000001\n")
+    assert load_error(huge) == f"{huge}: server.io_queue: must be between 1 and 1000000, got 1000001"
+
+
 # --------------------------------------------------------------------------- merging
 
 

@@ -18,7 +18,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from twisted.internet import reactor
 from twisted.internet.task import deferLater
 
-from angosd.config import ConfigError, ServerConfig, load_config
 from angosd.observability.metrics import Metrics
 from angosd.oci.errors import OciError, TooManyRequests
 from angosd.storage.fs import FilesystemDriver
@@ -188,23 +187,6 @@ async def test_a_storage_job_refused_by_a_full_pool_is_a_429_not_a_storage_error
             await job
     finally:
         pool.stopService()
-
-
-def test_pool_sizes_are_server_keys_with_defaults_and_bounds(tmp_path: Path) -> None:
-    server = ServerConfig()
-    assert (server.io_threads, server.io_queue, server.cpu_threads, server.cpu_queue) == (10, 1024, 2, 64)
-    path = tmp_path / "a.toml"
-    path.write_text("[server]\nio_threads = 4\nio_queue = 100\ncpu_threads = 1\ncpu_queue = 8\n")
-    warnings: list[str] = []
-    loaded = load_config([str(path)], warnings.append).server
-    assert (loaded.io_threads, loaded.io_queue, loaded.cpu_threads, loaded.cpu_queue) == (4, 100, 1, 8)
-    assert warnings == []
-    path.write_text("[server]\ncpu_threads = 0\n")
-    with pytest.raises(ConfigError, match=r"server\.cpu_threads: must be between 1 and 256, got 0"):
-        load_config([str(path)])
-    path.write_text('[server]\nio_queue = "many"\n')
-    with pytest.raises(ConfigError, match=r"server\.io_queue: expected an integer, got string"):
-        load_config([str(path)])
 
 
 _RECORDER = """
