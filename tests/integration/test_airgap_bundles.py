@@ -343,8 +343,10 @@ def test_daemon_syncs_the_set_file_on_a_schedule(tmp_path: Path, sites) -> None:
     daemon = Daemon(str(tmp_path / "work"), str(store), configs=(config,), workers=1).start()
     try:
         wait_for(lambda: "hub/apps/db:2.2" in tags_of(store), 60, "the first scheduled sync")
+        wait_for(lambda: 'angosd_mirror_runs_total{result="success"} 1.0' in
+                 daemon.request("GET", "/metrics").body.decode(), 10, "the first run's figures")
         metrics = daemon.request("GET", "/metrics").body.decode()
-        assert 'angosd_mirror_runs_total{result="success"} 1.0' in metrics
+        assert "angosd_mirror_last_success_timestamp_seconds 0.0" not in metrics
         assert "angosd_mirror_images_synced_total 4.0" in metrics
         push(upstream, build_image(str(tmp_path / "late"), "v1.9", seed=50).ref, "apps/web:v1.9")
         wait_for(lambda: "hub/apps/web:v1.9" in tags_of(store), 60, "the second scheduled sync")
