@@ -224,8 +224,6 @@ def plan_bundle(walk: Walk, since: StoreState | None, max_volume: int | None, cr
 async def write_bundle(registry: Registry, walk: Walk, contents: BundleContents, output: str, key_path: str,
                        advance: Advance, clock: Any) -> ExportedBundle:
     """Write ``contents`` as signed volumes next to ``output`` (each to ``.partial``, then renamed)."""
-    from angosd.commands.export import _Counting
-
     key = load_private_key(key_path)
     document = contents.to_json()
     signature = key.sign(document)
@@ -252,7 +250,7 @@ async def write_bundle(registry: Registry, walk: Walk, contents: BundleContents,
                         raise CommandFailed(f"blob {digest} changed size while exporting")
                     entry = writer.begin_blob(digest, size)
                     if size:
-                        await handle.write_to(_Counting(entry, advance, clock), 0, size - 1)
+                        await handle.write_to(_Hashing(entry, None, advance), 0, size - 1)
                     else:
                         handle.close()
                     entry.finish()
@@ -477,7 +475,7 @@ async def _stage_blob(registry: Registry, reader: ArchiveReader, namespace: str,
 
 @implementer(IConsumer)
 class _Hashing:
-    """Forwards to an upload sink (backpressure included), hashing and counting each chunk."""
+    """Forwards to a consumer (backpressure included), counting and (given a hasher) hashing each chunk."""
 
     def __init__(self, sink: Any, hasher: Any, advance: Advance) -> None:
         self._sink = sink
@@ -492,7 +490,8 @@ class _Hashing:
 
     def write(self, data: bytes) -> None:
         self._sink.write(data)
-        self._hasher.update(data)
+        if self._hasher is not None:
+            self._hasher.update(data)
         self._advance(len(data))
 
 
