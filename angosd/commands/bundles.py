@@ -65,6 +65,8 @@ if TYPE_CHECKING:
     from angosd.registry.registry import Registry
 
 Advance = Callable[[int], None]
+#: Bytes streamed between two yields to the reactor while writing a volume.
+YIELD_EVERY = 8 * 1024 * 1024
 #: Deepest nesting followed (indexes in indexes, referrers of referrers).
 MAX_DEPTH = 16
 #: Tar bytes a blob costs beyond its content (PAX header + name + padding), for volume sizing.
@@ -250,7 +252,7 @@ async def write_bundle(registry: Registry, walk: Walk, contents: BundleContents,
                         raise CommandFailed(f"blob {digest} changed size while exporting")
                     entry = writer.begin_blob(digest, size)
                     if size:
-                        await handle.write_to(_Hashing(entry, None, advance), 0, size - 1)
+                        await handle.write_to(_Hashing(entry, None, advance, clock), 0, size - 1)
                     else:
                         handle.close()
                     entry.finish()
@@ -475,17 +477,24 @@ async def _stage_blob(registry: Registry, reader: ArchiveReader, namespace: str,
 
 @implementer(IConsumer)
 class _Hashing:
-    """Forwards to a consumer (backpressure included), counting and (given a hasher) hashing each chunk."""
+    """Forwards to a consumer (backpressure included), counting and (given a hasher) hashing each
+    chunk; with a ``clock``, pauses its producer every `YIELD_EVERY` bytes until the next reactor
+    turn (so a signal is handled during a large blob)."""
 
-    def __init__(self, sink: Any, hasher: Any, advance: Advance) -> None:
+    def __init__(self, sink: Any, hasher: Any, advance: Advance, clock: Any = None) -> None:
         self._sink = sink
         self._hasher = hasher
         self._advance = advance
+        self._clock = clock
+        self._producer: Any = None
+        self._since_yield = 0
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._producer = producer
         self._sink.registerProducer(producer, streaming)
 
     def unregisterProducer(self) -> None:
+        self._producer = None
         self._sink.unregisterProducer()
 
     def write(self, data: bytes) -> None:
@@ -493,6 +502,11 @@ class _Hashing:
         if self._hasher is not None:
             self._hasher.update(data)
         self._advance(len(data))
+        self._since_yield += len(data)
+        if self._clock is not None and self._producer is not None and self._since_yield >= YIELD_EVERY:
+            self._since_yield = 0
+            self._producer.pauseProducing()
+            self._clock.callLater(0, self._producer.resumeProducing)
 
 
 def now() -> int:
