@@ -68,7 +68,8 @@ class _Summary(Protocol):
 class MirrorRecorder:
     """Keeps the `MirrorStatus` up to date (a `angosd.proxy.sync.SyncRecorder`)."""
 
-    def __init__(self, path: str | None = None) -> None:
+    def __init__(self, path: Callable[[], str] | None = None) -> None:
+        """``path`` gives the status file (asked at each write: it may exist only once running)."""
         self.status = MirrorStatus()
         self._path = path
 
@@ -84,11 +85,11 @@ class MirrorRecorder:
             status = replace(status, runs_failed=status.runs_failed + 1)
         self.status = replace(status, last_run=finished_at)
         if self._path is not None:
-            temporary = f"{self._path}.tmp"
+            path = self._path()
             with contextlib.suppress(OSError):
-                with open(temporary, "wb") as out:
+                with open(f"{path}.tmp", "wb") as out:
                     out.write(self.status.to_json())
-                os.replace(temporary, self._path)
+                os.replace(f"{path}.tmp", path)
 
 
 def status_file_reader(path: str) -> Callable[[], MirrorStatus | None]:

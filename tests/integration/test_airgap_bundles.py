@@ -367,3 +367,25 @@ def test_daemon_syncs_the_set_file_on_a_schedule(tmp_path: Path, sites) -> None:
         assert "hub/apps/web:v1.9" in daemon.log() and "1 changed" in daemon.log()
     finally:
         daemon.stop()
+
+
+def test_with_workers_the_sync_runs_once_per_store(tmp_path: Path, sites) -> None:  # type: ignore[no-untyped-def]
+    upstream, _source, _key, set_file = sites
+    store = tmp_path / "scheduled"
+    config = connected_config(tmp_path / "scheduled.toml", store, upstream,
+                              f"[mirror]\nset_file = {json.dumps(str(set_file))}\ninterval_secs = 3600\n"
+                              "jitter_secs = 0\nfirst_run_delay_secs = 0\n")
+    daemon = Daemon(str(tmp_path / "work"), str(store), configs=(config,), workers=2).start()
+    try:
+        wait_for(lambda: "hub/apps/db:2.2" in tags_of(store), 60, "the first scheduled sync")
+        # every worker reports the supervisor's single run
+        for _ in range(6):
+            wait_for(lambda: 'angosd_mirror_runs_total{result="success"} 1.0' in
+                     daemon.request("GET", "/metrics").body.decode(), 10, "the run's figures")
+        time.sleep(2)
+    finally:
+        daemon.stop()
+    runs = [line for line in daemon.log().splitlines() if "mirror sync of" in line and "next run in" in line]
+    assert len(runs) == 1, runs
+    tag_lists = [(m, p) for m, p, _s in upstream.requests() if p.endswith("/tags/list")]
+    assert len(tag_lists) == 2, tag_lists  # one listing per image of the set, not one per process

@@ -44,7 +44,7 @@ def _mirror(config: Config, reactor: Any, live: LiveConfig, run_dir: RunDirector
         return holder
     registry, cache = open_store(config, reactor)
     schedule = mirror_service(lambda: live.config, reactor, registry, cache,
-                              MirrorRecorder(os.path.join(run_dir.path, STATUS_FILE)))
+                              MirrorRecorder(lambda: os.path.join(run_dir.path, STATUS_FILE)))
     if schedule is not None:
         schedule.setServiceParent(holder)
     return holder
