@@ -246,3 +246,28 @@ def test_runs_never_overlap_and_stop_cancels() -> None:
     assert schedule.next_run == 110
     schedule.stopService()
     assert schedule.next_run is None
+
+
+# -- mirror figures ------------------------------------------------------------------------------
+
+
+def test_mirror_figures_travel_through_the_status_file(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from prometheus_client import CollectorRegistry, generate_latest
+
+    from angosd.observability.mirror import MirrorCollector, MirrorRecorder, MirrorStatus, status_file_reader
+
+    path = str(tmp_path / "status.json")
+    registry = CollectorRegistry()
+    registry.register(MirrorCollector(status_file_reader(path)))
+    assert b"angosd_mirror_last_success_timestamp_seconds 0.0" in generate_latest(registry)  # before any run
+    recorder = MirrorRecorder(lambda: path)
+    recorder.record(SyncSummary(images=4, changed=1, blobs_fetched=3, bytes_fetched=700), True, 1000.0)
+    recorder.record(None, False, 2000.0)
+    text = generate_latest(registry).decode()
+    for line in ('angosd_mirror_runs_total{result="success"} 1.0', 'angosd_mirror_runs_total{result="failure"} 1.0',
+                 "angosd_mirror_last_success_timestamp_seconds 1000.0",
+                 "angosd_mirror_last_run_timestamp_seconds 2000.0", "angosd_mirror_images_synced_total 4.0",
+                 "angosd_mirror_images_changed_total 1.0", "angosd_mirror_bytes_fetched_total 700.0"):
+        assert line in text
+    for junk in (b"", b"[]", b'{"runs_succeeded": -1}', b"\xff", b'{"runs_succeeded": true}'):
+        assert MirrorStatus.from_json(junk) is None
