@@ -271,3 +271,20 @@ def test_mirror_figures_travel_through_the_status_file(tmp_path) -> None:  # typ
         assert line in text
     for junk in (b"", b"[]", b'{"runs_succeeded": -1}', b"\xff", b'{"runs_succeeded": true}'):
         assert MirrorStatus.from_json(junk) is None
+
+
+def test_mirror_and_bundle_config(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    from angosd.config import ConfigError, load_config
+
+    path = tmp_path / "c.toml"
+    path.write_text('[mirror]\nset_file = "/s.toml"\ninterval_secs = 600\n[bundle]\ntrusted_keys = ["/k.pub"]\n')
+    config = load_config([str(path)])
+    assert config.mirror.set_file == "/s.toml" and config.mirror.interval_secs == 600
+    assert config.mirror.jitter_secs == 300 and config.bundle.trusted_keys == ("/k.pub",)
+    for text, problem in (("[mirror]\ninterval_secs = 1\n", "mirror.interval_secs"),
+                          ("[mirror]\nbackoff_initial_secs = 100\nbackoff_max_secs = 10\n", "backoff_max_secs"),
+                          ("[bundle]\ntrusted_keys = 3\n", "bundle.trusted_keys")):
+        path.write_text(text)
+        with pytest.raises(ConfigError) as caught:
+            load_config([str(path)])
+        assert problem in str(caught.value)
