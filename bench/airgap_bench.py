@@ -13,6 +13,7 @@ every image is copied from the same archive into an empty angosd daemon with
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import subprocess
 import sys
@@ -72,7 +73,7 @@ def main() -> None:
         full = work / "full.tar"
         full_time = angosd("export", "--root", str(store), "--set", str(set_file), "--sign-key", str(key), "-o",
                            str(full))
-        changed = max(1, round(args.images * args.changed))
+        changed = max(1, math.ceil(args.images * args.changed))
         changes = work / "changes"
         for index in range(changed):
             build_image(str(changes), f"hub/bench/img{index:03d}:v2", seed=10_000 + index,
