@@ -279,6 +279,7 @@ class BundleImport:
     volumes: dict[int, ArchiveReader]
     signer: str
     manifests: dict[Digest, bytes] = field(default_factory=dict)
+    missing: list[int] = field(default_factory=list)  # volume numbers not given (`open_volumes(complete=False)`)
 
     def close(self) -> None:
         for reader in self.volumes.values():
@@ -306,8 +307,9 @@ def trusted_keys(paths_: list[str]) -> list[tuple[str, Any]]:
     return keys
 
 
-def open_volumes(readers: list[ArchiveReader], keys: list[tuple[str, Any]]) -> BundleImport:
-    """Step 1 (see the module doc); raises `BundleError` naming the problem."""
+def open_volumes(readers: list[ArchiveReader], keys: list[tuple[str, Any]], complete: bool = True) -> BundleImport:
+    """Step 1 (see the module doc); raises `BundleError` naming the problem. With ``complete``
+    false, missing volumes are allowed (`BundleImport.missing` names them)."""
     document: bytes | None = None
     signer = ""
     volumes: dict[int, ArchiveReader] = {}
@@ -349,10 +351,10 @@ def open_volumes(readers: list[ArchiveReader], keys: list[tuple[str, Any]]) -> B
         volumes[number] = reader
     assert contents is not None
     missing = [n for n in range(1, contents.volumes + 1) if n not in volumes]
-    if missing:
+    if missing and complete:
         raise BundleError(f"missing volume{'s' if len(missing) > 1 else ''} {', '.join(map(str, missing[:50]))} of "
                           f"{contents.volumes}; give every volume of the bundle (in any order)")
-    return BundleImport(contents, volumes, signer)
+    return BundleImport(contents, volumes, signer, missing=missing)
 
 
 def _volume_number(data: bytes) -> int:
@@ -507,6 +509,24 @@ class _Hashing:
             self._since_yield = 0
             self._producer.pauseProducing()
             self._clock.callLater(0, self._producer.resumeProducing)
+
+
+def hash_volume(reader: ArchiveReader, blobs: dict[Digest, int], advance: Advance) -> list[str]:
+    """Hash every blob of one volume (blocking: run it in a thread); the problems found, by blob."""
+    problems = []
+    for digest, size in blobs.items():
+        hasher = new_hasher(digest.algorithm)
+        read = 0
+        with reader.open_blob(digest) as source:
+            while chunk := source.read(1024 * 1024):
+                hasher.update(chunk)
+                read += len(chunk)
+                advance(len(chunk))
+        if read != size:
+            problems.append(f"blob {digest}: {read} bytes, the signed contents say {size}")
+        elif hasher.hexdigest() != digest.hex:
+            problems.append(f"blob {digest} is corrupt (its bytes hash to {digest.algorithm}:{hasher.hexdigest()})")
+    return problems
 
 
 def now() -> int:

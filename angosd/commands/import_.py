@@ -27,6 +27,7 @@ archive writes nothing.
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -75,6 +76,9 @@ def register(commands: Any) -> None:
     parser.add_argument("--trusted-key", action="append", default=[], metavar="KEY",
                         help="an Ed25519 public key (PEM) whose bundle signatures are accepted (repeatable; adds "
                              "to [bundle] trusted_keys)")
+    parser.add_argument("--check", action="store_true",
+                        help="only verify the given bundle volumes (signature, contents, every blob digest; "
+                             "missing volumes allowed), e.g. after copying them to removable media; writes nothing")
     parser.add_argument("--state", metavar="FILE", help="after a bundle's import, write this store's state to FILE "
                                                         "(what `angosd export --since` needs)")
     parser.add_argument("--namespace-prefix", metavar="P", help="prefix every namespace with P/ (the namespace of "
@@ -119,7 +123,7 @@ async def _import(reactor: Any, args: argparse.Namespace, progress: Progress) ->
     readers = [ArchiveReader.open(path, max_index_size=MAX_INDEX_SIZE) for path in args.archives]
     try:
         if any(is_bundle(reader) for reader in readers):
-            return await _import_bundle(registry, config, readers, args, progress)
+            return await _import_bundle(reactor, registry, config, readers, args, progress)
     finally:
         for reader in readers:
             reader.close()
@@ -136,12 +140,14 @@ async def _import(reactor: Any, args: argparse.Namespace, progress: Progress) ->
     return 0
 
 
-async def _import_bundle(registry: Registry, config: Config, readers: list[ArchiveReader],
+async def _import_bundle(reactor: Any, registry: Registry, config: Config, readers: list[ArchiveReader],
                          args: argparse.Namespace, progress: Progress) -> int:
     """A signed bundle (`angosd.commands.bundles`): verified whole before anything is visible."""
     from angosd.archive.bundle import BundleError
     from angosd.commands.bundles import apply_bundle, check_bundle, open_volumes, store_state, trusted_keys
 
+    if args.check:
+        return await _check_volumes(reactor, config, readers, args, progress)
     try:
         keys = trusted_keys([*config.bundle.trusted_keys, *args.trusted_key])
         bundle = open_volumes(readers, keys)
@@ -159,6 +165,36 @@ async def _import_bundle(registry: Registry, config: Config, readers: list[Archi
             out.write(state.to_json())
         os.replace(f"{args.state}.partial", args.state)
         progress.note(f"state written to {args.state} ({state.id})")
+    return 0
+
+
+async def _check_volumes(reactor: Any, config: Config, readers: list[ArchiveReader], args: argparse.Namespace,
+                         progress: Progress) -> int:
+    """``--check``: verify each given volume on its own (hashing in a thread); exits 1 naming every problem."""
+    from twisted.internet.threads import deferToThreadPool
+
+    from angosd.archive.bundle import BundleError
+    from angosd.commands.bundles import hash_volume, open_volumes, trusted_keys
+
+    try:
+        bundle = open_volumes(readers, trusted_keys([*config.bundle.trusted_keys, *args.trusted_key]),
+                              complete=False)
+    except BundleError as exc:
+        raise CommandFailed(f"bundle refused: {exc}") from None
+    problems = []
+    for number, reader in sorted(bundle.volumes.items()):
+        blobs = bundle.contents.in_volume(number)
+        bar = progress.bar(f"volume {number} of {bundle.contents.volumes} ({reader.path})", sum(blobs.values()))
+        found = await deferToThreadPool(reactor, reactor.getThreadPool(), hash_volume, reader, blobs,
+                                        functools.partial(reactor.callFromThread, bar.advance))
+        problems += [f"{reader.path}: {problem}" for problem in found]
+        bar.close(f"{len(blobs)} blobs, {len(found)} problems" if found else
+                  f"{len(blobs)} blobs ({human_size(sum(blobs.values()))}) verified, signed by {bundle.signer}")
+    if bundle.missing:
+        progress.note(f"not given: volume{'s' if len(bundle.missing) > 1 else ''} "
+                      f"{', '.join(map(str, bundle.missing))} of {bundle.contents.volumes}")
+    if problems:
+        raise CommandFailed(f"bundle refused: {'; '.join(problems[:10])}")
     return 0
 
 

@@ -216,6 +216,13 @@ def test_weekly_workflow_full_then_incremental(tmp_path: Path, sites) -> None:  
         carried2 |= {line.split("/")[-1] for line in listing.splitlines() if line.startswith("blobs/sha256/")}
     assert not carried2 & {entry[0].split(":")[1] for entry in layer_v10}
 
+    # each volume can be checked on its own (e.g. right after copying it to the media)
+    before = visible(offline)
+    checked = ok(angosd("import", "-c", offline_config, "--check", str(volumes[1]), offline=True))
+    others = [str(n) for n in range(1, len(volumes) + 1) if n != 2]
+    assert "verified, signed by signing.pem.pub" in checked
+    assert f"not given: volume{'s' if len(others) > 1 else ''} {', '.join(others)} of {len(volumes)}" in checked
+    assert visible(offline) == before  # --check writes nothing
     # one volume missing: named; then all of them in reverse order
     result = refused(angosd("import", "-c", offline_config, *map(str, volumes[1:]), offline=True))
     assert "missing volume 1 of" in result
@@ -290,6 +297,8 @@ def test_tampered_bundles_are_refused_and_nothing_shows(tmp_path: Path, sites) -
         tampered = tmp_path / f"{name}.tar"
         _rewrite(bundle, tampered, change)
         assert message in refused(angosd("import", "-c", offline_config, str(tampered), offline=True)), name
+        if name == "flipped":
+            assert message in refused(angosd("import", "-c", offline_config, "--check", str(tampered)))
         assert visible(offline) == [], name
 
     other = tmp_path / "other.pem"
