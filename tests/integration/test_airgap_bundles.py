@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -100,6 +101,11 @@ def tags_of(store: Path) -> dict[str, str]:
             for tag in files:
                 found[f"{namespace}:{tag}"] = (Path(directory) / tag).read_text()
     return found
+
+
+def stored(store: Path) -> int:
+    """How many blobs' bytes are in ``store``."""
+    return len(list((store / "blobs").rglob("data"))) if (store / "blobs").exists() else 0
 
 
 def visible(store: Path) -> list[str]:
@@ -332,37 +338,41 @@ def test_killed_import_resumes_to_the_same_state(tmp_path: Path, sites) -> None:
     push(upstream, big.ref, "apps/web:v1.7")  # some weight, so that kills land inside the import
     _config, bundle, _connected = _bundle(tmp_path, sites)
     reference = tmp_path / "reference"
-    start = time.monotonic()
     ok(angosd("import", "-c", disconnected_config(tmp_path / "ref.toml", reference, Path(f"{key}.pub")),
               str(bundle)))
-    duration = time.monotonic() - start
     expected = tags_of(reference)
     expected_blobs = sorted(p.relative_to(reference) for p in (reference / "blobs").rglob("data"))
     rng = random.Random(20)
-    interrupted = partial = 0
+    interrupted = partial = resumed = 0
     for attempt in range(3):
         store = tmp_path / f"killed{attempt}"
         config = disconnected_config(tmp_path / f"k{attempt}.toml", store, Path(f"{key}.pub"))
         for _kill in range(2):
+            # kill once a random number of blobs is in the store: a random point inside the import
+            target = rng.randrange(1, len(expected_blobs))
             process = subprocess.Popen([sys.executable, "-m", "angosd", "import", "-c", config, str(bundle)],
                                        env=env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            time.sleep(rng.uniform(0.5 * duration, 0.95 * duration))
+            while process.poll() is None and stored(store) < target:
+                time.sleep(0.002)
             if process.poll() is None:
                 interrupted += 1
             process.send_signal(signal.SIGKILL)
             process.wait()
-            staged = list((store / "blobs").rglob("data")) if (store / "blobs").exists() else []
-            if staged and tags_of(store) != expected:
+            if stored(store) and tags_of(store) != expected:
                 partial += 1
                 assert set(tags_of(store)) <= set(expected)  # a tag, if any, only with its content
-        ok(angosd("import", "-c", config, str(bundle)))
+        staged_before = stored(store)
+        final = ok(angosd("import", "-c", config, str(bundle)))
+        already = int(re.search(r"(\d+) already in the store", final)[1])  # type: ignore[index]
+        resumed += already > 0
+        assert already <= staged_before  # what a killed run verified and stored is not read again
         assert tags_of(store) == expected
         blobs = sorted(p.relative_to(store) for p in (store / "blobs").rglob("data"))
         assert blobs == expected_blobs
         for path in blobs:
             assert (store / path).read_bytes() == (reference / path).read_bytes()
         shutil.rmtree(store)
-    assert interrupted >= 2 and partial >= 1, (interrupted, partial)
+    assert interrupted >= 2 and partial >= 1 and resumed >= 1, (interrupted, partial, resumed)
 
 
 def test_daemon_syncs_the_set_file_on_a_schedule(tmp_path: Path, sites) -> None:  # type: ignore[no-untyped-def]
