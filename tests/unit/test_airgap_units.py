@@ -288,3 +288,34 @@ def test_mirror_and_bundle_config(tmp_path) -> None:  # type: ignore[no-untyped-
         with pytest.raises(ConfigError) as caught:
             load_config([str(path)])
         assert problem in str(caught.value)
+
+
+# -- volume planning -----------------------------------------------------------------------------
+
+
+def test_volumes_hold_at_most_their_size_and_manifests_come_first() -> None:
+    from angosd.commands.bundles import Walk, plan_bundle, volume_paths
+    from angosd.commands.mirror import CommandFailed
+
+    walk = Walk()
+    manifest = Digest.of(b"manifest", "sha256")
+    walk.media_types[manifest] = "application/vnd.oci.image.manifest.v1+json"
+    walk.bodies[manifest] = b"manifest"
+    layers = {Digest.of(str(i).encode(), "sha256"): 100_000 + i for i in range(12)}
+    walk.owned["apps/web"] = {manifest: 8, **layers}
+    walk.order.append(("apps/web", manifest))
+    walk.tags.append(("apps/web", "v1", manifest))
+    contents = plan_bundle(walk, None, 400_000, 1)
+    assert contents.blobs[0].digest == manifest and contents.blobs[0].volume == 1
+    per_volume = [sum(contents.in_volume(n).values()) + 3 * 512 * len(contents.in_volume(n))
+                  for n in range(1, contents.volumes + 1)]
+    assert contents.volumes >= 4 and max(per_volume) <= 400_000
+    assert {b.digest for b in contents.blobs} == {manifest, *layers}
+    since = StoreState(frozenset(list(layers)[:10]))
+    increment = plan_bundle(walk, since, None, 2)
+    assert {b.digest for b in increment.blobs} == {manifest, *list(layers)[10:]}
+    assert set(increment.base) == set(list(layers)[:10]) and increment.base_state == since.id
+    with pytest.raises(CommandFailed, match="does not fit"):
+        plan_bundle(walk, None, 150_000, 1)
+    assert volume_paths("/m/week.tar", 1) == ["/m/week.tar"]
+    assert volume_paths("/m/week.tar", 3) == ["/m/week.001.tar", "/m/week.002.tar", "/m/week.003.tar"]
