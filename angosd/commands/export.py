@@ -12,6 +12,9 @@ SBOMs...) of everything exported come along as untagged entries annotated with
 Blobs are streamed from the store into the tar (never whole in memory) and verified on
 the way. The archive is written to ``OUTPUT.partial`` and renamed when complete, so an
 interrupted export never leaves a truncated ``OUTPUT``; ``-o -`` writes to stdout.
+
+With ``--set FILE --sign-key KEY`` it writes a signed bundle instead (incremental with
+``--since STATE``, in volumes with ``--max-volume-size``): see `angosd.commands.bundles`.
 """
 
 from __future__ import annotations

@@ -22,6 +22,11 @@ A failure in step 2 (a blob whose bytes do not match) stops before any manifest 
 written: blobs already verified stay as unreferenced content (garbage collection removes
 them), and a rerun skips them, so an interrupted import resumes. Re-importing the same
 archive writes nothing.
+
+Signed bundles (``angosd export --set``: one or more volumes holding ``angosd-bundle.json``)
+are imported by `angosd.commands.bundles` instead: signature against the trusted keys,
+every volume, the base and every digest verified before anything is visible; ``--check``
+verifies volumes without importing, ``--state FILE`` writes the store's state afterwards.
 """
 
 from __future__ import annotations
