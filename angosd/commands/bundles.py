@@ -16,10 +16,12 @@ Import (``angosd import VOLUME...``), in this order, nothing visible before step
 3. every manifest read (from the bundle or the store), hashed, parsed, its references
    checked against the contents;
 4. blobs not yet in the store are streamed into upload sessions, hashed on the way and,
-   when they match, moved into the content-addressed store *unowned* (invisible through
-   the API); a blob already stored is neither read nor written (this is what makes a
-   killed import resume where it stopped);
-5. ownership, then manifests (children and subjects first), then tags.
+   when they match, moved into the content-addressed store owned by no namespace
+   (invisible through the API; a `STAGING_OWNER` marker keeps garbage collection away,
+   however long the import takes); a blob already stored is neither read nor written
+   (this is what makes a killed import resume where it stopped);
+5. ownership, then manifests (children and subjects first), then tags; then the staging
+   markers go (they go too when a blob is refused).
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ if TYPE_CHECKING:
     from angosd.registry.registry import Registry
 
 Advance = Callable[[int], None]
+#: The reverse-owner marker that keeps a staged blob from garbage collection until the import
+#: grants it to its namespaces (not a namespace: nothing can read through it; scrub removes a
+#: marker left by an import never finished).
+STAGING_OWNER = "_bundle-import"
 #: Bytes streamed between two yields to the reactor while writing a volume.
 YIELD_EVERY = 8 * 1024 * 1024
 #: Deepest nesting followed (indexes in indexes, referrers of referrers).
@@ -422,11 +428,15 @@ async def apply_bundle(registry: Registry, bundle: BundleImport, grow: Advance, 
         else:
             to_stream.append(blob)
     grow(sum(blob.size for blob in to_stream))
-    for blob in to_stream:
-        await _stage_blob(registry, bundle.volumes[blob.volume], first_owner.get(blob.digest, "_bundle"), blob,
-                          advance)
-        result.blobs_streamed += 1
-        result.bytes_streamed += blob.size
+    try:
+        for blob in to_stream:
+            await _stage_blob(registry, bundle.volumes[blob.volume], first_owner.get(blob.digest, "_bundle"), blob,
+                              advance)
+            result.blobs_streamed += 1
+            result.bytes_streamed += blob.size
+    except BundleError:
+        await _unstage(registry, contents)  # refused: what was staged may be collected
+        raise
     for namespace, digests in contents.owned.items():
         for digest in digests:
             if digest not in bundle.manifests:
@@ -449,7 +459,14 @@ async def apply_bundle(registry: Registry, bundle: BundleImport, grow: Advance, 
         media_type = next(e.media_type for e in contents.manifests if e.digest == digest)
         await registry.manifests.put(namespace, Reference(tag=tag), media_type, bundle.manifests[digest])
         result.tags += 1
+    await _unstage(registry, contents)
     return result
+
+
+async def _unstage(registry: Registry, contents: BundleContents) -> None:
+    """Remove the staging markers of the bundle's blobs (owned now, or to be collected)."""
+    for blob in contents.blobs:
+        await registry.driver.delete(paths.blob_owner(blob.digest, STAGING_OWNER))
 
 
 async def _stage_blob(registry: Registry, reader: ArchiveReader, namespace: str, blob: CarriedBlob,
@@ -472,6 +489,7 @@ async def _stage_blob(registry: Registry, reader: ArchiveReader, namespace: str,
                               f"{blob.digest.algorithm}:{hasher.hexdigest()}); nothing of the bundle was made "
                               "visible")
         await registry.blobs.touch(blob.digest)
+        await registry.driver.write(paths.blob_owner(blob.digest, STAGING_OWNER), b"")  # kept until granted
         await registry.driver.move(paths.upload_data(namespace, session), paths.blob_data(blob.digest))
     finally:
         await uploads.cancel(namespace, session)

@@ -235,6 +235,7 @@ def test_weekly_workflow_full_then_incremental(tmp_path: Path, sites) -> None:  
     ok(angosd("import", "-c", offline_config, "--state", str(tmp_path / "offline-state.json"),
               *map(str, reversed(volumes)), offline=True))
     assert tags_of(offline) == tags_of(connected)
+    assert not [path for path in visible(offline) if path.endswith("/_bundle-import")]  # staging markers gone
 
     pulled = tmp_path / "pulled"
     pulled.mkdir()
@@ -365,6 +366,7 @@ def test_killed_import_resumes_to_the_same_state(tmp_path: Path, sites) -> None:
         final = ok(angosd("import", "-c", config, str(bundle)))
         already = int(re.search(r"(\d+) already in the store", final)[1])  # type: ignore[index]
         resumed += already > 0
+        assert not [path for path in visible(store) if path.endswith("/_bundle-import")]
         assert already <= staged_before  # what a killed run verified and stored is not read again
         assert tags_of(store) == expected
         blobs = sorted(p.relative_to(store) for p in (store / "blobs").rglob("data"))
