@@ -31,23 +31,6 @@ STOP_MARGIN = 10.0
 _SUPERVISOR_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
                     "prometheus_multiproc_dir")
 
-
-def _mirror(config: Config, reactor: Any, live: LiveConfig, run_dir: RunDirectory) -> MultiService:
-    """The ``[mirror]`` schedule, once per store (here, not in the workers); its figures go to the
-    run directory for the workers' ``/metrics``. An empty service when no set file is configured."""
-    from angosd.daemon.assembly import open_store
-    from angosd.daemon.mirroring import STATUS_FILE, mirror_service
-    from angosd.observability.mirror import MirrorRecorder
-
-    holder = MultiService()
-    if config.mirror.set_file is None:
-        return holder
-    registry, cache = open_store(config, reactor)
-    schedule = mirror_service(lambda: live.config, reactor, registry, cache,
-                              MirrorRecorder(lambda: os.path.join(run_dir.path, STATUS_FILE)))
-    if schedule is not None:
-        schedule.setServiceParent(holder)
-    return holder
 #: Carries the supervisor's ``sys.path`` to its workers (so they import the same code).
 _PATH_VARIABLE = "ANGOSD_WORKER_SYS_PATH"
 _BOOT = ("import json, os, sys; sys.path[:] = json.loads(os.environ.pop('ANGOSD_WORKER_SYS_PATH')); "
@@ -117,3 +100,21 @@ def build_supervisor_service(config: Config, reactor: Any, count: int, listen: s
     systemd.SystemdService(systemd.Notifier.from_environment(), reactor, supervisor.all_ready, lambda: None, reload,
                            systemd.watchdog_interval()).setServiceParent(front)
     return top
+
+
+def _mirror(config: Config, reactor: Any, live: LiveConfig, run_dir: RunDirectory) -> MultiService:
+    """The ``[mirror]`` schedule, once per store (here, not in the workers); its figures go to the
+    run directory for the workers' ``/metrics``. An empty service when no set file is configured."""
+    from angosd.daemon.assembly import open_store
+    from angosd.daemon.mirroring import STATUS_FILE, mirror_service
+    from angosd.observability.mirror import MirrorRecorder
+
+    holder = MultiService()
+    if config.mirror.set_file is None:
+        return holder
+    registry, cache = open_store(config, reactor)
+    schedule = mirror_service(lambda: live.config, reactor, registry, cache,
+                              MirrorRecorder(lambda: os.path.join(run_dir.path, STATUS_FILE)))
+    if schedule is not None:
+        schedule.setServiceParent(holder)
+    return holder
