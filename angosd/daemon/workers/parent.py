@@ -30,7 +30,6 @@ STOP_MARGIN = 10.0
 #: watchdog and socket activation are the supervisor's; workers report to it).
 _SUPERVISOR_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES",
                     "prometheus_multiproc_dir")
-
 #: Carries the supervisor's ``sys.path`` to its workers (so they import the same code).
 _PATH_VARIABLE = "ANGOSD_WORKER_SYS_PATH"
 _BOOT = ("import json, os, sys; sys.path[:] = json.loads(os.environ.pop('ANGOSD_WORKER_SYS_PATH')); "
