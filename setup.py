@@ -17,6 +17,7 @@ setup(
         "service-identity>=24.1",
         "pyopenssl>=24.2",
         "pyjwt[crypto]>=2.9",
+        "cryptography>=38",  # Ed25519 signatures of air-gap bundles (angosd keygen, export --set, import)
         "prometheus-client>=0.20",
         "argon2-cffi>=23.1",
         "common-expression-language>=0.10",

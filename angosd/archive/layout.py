@@ -335,6 +335,25 @@ class ArchiveReader:
             raise LayoutError(f"{self.path}: index.json: {exc}") from None
         return index.manifests
 
+    def has_member(self, name: str) -> bool:
+        return name in self._members
+
+    def read_member(self, name: str, limit: int) -> bytes:
+        """The bytes of regular member ``name`` (at most ``limit``); raises `LayoutError`."""
+        return self._read_member(name, limit)
+
+    def blob_sizes(self) -> dict[Digest, int]:
+        """Every ``blobs/<alg>/<hex>`` member with a valid digest name, and its size."""
+        found: dict[Digest, int] = {}
+        for name, member in self._members.items():
+            parts = name.split("/")
+            if len(parts) == 3 and parts[0] == "blobs":
+                try:
+                    found[Digest.parse(f"{parts[1]}:{parts[2]}")] = member.size
+                except OciError:
+                    raise LayoutError(f"{self.path}: {name[:200]!r} is not named by a digest") from None
+        return found
+
     def has_blob(self, digest: Digest) -> bool:
         return blob_member(digest) in self._members
 

@@ -12,6 +12,9 @@ SBOMs...) of everything exported come along as untagged entries annotated with
 Blobs are streamed from the store into the tar (never whole in memory) and verified on
 the way. The archive is written to ``OUTPUT.partial`` and renamed when complete, so an
 interrupted export never leaves a truncated ``OUTPUT``; ``-o -`` writes to stdout.
+
+With ``--set FILE --sign-key KEY`` it writes a signed bundle instead (incremental with
+``--since STATE``, in volumes with ``--max-volume-size``): see `angosd.commands.bundles`.
 """
 
 from __future__ import annotations
@@ -58,8 +61,20 @@ def register(commands: Any) -> None:
                     "image layout tar. Ref names are NAMESPACE:TAG, e.g. "
                     "skopeo copy oci-archive:bundle.tar:apps/web:v1 docker://host/apps/web:v1")
     add_store_arguments(parser)
-    parser.add_argument("targets", nargs="+", metavar="NAMESPACE[:TAG]", help="what to export (no tag: all tags)")
+    parser.add_argument("targets", nargs="*", metavar="NAMESPACE[:TAG]", help="what to export (no tag: all tags)")
     parser.add_argument("-o", "--output", required=True, metavar="FILE", help="the archive to write (- for stdout)")
+    bundle = parser.add_argument_group(
+        "signed bundles", "With --set: a signed bundle of what the set file selects in the store, leaving out what "
+                          "--since STATE holds, in volumes of at most --max-volume-size (see docs/air-gap.md)")
+    bundle.add_argument("--set", dest="image_set", metavar="FILE", help="the image-set file")
+    bundle.add_argument("--since", metavar="STATE", help="a state file of the importing side, or the record of the "
+                                                         "previous export: what it holds is left out")
+    bundle.add_argument("--sign-key", metavar="KEY", help="Ed25519 private key (PEM) signing the bundle "
+                                                          "(`angosd keygen`)")
+    bundle.add_argument("--max-volume-size", metavar="SIZE", help="split into numbered volumes of at most SIZE "
+                                                                  "(e.g. 4GiB)")
+    bundle.add_argument("--record", metavar="FILE", help="where to write the state the importing side will hold "
+                                                         "(default: OUTPUT.state.json)")
     parser.set_defaults(run=run)
 
 
@@ -81,6 +96,10 @@ class ExportPlan:
 async def _export(reactor: Any, args: argparse.Namespace, progress: Progress) -> int:
     from angosd.daemon.assembly import open_store
 
+    if args.image_set or args.sign_key or args.since or args.max_volume_size:
+        return await _export_bundle(reactor, args, progress)
+    if not args.targets:
+        raise UsageError("nothing to export: give NAMESPACE[:TAG] arguments or --set FILE")
     config = load_store_config(args)
     registry, _cache = open_store(config, reactor)
     start_logging(progress)
@@ -111,6 +130,45 @@ async def _export(reactor: Any, args: argparse.Namespace, progress: Progress) ->
             reactor.removeSystemEventTrigger(trigger)
     tags = sum(1 for root in plan.roots if REF_NAME in (root.annotations or {}))
     bar.close(f"{tags} tags, {len(plan.manifests)} manifests, {len(plan.blobs)} blobs, {human_size(total)}")
+    return 0
+
+
+async def _export_bundle(reactor: Any, args: argparse.Namespace, progress: Progress) -> int:
+    """``--set``: a signed, possibly incremental, possibly multi-volume bundle (`angosd.commands.bundles`)."""
+    from angosd.archive.bundle import BundleError, read_state
+    from angosd.commands.bundles import now, plan_bundle, walk_image_set, write_bundle
+    from angosd.config import ConfigError, parse_size
+    from angosd.daemon.assembly import open_store
+    from angosd.proxy.imageset import ImageSetError, read_image_set
+
+    if not args.image_set or not args.sign_key:
+        raise UsageError("a bundle needs --set FILE and --sign-key KEY")
+    if args.targets or args.output == "-":
+        raise UsageError("--set takes no NAMESPACE arguments and writes files (not -o -)")
+    try:
+        max_volume = parse_size(args.max_volume_size) if args.max_volume_size else None
+        image_set = read_image_set(args.image_set)
+        since = read_state(args.since) if args.since else None
+    except (ValueError, ImageSetError, BundleError, ConfigError) as exc:
+        raise UsageError(str(exc)) from None
+    registry, _cache = open_store(load_store_config(args), reactor)
+    start_logging(progress)
+    walk = await walk_image_set(registry, image_set)
+    contents = plan_bundle(walk, since, max_volume, now())
+    bar = progress.bar(f"export to {args.output}", contents.size)
+    try:
+        exported = await write_bundle(registry, walk, contents, args.output, args.sign_key, bar.advance, reactor)
+    except BundleError as exc:
+        raise CommandFailed(str(exc)) from None
+    record = since.merged(exported.record) if since is not None else exported.record
+    record_path = args.record or f"{args.output}.state.json"
+    with open(f"{record_path}.partial", "wb") as out:
+        out.write(record.to_json())
+    os.replace(f"{record_path}.partial", record_path)
+    kind = "incremental bundle" if since is not None else "full bundle"
+    bar.close(f"{kind}: {len(contents.tags)} tags, {len(contents.manifests)} manifests, {len(contents.blobs)} blobs "
+              f"carried ({human_size(contents.size)}), {len(contents.base)} left to the base; "
+              f"{contents.volumes} volume(s): {' '.join(exported.paths)}; record {record_path} ({record.id})")
     return 0
 
 

@@ -22,11 +22,18 @@ A failure in step 2 (a blob whose bytes do not match) stops before any manifest 
 written: blobs already verified stay as unreferenced content (garbage collection removes
 them), and a rerun skips them, so an interrupted import resumes. Re-importing the same
 archive writes nothing.
+
+Signed bundles (``angosd export --set``: one or more volumes holding ``angosd-bundle.json``)
+are imported by `angosd.commands.bundles` instead: signature against the trusted keys,
+every volume, the base and every digest verified before anything is visible; ``--check``
+verifies volumes without importing, ``--state FILE`` writes the store's state afterwards.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -43,6 +50,7 @@ from angosd.archive.layout import (
     blob_member,
     parse_ref_name,
 )
+from angosd.commands.bundles import is_bundle
 from angosd.commands.mirror import CommandFailed, add_store_arguments, load_store_config, run_async, start_logging
 from angosd.commands.progress import Progress, human_size
 from angosd.oci.digest import Digest
@@ -52,6 +60,7 @@ from angosd.oci.names import Reference
 from angosd.storage.producers import FileRangeProducer
 
 if TYPE_CHECKING:
+    from angosd.config import Config
     from angosd.registry.registry import Registry
 
 #: Deepest nesting of indexes accepted (a hostile archive could nest thousands).
@@ -67,7 +76,16 @@ def register(commands: Any) -> None:
                     "P/. Every digest is verified; a corrupt archive is refused and nothing of it gets tagged. "
                     "Idempotent and resumable.")
     add_store_arguments(parser)
-    parser.add_argument("archive", metavar="ARCHIVE", help="the OCI layout tar to load")
+    parser.add_argument("archives", nargs="+", metavar="ARCHIVE",
+                        help="the OCI layout tar to load, or every volume of a signed bundle (any order)")
+    parser.add_argument("--trusted-key", action="append", default=[], metavar="KEY",
+                        help="an Ed25519 public key (PEM) whose bundle signatures are accepted (repeatable; adds "
+                             "to [bundle] trusted_keys)")
+    parser.add_argument("--check", action="store_true",
+                        help="only verify the given bundle volumes (signature, contents, every blob digest; "
+                             "missing volumes allowed), e.g. after copying them to removable media; writes nothing")
+    parser.add_argument("--state", metavar="FILE", help="after a bundle's import, write this store's state to FILE "
+                                                        "(what `angosd export --since` needs)")
     parser.add_argument("--namespace-prefix", metavar="P", help="prefix every namespace with P/ (the namespace of "
                                                                  "plain-tag ref names)")
     parser.set_defaults(run=run)
@@ -107,6 +125,16 @@ async def _import(reactor: Any, args: argparse.Namespace, progress: Progress) ->
     config = load_store_config(args)
     registry, _cache = open_store(config, reactor)
     start_logging(progress)
+    readers = [ArchiveReader.open(path, max_index_size=MAX_INDEX_SIZE) for path in args.archives]
+    try:
+        if any(is_bundle(reader) for reader in readers):
+            return await _import_bundle(reactor, registry, config, readers, args, progress)
+    finally:
+        for reader in readers:
+            reader.close()
+    if len(args.archives) > 1:
+        raise CommandFailed("several archives given, but they are not volumes of a signed bundle")
+    args.archive = args.archives[0]
     with ArchiveReader.open(args.archive, max_index_size=MAX_INDEX_SIZE) as archive:
         plan = plan_import(archive, registry, args.namespace_prefix, config.global_.max_manifest_size)
         bar = progress.bar(f"import {args.archive}", 0)
@@ -114,6 +142,64 @@ async def _import(reactor: Any, args: argparse.Namespace, progress: Progress) ->
     bar.close(f"{len(plan.order)} namespaces: {result.tags} tags and {result.manifests} manifests written, "
               f"{result.blobs_streamed} blobs imported ({human_size(result.bytes_streamed)}), "
               f"{result.blobs_shared} shared with content already stored")
+    return 0
+
+
+async def _import_bundle(reactor: Any, registry: Registry, config: Config, readers: list[ArchiveReader],
+                         args: argparse.Namespace, progress: Progress) -> int:
+    """A signed bundle (`angosd.commands.bundles`): verified whole before anything is visible."""
+    from angosd.archive.bundle import BundleError
+    from angosd.commands.bundles import apply_bundle, check_bundle, open_volumes, store_state, trusted_keys
+
+    if args.check:
+        return await _check_volumes(reactor, config, readers, args, progress)
+    try:
+        keys = trusted_keys([*config.bundle.trusted_keys, *args.trusted_key])
+        bundle = open_volumes(readers, keys)
+        await check_bundle(registry, bundle, config.global_.max_manifest_size)
+        bar = progress.bar(f"import {len(readers)} volume(s)", 0)
+        result = await apply_bundle(registry, bundle, bar.grow, bar.advance)
+    except BundleError as exc:
+        raise CommandFailed(f"bundle refused: {exc}") from None
+    bar.close(f"bundle signed by {bundle.signer}: {result.tags} tags and {result.manifests} manifests written, "
+              f"{result.blobs_streamed} blobs imported ({human_size(result.bytes_streamed)}), "
+              f"{result.blobs_present} already in the store")
+    if args.state:
+        state = await store_state(registry)
+        with open(f"{args.state}.partial", "wb") as out:
+            out.write(state.to_json())
+        os.replace(f"{args.state}.partial", args.state)
+        progress.note(f"state written to {args.state} ({state.id})")
+    return 0
+
+
+async def _check_volumes(reactor: Any, config: Config, readers: list[ArchiveReader], args: argparse.Namespace,
+                         progress: Progress) -> int:
+    """``--check``: verify each given volume on its own (hashing in a thread); exits 1 naming every problem."""
+    from twisted.internet.threads import deferToThreadPool
+
+    from angosd.archive.bundle import BundleError
+    from angosd.commands.bundles import hash_volume, open_volumes, trusted_keys
+
+    try:
+        bundle = open_volumes(readers, trusted_keys([*config.bundle.trusted_keys, *args.trusted_key]),
+                              complete=False)
+    except BundleError as exc:
+        raise CommandFailed(f"bundle refused: {exc}") from None
+    problems = []
+    for number, reader in sorted(bundle.volumes.items()):
+        blobs = bundle.contents.in_volume(number)
+        bar = progress.bar(f"volume {number} of {bundle.contents.volumes} ({reader.path})", sum(blobs.values()))
+        found = await deferToThreadPool(reactor, reactor.getThreadPool(), hash_volume, reader, blobs,
+                                        functools.partial(reactor.callFromThread, bar.advance))
+        problems += [f"{reader.path}: {problem}" for problem in found]
+        bar.close(f"{len(blobs)} blobs, {len(found)} problems" if found else
+                  f"{len(blobs)} blobs ({human_size(sum(blobs.values()))}) verified, signed by {bundle.signer}")
+    if bundle.missing:
+        progress.note(f"not given: volume{'s' if len(bundle.missing) > 1 else ''} "
+                      f"{', '.join(map(str, bundle.missing))} of {bundle.contents.volumes}")
+    if problems:
+        raise CommandFailed(f"bundle refused: {'; '.join(problems[:10])}")
     return 0
 
 

@@ -12,7 +12,7 @@ from angosd import __version__
 COMMANDS = (
     "argon",
     "check_config",
-    "mirror", "export", "import_",
+    "mirror", "export", "import_", "state", "keygen",
     "prune", "scrub",
 )
 

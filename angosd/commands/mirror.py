@@ -41,6 +41,9 @@ def register(commands: Any) -> None:
     parser.add_argument("--platform", action="append", default=[], metavar="OS/ARCH[/VARIANT]",
                         help="only these platforms of an index (repeatable; default: all)")
     parser.add_argument("--no-referrers", action="store_true", help="do not fetch referrers")
+    parser.add_argument("--set", dest="image_set", metavar="FILE",
+                        help="sync the image-set file FILE: its images' matching upstream tags, platforms and "
+                             "referrers (see docs/air-gap.md)")
     parser.set_defaults(run=run)
 
 
@@ -57,6 +60,8 @@ async def _mirror(reactor: Any, args: argparse.Namespace, progress: Progress) ->
     from angosd.oci.names import Reference
     from angosd.proxy.prefetch import ALL_PLATFORMS, FILL_SLOTS, CacheFill, PlatformFilter
 
+    if args.image_set:
+        return await _mirror_set(reactor, args, progress)
     texts = list(args.images) + (_read_list(args.from_file) if args.from_file else [])
     if not texts:
         raise UsageError("no images given (IMAGE arguments or --from-file)")
@@ -96,6 +101,35 @@ async def _mirror(reactor: Any, args: argparse.Namespace, progress: Progress) ->
                   f"({human_size(result.bytes_fetched)}), {result.blobs_cached} already cached")
     if failed:
         raise CommandFailed(f"{failed} of {len(images)} images failed; run it again to retry")
+    return 0
+
+
+async def _mirror_set(reactor: Any, args: argparse.Namespace, progress: Progress) -> int:
+    """``--set FILE``: sync an image set (`angosd.proxy.sync`), one bar per image tag."""
+    from angosd.daemon.assembly import open_store
+    from angosd.proxy.imageset import ImageSetError, read_image_set
+    from angosd.proxy.sync import sync_image_set
+
+    if args.images or args.from_file or args.platform or args.no_referrers:
+        raise UsageError("--set takes no IMAGE, --from-file, --platform or --no-referrers (the set file says)")
+    try:
+        image_set = read_image_set(args.image_set)
+    except ImageSetError as exc:
+        raise UsageError(str(exc)) from None
+    registry, cache = open_store(load_store_config(args), reactor)
+    start_logging(progress)
+    bars: list[Bar] = []
+
+    def observer(what: str) -> _BarObserver:
+        bars.append(progress.bar(what))
+        return _BarObserver(progress, bars[-1])
+
+    summary = await sync_image_set(cache, registry, image_set, observer)
+    for bar in bars:
+        bar.close()
+    progress.note(f"angosd mirror: {args.image_set}: {summary.line()}")
+    if summary.failed:
+        raise CommandFailed(f"{summary.failed} failed; run it again to retry")
     return 0
 
 

@@ -280,6 +280,31 @@ class UiConfig:
     name: str = "angosd"
 
 
+# ---- [mirror] and [bundle]: scheduled image-set sync and signed bundles (air-gapped sites) ----
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorConfig:
+    """``[mirror]``: sync an image-set file on a schedule (off while ``set_file`` is unset)."""
+
+    set_file: str | None = None
+    interval_secs: int = field(default=6 * 3600, metadata=parsed_by(int_range(10)))
+    jitter_secs: int = field(default=300, metadata=parsed_by(int_range(0)))
+    first_run_delay_secs: int = field(default=60, metadata=parsed_by(int_range(0)))
+    backoff_initial_secs: int = field(default=60, metadata=parsed_by(int_range(1)))
+    backoff_max_secs: int = field(default=3600, metadata=parsed_by(int_range(1)))
+
+
+@dataclass(frozen=True, slots=True)
+class BundleConfig:
+    """``[bundle]``: public keys (PEM files) whose signatures `angosd import` accepts."""
+
+    trusted_keys: tuple[str, ...] = ()
+
+
+# ---- end of [mirror] and [bundle] ----
+
+
 @dataclass(frozen=True, slots=True)
 class Config:
     """The whole daemon configuration (``Config()`` is the built-in default)."""
@@ -296,6 +321,8 @@ class Config:
     auth: AuthConfig = AuthConfig()
     event_webhooks: tuple[EventWebhookConfig, ...] = ()
     sources: tuple[str, ...] = ()
+    mirror: MirrorConfig = MirrorConfig()  # [mirror]
+    bundle: BundleConfig = BundleConfig()  # [bundle]
 
     def repository_for(self, namespace: str) -> RepositoryConfig | None:
         """The repository named ``namespace`` or its longest ``"name/"`` prefix, if any."""

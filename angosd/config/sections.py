@@ -13,11 +13,13 @@ from angosd.config.model import (
     AccessPolicyConfig,
     AuthConfig,
     AuthWebhookConfig,
+    BundleConfig,
     Config,
     EventWebhookConfig,
     FsStoreConfig,
     GlobalConfig,
     IdentityConfig,
+    MirrorConfig,
     OidcConfig,
     RedisConfig,
     RepositoryConfig,
@@ -203,6 +205,20 @@ def _check_webhook_references(root: Table, global_: GlobalConfig, repositories: 
                                   f"{dotted((*path, 'event_webhooks', index))}: no [event_webhook.{name}]")
 
 
+# ---- [mirror] and [bundle] (air-gapped sites) ----
+
+
+def _air_gap(root: Table) -> tuple[MirrorConfig, BundleConfig]:
+    mirror_section = root.section("mirror")
+    mirror = build(MirrorConfig, mirror_section)
+    if mirror.backoff_max_secs < mirror.backoff_initial_secs:
+        raise mirror_section.error("backoff_max_secs", "must not be less than backoff_initial_secs")
+    return mirror, build(BundleConfig, root.section("bundle"))
+
+
+# ---- end of [mirror] and [bundle] ----
+
+
 def read_config(root: Table) -> Config:
     """The `Config` described by the merged document ``root``."""
     for key in _ACCEPTED_SECTIONS:
@@ -223,8 +239,10 @@ def read_config(root: Table) -> Config:
                    for name, entry in _named_tables(event_section))
     event_section.finish()
     _check_webhook_references(root, global_, repositories, auth, events)
+    mirror, bundle = _air_gap(root)
     root.finish()
     return Config(server=server, blob_store=blob_store, blob_store_s3=blob_store_s3, redis=redis,
                   global_=global_, repositories=repositories, ui=ui,
-                  auth=auth, event_webhooks=events, sources=root.context.sources)
+                  auth=auth, event_webhooks=events, sources=root.context.sources,
+                  mirror=mirror, bundle=bundle)
 

@@ -8,6 +8,7 @@ supervisor (`angosd.daemon.workers.parent`).
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,11 +33,13 @@ from angosd.daemon.assembly import (
     timer,
 )
 from angosd.daemon.live import LiveConfig
+from angosd.daemon.mirroring import STATUS_FILE, mirror_service
 from angosd.daemon.overrides import Overrides
 from angosd.daemon.workers.cpus import usable_cpus
 from angosd.daemon.workers.rundir import RunDirectory
 from angosd.daemon.workers.supervisor import HEARTBEAT
 from angosd.observability.metrics import Metrics
+from angosd.observability.mirror import MirrorCollector, MirrorRecorder, status_file_reader
 from angosd.registry.gc import collector_service
 from angosd.registry.paths import REPOSITORIES
 from angosd.registry.pulls import PullTimeFlusher
@@ -100,6 +103,8 @@ def build_worker_service(config: Config, reactor: Any, endpoint: systemd.Observe
     run = RunDirectory.existing(run_dir)
     metrics = Metrics(time.monotonic, multiprocess_dir=run.metrics, processes_file=run.processes)
     coordination = build_coordination(config, reactor, coordination_directory(config, run_dir))
+    if config.mirror.set_file is not None:  # the supervisor syncs; every worker reports its figures
+        metrics.registry.register(MirrorCollector(status_file_reader(os.path.join(run.path, STATUS_FILE))))
     role = _Role(endpoint, notifier, HEARTBEAT, metrics, coordination, collect_garbage=False)
     return _daemon(config, reactor, paths, overrides if overrides is not None else Overrides(), role)
 
@@ -122,6 +127,11 @@ def _daemon(config: Config, reactor: Any, paths: Sequence[str], overrides: Overr
     if role.collect_garbage:
         collector_service(registry.driver, registry.blobs, reactor,  # online garbage collection
                           lambda: live.config.global_.gc_grace_secs).setServiceParent(back)
+        recorder = MirrorRecorder()
+        schedule = mirror_service(lambda: live.config, reactor, registry, app.cache, recorder)  # [mirror]
+        if schedule is not None:
+            metrics.registry.register(MirrorCollector(lambda: recorder.status))
+            schedule.setServiceParent(back)
     front = MultiService()  # stops first: stop accepting, drain requests in flight
     front.setServiceParent(top)
     if paths:

@@ -233,6 +233,13 @@ class PullThroughCache:
             raise NameUnknown(namespace)
         return local
 
+    async def upstream_tags(self, namespace: str, repository: RepositoryConfig) -> list[str]:
+        """The tags the upstream lists now (no cached ones); raises `UpstreamUnavailable` when no
+        upstream answers and `NameUnknown` when the upstream has no such repository."""
+        name = self._remote_name(repository, namespace)
+        return sorted(await self._ask(repository, f"{name} tags", lambda upstream: upstream.tags(name),
+                                      lambda: NameUnknown(namespace)))
+
     async def referrers(self, namespace: str, repository: RepositoryConfig, subject: Digest,
                         artifact_type: str | None) -> list[dict[str, Any]]:
         """Upstream referrers merged with cached ones, as descriptor objects."""

@@ -89,6 +89,7 @@ def build_supervisor_service(config: Config, reactor: Any, count: int, listen: s
     driver = build_driver(config, reactor, pools)
     gc = collector_service(driver, BlobStore(driver), reactor, lambda: live.config.global_.gc_grace_secs)
     gc.setServiceParent(back)
+    _mirror(config, reactor, live, run_dir).setServiceParent(back)
     front = MultiService()
     front.setServiceParent(top)
     if paths:
@@ -100,3 +101,21 @@ def build_supervisor_service(config: Config, reactor: Any, count: int, listen: s
     systemd.SystemdService(systemd.Notifier.from_environment(), reactor, supervisor.all_ready, lambda: None, reload,
                            systemd.watchdog_interval()).setServiceParent(front)
     return top
+
+
+def _mirror(config: Config, reactor: Any, live: LiveConfig, run_dir: RunDirectory) -> MultiService:
+    """The ``[mirror]`` schedule, once per store (here, not in the workers); its figures go to the
+    run directory for the workers' ``/metrics``. An empty service when no set file is configured."""
+    from angosd.daemon.assembly import open_store
+    from angosd.daemon.mirroring import STATUS_FILE, mirror_service
+    from angosd.observability.mirror import MirrorRecorder
+
+    holder = MultiService()
+    if config.mirror.set_file is None:
+        return holder
+    registry, cache = open_store(config, reactor)
+    schedule = mirror_service(lambda: live.config, reactor, registry, cache,
+                              MirrorRecorder(lambda: os.path.join(run_dir.path, STATUS_FILE)))
+    if schedule is not None:
+        schedule.setServiceParent(holder)
+    return holder
