@@ -29,9 +29,56 @@ apt_install() {
         packages_installed "$package" || missing+=("$package")
     done
     [ ${#missing[@]} -eq 0 ] && return 0
-    local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}")
-    # Package lists may be stale or missing on a fresh machine: refresh them once and retry.
-    as_root "${install[@]}" >/dev/null || { as_root apt-get update -qq && as_root "${install[@]}" >/dev/null; }
+    local before after
+    before=$(enabled_units)
+    # In a subshell, so that its EXIT trap puts policy-rc.d back however the install ends.
+    (
+        trap restore_policy_rc_d EXIT
+        trap 'exit 130' INT TERM
+        forbid_service_starts
+        local install=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}")
+        # Package lists may be stale or missing on a fresh machine: refresh them once and retry.
+        as_root "${install[@]}" >/dev/null || { as_root apt-get update -qq && as_root "${install[@]}" >/dev/null; }
+    )
+    after=$(enabled_units)
+    disable_units $(comm -13 <(echo "$before") <(echo "$after"))
+}
+
+# The units enabled in /etc/systemd/system (symlinks in *.wants/ and *.requires/), sorted.
+# Read from the file system, so it works without a running systemd (in a chroot, a container).
+enabled_units() {
+    find /etc/systemd/system -mindepth 2 -maxdepth 2 \( -path '*.wants/*' -o -path '*.requires/*' \) \
+        -printf '%f\n' 2>/dev/null | sort -u
+}
+
+# Disable the units named (and stop them when systemd runs): packages enable their services
+# on install, and none of the tests' services may run or start at boot on their own.
+disable_units() {
+    [ $# -eq 0 ] && return 0
+    local now=()
+    [ -d /run/systemd/system ] && now=(--now)
+    echo "$(basename "$0"): disabling what the packages enabled: $*" >&2
+    as_root systemctl disable "${now[@]}" --quiet "$@"
+}
+
+# While packages install, /usr/sbin/policy-rc.d exits 101: "action forbidden", so their
+# maintainer scripts start no service (invoke-rc.d and deb-systemd-invoke ask it).
+# An existing policy-rc.d is kept aside and put back by restore_policy_rc_d.
+POLICY_RC_D=/usr/sbin/policy-rc.d
+forbid_service_starts() {
+    if as_root test -e "$POLICY_RC_D"; then
+        as_root mv "$POLICY_RC_D" "$POLICY_RC_D.angosd-saved"
+    fi
+    printf '#!/bin/sh\n# Written by angosd scripts/lib/common.sh during apt-get install.\nexit 101\n' |
+        as_root tee "$POLICY_RC_D" >/dev/null
+    as_root chmod 0755 "$POLICY_RC_D"
+}
+
+restore_policy_rc_d() {
+    as_root rm -f "$POLICY_RC_D"
+    if as_root test -e "$POLICY_RC_D.angosd-saved"; then
+        as_root mv "$POLICY_RC_D.angosd-saved" "$POLICY_RC_D"
+    fi
 }
 
 # Create .venv in the current directory with python3 (Debian's python3-venv is installed
