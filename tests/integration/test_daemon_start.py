@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from angosd import __version__
 from tests.daemon import REPO, Daemon
 
 TWISTD = [sys.executable, "-c", "from twisted.scripts.twistd import run; run()", "-n", "--pidfile="]
@@ -132,3 +133,9 @@ def test_unknown_key_is_a_warning_not_a_failure(tmp_path: Path) -> None:
         assert "global.frobnicate" in daemon.log()
     finally:
         daemon.stop()
+
+
+def test_twistd_angosd_version_is_angosds_version(tmp_path: Path) -> None:
+    result = twistd(tmp_path, "--version")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == f"angosd {__version__}"
