@@ -189,6 +189,15 @@ copy_checkout() {
     git -C "$top" archive "${tree:-HEAD}" | tar -xf - -C "$dest"
 }
 
+# The one child process of PID (a command started in the background with in_chroot ... &
+# runs as the child of a subshell; signals must go to the command itself).
+child_of() {
+    local children
+    children=$(cat /proc/"$1"/task/*/children 2>/dev/null)
+    [ "$(echo "$children" | wc -w)" -eq 1 ] || { log "process $1 has children '$children', expected one"; return 1; }
+    echo $children
+}
+
 # A TCP port nobody listens on right now, on 127.0.0.1.
 free_port() {
     python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
