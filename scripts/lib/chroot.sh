@@ -17,6 +17,7 @@ WORK_DIR=${ANGOSD_CI_WORK:-/var/tmp}
 SUITE=bookworm
 CHROOTS=()
 CHROOT=""
+TEMP_PATHS=()  # deleted on exit, with the chroots
 # Where pip's CA bundle goes inside the chroot: not /etc/ssl/certs, which Debian's
 # ca-certificates package rewrites when a package pulls it in.
 CHROOT_PIP_CERT=/usr/local/share/pip-ca-bundle.crt
@@ -137,6 +138,8 @@ chroot_cleanup() {
         fi
     done
     CHROOTS=()
+    [ ${#TEMP_PATHS[@]} -eq 0 ] || rm -rf "${TEMP_PATHS[@]}"
+    TEMP_PATHS=()
 }
 
 # A fresh copy of the base system in $CHROOT: this machine's apt sources (and the keyrings
@@ -219,6 +222,7 @@ wait_http() {
 skopeo_roundtrip() {
     local hostport=$1 repo=$2 images pushed served pulled blob
     images=$(mktemp -d)
+    TEMP_PATHS+=("$images")
     pushed=$("$(dirname "${BASH_SOURCE[0]}")/../make-test-image" "$images/pushed" 1.0)
     skopeo copy -q --dest-tls-verify=false "oci:$images/pushed:1.0" "docker://$hostport/$repo:1.0"
     served=$(skopeo inspect --tls-verify=false --format '{{.Digest}}' "docker://$hostport/$repo:1.0")
