@@ -7,6 +7,7 @@ import sys
 from twisted.application.service import IService
 from twisted.python import usage
 
+from angosd import __version__
 from angosd.auth.policy import PolicyError
 from angosd.config import ConfigError, default_config, load_config, parse_workers
 from angosd.daemon.overrides import AUTO, Overrides
@@ -40,6 +41,11 @@ class Options(usage.Options):
             raise usage.UsageError(f"--workers: {exc}") from None
 
     opt_w = opt_workers
+
+    def opt_version(self) -> None:
+        """Display angosd's version and exit."""
+        print(f"angosd {__version__}")
+        raise SystemExit(0)
 
 
 def _warn(message: str) -> None:
