@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from angosd.oci.digest import ALGORITHMS, Digest
 from angosd.oci.errors import OciError
 from angosd.oci.names import MAX_NAME_LENGTH, is_valid_name, validate_tag
-from angosd.storage.errors import PathNotFound, StorageError
+from angosd.storage.errors import InvalidPath, PathNotFound, StorageError
 from angosd.storage.interface import IStorageDriver
 
 ROOT = "docker/registry/v2"
@@ -99,13 +99,22 @@ class DistributionStore:
         """Whether the driver holds a distribution layout at all."""
         return bool(await self.driver.children(ROOT))
 
+    async def _children(self, key: str, where: str, problems: list[Problem]) -> list[str]:
+        """The names below ``key``; none, and a problem, when its path is refused (a symbolic link)."""
+        try:
+            return await self.driver.children(key)
+        except InvalidPath:
+            problems.append(Problem(where, "skipped: its path goes through a symbolic link"))
+            return []
+
     async def repositories(self, problems: list[Problem]) -> list[str]:
         """Every repository name, sorted; invalid names go to ``problems``."""
         found: list[str] = []
         pending: list[tuple[str, int]] = [("", 0)]
         while pending:
             name, depth = pending.pop()
-            children = await self.driver.children(f"{REPOSITORIES}/{name}" if name else REPOSITORIES)
+            children = await self._children(f"{REPOSITORIES}/{name}" if name else REPOSITORIES,
+                                            f"repositories/{name}", problems)
             if name and any(marker in children for marker in _MARKERS):
                 if is_valid_name(name):
                     found.append(name)
@@ -123,7 +132,10 @@ class DistributionStore:
 
     async def read_link(self, key: str) -> Digest:
         """The digest of link file ``key``; `ValueError` saying why when there is none."""
-        size = await self.driver.stat(key)
+        try:
+            size = await self.driver.stat(key)
+        except InvalidPath:
+            raise ValueError("its path goes through a symbolic link") from None
         if size is None:
             raise ValueError("link file is missing")
         if size > MAX_LINK:
@@ -138,7 +150,7 @@ class DistributionStore:
         base = f"{REPOSITORIES}/{name}"
         problems: list[Problem] = []
         tags: list[tuple[str, Digest]] = []
-        for tag in await self.driver.children(f"{base}/_manifests/tags"):
+        for tag in await self._children(f"{base}/_manifests/tags", f"{name}: tags", problems):
             where = f"{name}:{tag[:200]}"
             try:
                 validate_tag(tag)
@@ -152,20 +164,27 @@ class DistributionStore:
         revisions = await self._digest_links(f"{base}/_manifests/revisions", name, "revision", problems)
         layers = await self._digest_links(f"{base}/_layers", name, "layer link", problems)
         uploads = []
-        for session in await self.driver.children(f"{base}/_uploads"):
-            size = await self.driver.stat(f"{base}/_uploads/{session}/data")
-            uploads.append(Upload(session[:200], size or 0))
+        for session in await self._children(f"{base}/_uploads", f"{name}: uploads", problems):
+            try:
+                size = await self.driver.stat(f"{base}/_uploads/{session}/data")
+            except InvalidPath:
+                problems.append(Problem(f"{name}: upload {session[:200]}", "skipped: a symbolic link in its path"))
+                continue
+            if size is None:
+                problems.append(Problem(f"{name}: upload {session[:200]}", "skipped: it has no data"))
+                continue
+            uploads.append(Upload(session[:200], size))
         return RepositorySnapshot(name, tuple(tags), tuple(revisions), tuple(layers), tuple(uploads),
                                   tuple(problems))
 
     async def _digest_links(self, prefix: str, name: str, what: str, problems: list[Problem]) -> list[Digest]:
         """The digests of ``prefix/<alg>/<hex>/link`` files whose content names their own path."""
         found: list[Digest] = []
-        for algorithm in await self.driver.children(prefix):
+        for algorithm in await self._children(prefix, f"{name}: {what}s", problems):
             if algorithm not in ALGORITHMS:
                 problems.append(Problem(f"{name}: {what} {algorithm[:80]}", "unknown digest algorithm"))
                 continue
-            for hex_digest in await self.driver.children(f"{prefix}/{algorithm}"):
+            for hex_digest in await self._children(f"{prefix}/{algorithm}", f"{name}: {what}s", problems):
                 where = f"{name}@{algorithm}:{hex_digest[:140]}"
                 try:
                     digest = Digest(algorithm, hex_digest)
@@ -184,8 +203,12 @@ class DistributionStore:
         return found
 
     async def blob_size(self, digest: Digest) -> int | None:
-        """The size of a blob's bytes, None when they are missing."""
-        return await self.driver.stat(blob_data(digest))
+        """The size of a blob's bytes, None when they are missing; `ValueError` when its path
+        is refused (a symbolic link)."""
+        try:
+            return await self.driver.stat(blob_data(digest))
+        except InvalidPath:
+            raise ValueError("its path goes through a symbolic link") from None
 
     async def read_blob(self, digest: Digest, limit: int) -> bytes:
         """A small blob (a manifest) whose bytes hash to ``digest``; `ValueError` saying why otherwise."""
@@ -198,6 +221,8 @@ class DistributionStore:
             data = await self.driver.read(blob_data(digest))
         except PathNotFound:
             raise ValueError("its bytes are missing") from None
+        except InvalidPath:
+            raise ValueError("its path goes through a symbolic link") from None
         if Digest.of(data, digest.algorithm) != digest:
             raise ValueError("its bytes do not match its digest")
         return data
@@ -208,5 +233,7 @@ class DistributionStore:
             actual = await self.driver.hash_object(blob_data(digest), digest.algorithm)
         except PathNotFound:
             raise ValueError("its bytes are missing") from None
+        except InvalidPath:
+            raise ValueError("its path goes through a symbolic link") from None
         if actual != digest.hex:
             raise ValueError("its bytes do not match its digest")

@@ -47,7 +47,7 @@ from angosd.registry.distribution import (
 )
 from angosd.registry.registry import Registry
 from angosd.registry.uploads import parse_session_id
-from angosd.storage.errors import PathNotFound, StorageError
+from angosd.storage.errors import InvalidPath, PathNotFound, StorageError
 from angosd.storage.interface import COPIED, LINKED, SERVER_COPIED
 
 #: Blobs of one repository hashed and linked at the same time.
@@ -209,7 +209,11 @@ class Migrator:
                 self.report.blobs_present += 1
                 self.report.bytes_present += present
             return True
-        size = await self.source.blob_size(digest)
+        try:
+            size = await self.source.blob_size(digest)
+        except ValueError as exc:
+            self.problem(where, f"skipped: {exc}")
+            return False
         if size is None:
             self.problem(where, "skipped: its bytes are missing")
             return False
@@ -227,7 +231,7 @@ class Migrator:
         await self.registry.blobs.claim(name, digest)
         try:
             how = await driver.link_from(self.source.driver, blob_data(digest), paths.blob_data(digest))
-        except PathNotFound:  # removed from the source meanwhile
+        except (PathNotFound, InvalidPath):  # removed (or replaced by a symbolic link) meanwhile
             self.problem(where, "skipped: its bytes vanished from the source")
             return False
         await self.registry.blobs.confirm(name, digest)
@@ -287,7 +291,7 @@ class Migrator:
         started = await self._started_at(f"{base}/startedat")
         try:
             how = await driver.link_from(self.source.driver, f"{base}/data", paths.upload_data(name, session))
-        except PathNotFound:
+        except (PathNotFound, InvalidPath):
             self.problem(where, "skipped: it ended (or was removed) meanwhile")
             self.report.uploads -= 1
             return
