@@ -11,6 +11,8 @@ Its layout, below the driver's ``rootdirectory`` (`ROOT` is ``docker/registry/v2
 
 Each ``link`` holds ``<alg>:<hex>``. A repository name is nested directories; the
 directory is a repository when it holds ``_manifests``, ``_layers`` or ``_uploads``.
+Distribution deletes a revision or a layer link by removing the ``link`` file only (its
+directory stays): such a directory is not an entry.
 
 Nothing here trusts the store: a name that is not a valid repository or tag, a link that
 is not exactly one digest (or names another digest than its path), a link or blob that
@@ -104,7 +106,7 @@ class DistributionStore:
         try:
             return await self.driver.children(key)
         except InvalidPath:
-            problems.append(Problem(where, "skipped: its path goes through a symbolic link"))
+            problems.append(Problem(where, "its path goes through a symbolic link"))
             return []
 
     async def repositories(self, problems: list[Problem]) -> list[str]:
@@ -160,7 +162,7 @@ class DistributionStore:
             try:
                 tags.append((tag, await self.read_link(f"{base}/_manifests/tags/{tag}/current/link")))
             except (ValueError, StorageError) as exc:
-                problems.append(Problem(where, f"tag skipped: {exc}"))
+                problems.append(Problem(where, f"{exc}"))
         revisions = await self._digest_links(f"{base}/_manifests/revisions", name, "revision", problems)
         layers = await self._digest_links(f"{base}/_layers", name, "layer link", problems)
         uploads = []
@@ -168,10 +170,12 @@ class DistributionStore:
             try:
                 size = await self.driver.stat(f"{base}/_uploads/{session}/data")
             except InvalidPath:
-                problems.append(Problem(f"{name}: upload {session[:200]}", "skipped: a symbolic link in its path"))
+                problems.append(Problem(f"{name}: upload {session[:200]}", "a symbolic link in its path"))
                 continue
             if size is None:
-                problems.append(Problem(f"{name}: upload {session[:200]}", "skipped: it has no data"))
+                problems.append(Problem(f"{name}: upload {session[:200]}",
+                                        "its bytes are not readable (on S3, distribution keeps them in an "
+                                        "unfinished multipart upload); its client will start it again"))
                 continue
             uploads.append(Upload(session[:200], size))
         return RepositorySnapshot(name, tuple(tags), tuple(revisions), tuple(layers), tuple(uploads),
@@ -191,13 +195,16 @@ class DistributionStore:
                 except OciError:
                     problems.append(Problem(where, f"{what} is not named by a digest"))
                     continue
+                key = f"{prefix}/{algorithm}/{hex_digest}/link"
                 try:
-                    linked = await self.read_link(f"{prefix}/{algorithm}/{hex_digest}/link")
+                    if await self.driver.stat(key) is None:
+                        continue  # how distribution records a deletion: the link goes, the directory stays
+                    linked = await self.read_link(key)
                 except (ValueError, StorageError) as exc:
-                    problems.append(Problem(where, f"{what} skipped: {exc}"))
+                    problems.append(Problem(where, f"{exc}"))
                     continue
                 if linked != digest:
-                    problems.append(Problem(where, f"{what} skipped: its link names {linked}"))
+                    problems.append(Problem(where, f"its link names {linked}"))
                     continue
                 found.append(digest)
         return found

@@ -135,7 +135,7 @@ class Migrator:
         tags = []
         for tag, digest in snapshot.tags:
             if digest not in valid:
-                self.problem(f"{name}:{tag}", f"tag skipped: its revision {digest} is not carried")
+                self.problem(f"{name}:{tag}", f"its revision {digest} is not carried")
                 continue
             await self._tag(name, tag, *manifests[digest])
             tags.append((tag, digest))
@@ -153,9 +153,9 @@ class Migrator:
                 body = await self.source.read_blob(digest, self.registry.manifests.max_manifest_size)
                 found[digest] = (body, parse_manifest(body, None, digest.algorithm))
             except ValueError as exc:
-                self.problem(f"{snapshot.name}@{digest}", f"revision skipped: {exc}")
+                self.problem(f"{snapshot.name}@{digest}", f"{exc}")
             except OciError as exc:
-                self.problem(f"{snapshot.name}@{digest}", f"revision skipped: {exc.message}: {exc.detail}")
+                self.problem(f"{snapshot.name}@{digest}", f"{exc.message}: {exc.detail}")
         return found
 
     def _complete(self, name: str, manifests: dict[Digest, tuple[bytes, Manifest]],
@@ -170,7 +170,7 @@ class Migrator:
                 missing = [d.digest for d in manifest.referenced_blobs() if d.digest not in blobs]
                 missing += [d.digest for d in manifest.manifests if d.digest not in valid]
                 if missing:
-                    self.problem(f"{name}@{digest}", f"revision skipped: {missing[0]} is not carried"
+                    self.problem(f"{name}@{digest}", f"{missing[0]} is not carried"
                                  + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
                     valid.discard(digest)
                     changed = True
@@ -212,10 +212,10 @@ class Migrator:
         try:
             size = await self.source.blob_size(digest)
         except ValueError as exc:
-            self.problem(where, f"skipped: {exc}")
+            self.problem(where, f"{exc}")
             return False
         if size is None:
-            self.problem(where, "skipped: its bytes are missing")
+            self.problem(where, "its bytes are missing")
             return False
         if self.dry_run:
             if digest not in self._counted:
@@ -226,13 +226,13 @@ class Migrator:
         try:
             await self.source.check_blob(digest)
         except ValueError as exc:
-            self.problem(where, f"skipped: {exc}")
+            self.problem(where, f"{exc}")
             return False
         await self.registry.blobs.claim(name, digest)
         try:
             how = await driver.link_from(self.source.driver, blob_data(digest), paths.blob_data(digest))
         except (PathNotFound, InvalidPath):  # removed (or replaced by a symbolic link) meanwhile
-            self.problem(where, "skipped: its bytes vanished from the source")
+            self.problem(where, "its bytes vanished from the source")
             return False
         await self.registry.blobs.confirm(name, digest)
         self._counted.add(digest)
@@ -278,7 +278,7 @@ class Migrator:
         try:
             session = parse_session_id(upload.session)
         except BlobUploadUnknown:
-            self.problem(where, "skipped: its id is not a UUID")
+            self.problem(where, "its id is not a UUID")
             return
         driver = self.registry.driver
         if (await driver.stat(paths.upload_info(name, session)) is not None
@@ -292,7 +292,7 @@ class Migrator:
         try:
             how = await driver.link_from(self.source.driver, f"{base}/data", paths.upload_data(name, session))
         except (PathNotFound, InvalidPath):
-            self.problem(where, "skipped: it ended (or was removed) meanwhile")
+            self.problem(where, "it ended (or was removed) meanwhile")
             self.report.uploads -= 1
             return
         if how == COPIED:
