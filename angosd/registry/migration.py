@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
 
 from angosd.oci.digest import Digest
-from angosd.oci.errors import BlobUploadUnknown, ManifestUnknown, OciError
+from angosd.oci.errors import BlobUploadUnknown, ManifestUnknown, OciError, TagImmutable
 from angosd.oci.manifest import Manifest, parse_manifest
 from angosd.oci.names import Reference
 from angosd.registry import paths
@@ -137,8 +137,8 @@ class Migrator:
             if digest not in valid:
                 self.problem(f"{name}:{tag}", f"its revision {digest} is not carried")
                 continue
-            await self._tag(name, tag, *manifests[digest])
-            tags.append((tag, digest))
+            if await self._tag(name, tag, *manifests[digest]):
+                tags.append((tag, digest))
         for upload in snapshot.uploads:
             await self._upload(name, upload)
         self.carried.append(Carried(name, tuple(tags), tuple(order), tuple(sorted(blobs, key=str))))
@@ -258,17 +258,23 @@ class Migrator:
         if not self.dry_run:
             await self.registry.manifests.put(name, Reference(digest=manifest.digest), manifest.media_type, body)
 
-    async def _tag(self, name: str, tag: str, body: bytes, manifest: Manifest) -> None:
+    async def _tag(self, name: str, tag: str, body: bytes, manifest: Manifest) -> bool:
+        """Point ``tag`` at ``manifest`` unless it does; False when it may not be moved."""
         try:
             current = await self.registry.manifests.resolve(name, Reference(tag=tag))
         except ManifestUnknown:
             current = None
         if current == manifest.digest:
             self.report.tags_present += 1
-            return
-        self.report.tags += 1
+            return True
         if not self.dry_run:
-            await self.registry.manifests.put(name, Reference(tag=tag), manifest.media_type, body)
+            try:
+                await self.registry.manifests.put(name, Reference(tag=tag), manifest.media_type, body)
+            except TagImmutable:
+                self.problem(f"{name}:{tag}", f"immutable here, where it points at {current}, not {manifest.digest}")
+                return False
+        self.report.tags += 1
+        return True
 
     # -- uploads --------------------------------------------------------------------------
 

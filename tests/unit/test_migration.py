@@ -345,3 +345,23 @@ async def test_symbolic_links_out_of_the_source_are_never_followed(tmp_path: Pat
     layer = Digest.of(b"good layer")
     assert os.path.samefile(target.local_path(paths.blob_data(layer)), root / blob_key(layer))
     assert report.bytes_copied == 0 and report.bytes_linked > 0
+
+
+def test_a_tag_moved_in_the_source_moves_unless_immutable_here() -> None:
+    source = MemoryDriver()
+    writer = DistributionWriter(source)
+    first = run(writer.image("app", [b"one"], tag="mutable"))
+    run(writer.tag("app", "pinned", first[0]))
+    target = MemoryDriver()
+    registry = Registry(target, Clock(), Limits(), tag_immutable=lambda _name, tag: tag == "pinned")
+    migrate(source, registry)
+    second = run(writer.image("app", [b"two"]))  # distribution moves both tags meanwhile
+    run(writer.tag("app", "mutable", second[0]))
+    run(writer.tag("app", "pinned", second[0]))
+
+    report, migrator = migrate(source, registry)
+    assert run(registry.manifests.resolve("app", Reference(tag="mutable"))) == second[0]
+    assert run(registry.manifests.resolve("app", Reference(tag="pinned"))) == first[0]
+    assert [(p.where, "immutable here" in p.why) for p in report.problems] == [("app:pinned", True)]
+    assert (report.tags, report.revisions) == (1, 1)
+    assert run(verify(DistributionStore(source), registry, migrator.carried, lambda p: pytest.fail(str(p)))) == 0
