@@ -27,10 +27,11 @@ from __future__ import annotations
 
 import datetime
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
+from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredSemaphore, FirstError, gatherResults
+from twisted.internet.defer import Deferred, DeferredLock, DeferredSemaphore, FirstError, gatherResults
 
 from angosd.oci.digest import Digest
 from angosd.oci.errors import BlobUploadUnknown, ManifestUnknown, OciError, TagImmutable
@@ -52,6 +53,21 @@ from angosd.storage.interface import COPIED, LINKED, SERVER_COPIED
 
 #: Blobs of one repository hashed and linked at the same time.
 CONCURRENCY = 4
+#: Repositories migrated at the same time (their writes wait on the filesystem or S3).
+REPOSITORY_CONCURRENCY = 4
+
+
+async def bounded(limit: int, work: list[Callable[[], Coroutine[Any, Any, None]]]) -> None:
+    """Run ``work`` with at most ``limit`` at a time; the first failure is raised."""
+    semaphore = DeferredSemaphore(limit)
+
+    def start(one: Callable[[], Coroutine[Any, Any, None]]) -> Deferred[None]:
+        return Deferred.fromCoroutine(one())
+
+    try:
+        await gatherResults([semaphore.run(start, one) for one in work], consumeErrors=True)
+    except FirstError as exc:
+        exc.subFailure.raiseException()
 
 
 @dataclass
@@ -99,6 +115,8 @@ class Migrator:
         self._found = found
         self._advance = advance
         self._counted: set[Digest] = set()  # blobs counted in the report (once per run)
+        self._bad: dict[Digest, str] = {}  # blobs found corrupt or missing, and why
+        self._locks: dict[Digest, DeferredLock] = {}  # one repository at a time per blob
 
     def problem(self, where: str, why: str) -> None:
         problem = Problem(where, why)
@@ -111,10 +129,16 @@ class Migrator:
         names = await self.source.repositories(listing)
         for problem in listing:
             self.problem(problem.where, problem.why)
-        for done, name in enumerate(names):
-            self._advance("repositories", done, len(names))
+        done = 0
+        self._advance("repositories", done, len(names))
+
+        async def one(name: str) -> None:
+            nonlocal done
             await self.repository(name)
-        self._advance("repositories", len(names), len(names))
+            done += 1
+            self._advance("repositories", done, len(names))
+
+        await bounded(REPOSITORY_CONCURRENCY, [lambda name=name: one(name) for name in names])  # type: ignore[misc]
         return self.report
 
     async def repository(self, name: str) -> None:
@@ -180,25 +204,36 @@ class Migrator:
 
     async def _blobs(self, name: str, digests: list[Digest]) -> set[Digest]:
         """Carry ``digests`` with ``name``'s ownership; the set of those carried."""
-        semaphore = DeferredSemaphore(CONCURRENCY)
         carried: set[Digest] = set()
 
         async def one(digest: Digest) -> None:
             if await self._blob(name, digest):
                 carried.add(digest)
 
-        def start(digest: Digest) -> Deferred[None]:
-            return Deferred.fromCoroutine(one(digest))
-
-        try:
-            await gatherResults([semaphore.run(start, digest) for digest in digests], consumeErrors=True)
-        except FirstError as exc:
-            exc.subFailure.raiseException()
+        await bounded(CONCURRENCY, [lambda digest=digest: one(digest) for digest in digests])  # type: ignore[misc]
         return carried
 
     async def _blob(self, name: str, digest: Digest) -> bool:
+        """Carry one blob with ``name``'s ownership; False (reported) when it cannot be.
+        Repositories sharing a blob take turns, so its bytes are hashed and linked once."""
+        if digest in self._bad:
+            self.problem(f"{name}: blob {digest}", self._bad[digest])
+            return False
+        lock = self._locks.setdefault(digest, DeferredLock())
+        await lock.acquire()
+        try:
+            return await self._blob_in_turn(name, digest)
+        finally:
+            lock.release()
+            if not lock.locked and not lock.waiting:
+                self._locks.pop(digest, None)
+
+    async def _blob_in_turn(self, name: str, digest: Digest) -> bool:
         driver = self.registry.driver
         where = f"{name}: blob {digest}"
+        if digest in self._bad:
+            self.problem(where, self._bad[digest])
+            return False
         present = await driver.stat(paths.blob_data(digest))
         if present is not None:  # stored and verified by an earlier run or a push
             if not self.dry_run:
@@ -211,11 +246,11 @@ class Migrator:
             return True
         try:
             size = await self.source.blob_size(digest)
+            if size is None:
+                raise ValueError("its bytes are missing")
         except ValueError as exc:
-            self.problem(where, f"{exc}")
-            return False
-        if size is None:
-            self.problem(where, "its bytes are missing")
+            self._bad[digest] = str(exc)
+            self.problem(where, str(exc))
             return False
         if self.dry_run:
             if digest not in self._counted:
@@ -226,7 +261,8 @@ class Migrator:
         try:
             await self.source.check_blob(digest)
         except ValueError as exc:
-            self.problem(where, f"{exc}")
+            self._bad[digest] = str(exc)
+            self.problem(where, str(exc))
             return False
         await self.registry.blobs.claim(name, digest)
         try:
