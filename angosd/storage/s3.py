@@ -85,6 +85,11 @@ def _info(response: S3Response, size: int) -> _Info:
     return _Info(size, response.header("ETag"), response.header(APPEND_TOKEN))
 
 
+def _same_service(first: S3Options, second: S3Options) -> bool:
+    """Whether a server-side copy between the two buckets can be asked for."""
+    return first.endpoint.rstrip("/") == second.endpoint.rstrip("/")
+
+
 def _run(coroutine: Coroutine[Any, Any, T]) -> Deferred[T]:
     return Deferred.fromCoroutine(coroutine)
 
@@ -284,7 +289,7 @@ class S3Driver:
 
         async def link() -> str:
             full = self._full(key)
-            if isinstance(source, S3Driver) and source.client.options.endpoint == self.client.options.endpoint:
+            if isinstance(source, S3Driver) and _same_service(source.client.options, self.client.options):
                 full_source = source._full(source_key)
                 info = await source._head(full_source, source_key)
                 if info is None:
