@@ -11,7 +11,7 @@ in the order its own invariants need:
 2. every revision, children of an index before the index, through `ManifestStore.put`
    (the manifest bytes, their ownership, the revision record, the referrer entry of an
    OCI 1.1 ``subject``);
-3. every tag, through `ManifestStore.put` (so tag immutability applies);
+3. every tag, through `ManifestStore.tag` (the last step of a push; tag immutability applies);
 4. upload sessions in progress: their bytes linked, then their record written.
 
 Each step is atomic and checked before it is done (a blob already stored is not hashed
@@ -161,7 +161,7 @@ class Migrator:
             if digest not in valid:
                 self.problem(f"{name}:{tag}", f"its revision {digest} is not carried")
                 continue
-            if await self._tag(name, tag, *manifests[digest]):
+            if await self._tag(name, tag, manifests[digest][1]):
                 tags.append((tag, digest))
         for upload in snapshot.uploads:
             await self._upload(name, upload)
@@ -286,15 +286,18 @@ class Migrator:
 
     async def _revision(self, name: str, body: bytes, manifest: Manifest) -> None:
         driver = self.registry.driver
+        # Present when put's last step is: the referrer entry, else the revision record.
         if (await driver.stat(paths.revision(name, manifest.digest)) is not None
-                and await driver.stat(paths.blob_data(manifest.digest)) is not None):
+                and await driver.stat(paths.blob_data(manifest.digest)) is not None
+                and (manifest.subject is None or await driver.stat(
+                    paths.referrer(name, manifest.subject.digest, manifest.digest)) is not None)):
             self.report.revisions_present += 1
             return
         self.report.revisions += 1
         if not self.dry_run:
             await self.registry.manifests.put(name, Reference(digest=manifest.digest), manifest.media_type, body)
 
-    async def _tag(self, name: str, tag: str, body: bytes, manifest: Manifest) -> bool:
+    async def _tag(self, name: str, tag: str, manifest: Manifest) -> bool:
         """Point ``tag`` at ``manifest`` unless it does; False when it may not be moved."""
         try:
             current = await self.registry.manifests.resolve(name, Reference(tag=tag))
@@ -305,7 +308,7 @@ class Migrator:
             return True
         if not self.dry_run:
             try:
-                await self.registry.manifests.put(name, Reference(tag=tag), manifest.media_type, body)
+                await self.registry.manifests.tag(name, tag, manifest.digest)
             except TagImmutable:
                 self.problem(f"{name}:{tag}", f"immutable here, where it points at {current}, not {manifest.digest}")
                 return False

@@ -141,11 +141,11 @@ def test_a_run_interrupted_anywhere_resumes_to_the_same_store(
     """Stop the target store after its n-th write (a crash), for every n: the second run
     gives the store an uninterrupted run gives."""
     source, _writer, _made = store
-    complete = MemoryDriver()
+    complete = _CrashingDriver(None)
     migrate(source, Registry(complete, Clock(), Limits()))
     expected = snapshot(complete)
-    writes = sum(1 for key in expected)
-    for limit in range(0, writes * 2, 3):
+    assert complete.count > 50
+    for limit in range(complete.count):
         target = _CrashingDriver(limit)
         with pytest.raises(_Crash):
             migrate(source, Registry(target, Clock(), Limits()))
@@ -365,3 +365,28 @@ def test_a_tag_moved_in_the_source_moves_unless_immutable_here() -> None:
     assert [(p.where, "immutable here" in p.why) for p in report.problems] == [("app:pinned", True)]
     assert (report.tags, report.revisions) == (1, 1)
     assert run(verify(DistributionStore(source), registry, migrator.carried, lambda p: pytest.fail(str(p)))) == 0
+
+
+def test_tagging_a_stored_revision() -> None:
+    """`ManifestStore.tag`: the last step of a push, for a manifest already stored."""
+    registry = Registry(MemoryDriver(), Clock(), Limits(), tag_immutable=lambda _name, tag: tag == "fixed")
+    body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                       "manifests": []}).encode()
+    digest = run(registry.manifests.put("app", Reference(digest=Digest.of(body)), None, body)).digest
+    other = Digest.of(b"not stored")
+    run(registry.manifests.tag("app", "v1", digest))
+    assert run(registry.manifests.get("app", Reference(tag="v1"))).body == body
+    from angosd.oci.errors import ManifestUnknown, TagImmutable
+
+    with pytest.raises(ManifestUnknown):
+        run(registry.manifests.tag("app", "v2", other))
+    with pytest.raises(ManifestUnknown):
+        run(registry.manifests.tag("elsewhere", "v1", digest))  # a revision of another namespace
+    assert run(registry.manifests.tags("app")) == ["v1"]
+    run(registry.manifests.tag("app", "fixed", digest))
+    run(registry.manifests.tag("app", "fixed", digest))  # the same target again is fine
+    run(registry.driver.write(paths.revision("app", other), b'{"media_type": "x"}'))
+    run(registry.driver.write(paths.blob_data(other), b"not stored"))
+    with pytest.raises(TagImmutable):
+        run(registry.manifests.tag("app", "fixed", other))
+    assert run(registry.manifests.resolve("app", Reference(tag="fixed"))) == digest
