@@ -14,6 +14,7 @@ COMMANDS = (
     "check_config",
     "mirror", "export", "import_", "state", "keygen",
     "prune", "scrub",
+    "migrate",
 )
 
 

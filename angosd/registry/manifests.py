@@ -104,6 +104,23 @@ class ManifestStore:
             await self._driver.write(paths.tag(namespace, reference.tag), str(manifest.digest).encode())
         return manifest
 
+    async def tag(self, namespace: str, tag: str, digest: Digest) -> None:
+        """Point ``tag`` at the stored revision ``digest``: the last step of a push by tag
+        whose manifest is already stored (what `put` writes last).
+
+        Raises `ManifestUnknown` when ``namespace`` holds no such revision (or its bytes are
+        gone), `TagImmutable` as `put` does. Nothing is written when it raises.
+        """
+        if (await self._driver.stat(paths.revision(namespace, digest)) is None
+                or await self._driver.stat(paths.blob_data(digest)) is None):
+            raise ManifestUnknown(str(digest))
+        if self._tag_immutable(namespace, tag):
+            current = await self._tag_target(namespace, tag)
+            if current is not None and current != digest:
+                raise TagImmutable(f"{namespace}:{tag} already points at {current}")
+        await self._blobs.touch(digest)
+        await self._driver.write(paths.tag(namespace, tag), str(digest).encode())
+
     async def _check_references(self, namespace: str, manifest: Manifest) -> None:
         for descriptor in manifest.referenced_blobs():
             if not await self._blobs.owns(namespace, descriptor.digest):

@@ -23,7 +23,14 @@ from zope.interface import implementer
 from angosd.oci.errors import TooManyRequests
 from angosd.storage.errors import InvalidPath, OutOfSpace, PathNotFound, StorageError
 from angosd.storage.handles import FileObjectHandle
-from angosd.storage.interface import IAppendWriter, IHashingAppendWriter, IReadHandle, IStorageDriver
+from angosd.storage.interface import (
+    COPIED,
+    LINKED,
+    IAppendWriter,
+    IHashingAppendWriter,
+    IReadHandle,
+    IStorageDriver,
+)
 from angosd.storage.pools import BoundedPool, PoolStopped
 from angosd.storage.producers import PausingConsumer
 
@@ -202,6 +209,10 @@ class FilesystemDriver:
         self._sync = sync_to_disk
         os.makedirs(self.root, exist_ok=True)
 
+    def local_path(self, key: str) -> str:
+        """The file that holds ``key``; `InvalidPath` for a key outside the store."""
+        return self._path(key)
+
     def _path(self, key: str) -> str:
         parts = key.split("/")
         if not key or key.startswith("/") or any(p in ("", ".", "..") for p in parts) or "\x00" in key:
@@ -321,6 +332,53 @@ class FilesystemDriver:
             return hasher.hexdigest()
 
         return self._defer_to_thread(digest).addErrback(_translate_failure, key)
+
+    def link_from(self, source: IStorageDriver, source_key: str, key: str) -> Deferred[str]:
+        """A hard link when ``source`` is a filesystem store on the same filesystem; a copy
+        of the file (synced when ``sync_to_disk``) when the filesystem differs or refuses
+        links; a streamed copy from any other driver."""
+        if not isinstance(source, FilesystemDriver):
+            from angosd.storage.transfer import stream_copy
+
+            return Deferred.fromCoroutine(stream_copy(source, source_key, self, key)).addCallback(lambda _: COPIED)
+        try:
+            origin, target = source.local_path(source_key), self._path(key)
+        except StorageError as exc:
+            return fail(exc)
+
+        def link() -> str:
+            directory = os.path.dirname(target)
+            os.makedirs(directory, exist_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                if os.path.samefile(origin, target):
+                    return LINKED
+            temp = os.path.join(directory, f"{_TEMP_PREFIX}link-{uuid.uuid4().hex}")
+            how = LINKED
+            try:
+                try:
+                    os.link(origin, temp, follow_symlinks=False)
+                except OSError as exc:
+                    if exc.errno not in _NO_LINK:
+                        raise
+                    how = COPIED
+                    shutil.copyfile(origin, temp, follow_symlinks=False)
+                    if self._sync:
+                        with open(temp, "rb") as copied:
+                            os.fsync(copied.fileno())
+                os.replace(temp, target)
+            finally:
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(temp)  # still there if it failed, or if ``target`` was already this file
+            if self._sync:
+                _fsync_directory(directory)
+            return how
+
+        return self._defer_to_thread(link).addErrback(_translate_failure, source_key)
+
+
+#: Why ``link(2)`` may refuse where a copy works: another filesystem, a filesystem without
+#: hard links, too many links, or protected_hardlinks for a file of another user.
+_NO_LINK = frozenset({errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP, errno.EOPNOTSUPP})
 
 
 def _translate_failure(failure: Any, key: str) -> Any:

@@ -13,6 +13,11 @@ from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer
 from zope.interface import Attribute, Interface
 
+#: How `IStorageDriver.link_from` carried an object's bytes.
+LINKED = "linked"
+SERVER_COPIED = "server-copied"
+COPIED = "copied"
+
 
 class IReadHandle(Interface):
     """An open object whose bytes can be streamed into a consumer."""
@@ -98,6 +103,17 @@ class IStorageDriver(Interface):
 
     def hash_object(key: str, algorithm: str) -> Deferred[str]:
         """Hex digest of an object's bytes, computed without loading it into memory."""
+
+    def link_from(source: IStorageDriver, source_key: str, key: str) -> Deferred[str]:
+        """Make ``key`` hold the bytes of ``source``'s object ``source_key``, atomically
+        (replacing ``key``), moving as few bytes as the two stores allow; ``source`` is
+        left unchanged. ``source`` may be this driver or another one.
+
+        Fires with how: `LINKED` (the bytes are shared: a hard link, a shared object),
+        `SERVER_COPIED` (the storage service copied them; none went through this process)
+        or `COPIED` (streamed through this process: another filesystem or service).
+        Fails with `PathNotFound` when ``source_key`` does not exist.
+        """
 
 
 class IRedirectingDriver(Interface):

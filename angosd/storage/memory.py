@@ -24,7 +24,7 @@ from zope.interface import implementer
 
 from angosd.storage.errors import InvalidPath, OutOfSpace, PathNotFound, StorageError
 from angosd.storage.handles import bytes_handle
-from angosd.storage.interface import IAppendWriter, IReadHandle, IStorageDriver
+from angosd.storage.interface import COPIED, LINKED, IAppendWriter, IReadHandle, IStorageDriver
 
 T = TypeVar("T")
 
@@ -163,7 +163,8 @@ class MemoryDriver:
         return node
 
     def _usage(self) -> int:
-        return sum(len(obj.data) for obj in _objects(self._root))
+        unique = {id(obj): obj for obj in _objects(self._root)}  # a linked object counts once
+        return sum(len(obj.data) for obj in unique.values())
 
     def _reserve(self, size: int, key: str, replacing: int = 0) -> None:
         if self.capacity is not None and self._usage() - replacing + size > self.capacity:
@@ -313,6 +314,28 @@ class MemoryDriver:
             return hasher.hexdigest()
 
         return _run(digest)
+
+    def link_from(self, source: IStorageDriver, source_key: str, key: str) -> Deferred[str]:
+        """Another `MemoryDriver`'s object (or this one's) is shared, as a hard link shares an
+        inode; any other driver's is streamed."""
+        if not isinstance(source, MemoryDriver):
+            from angosd.storage.transfer import stream_copy
+
+            return Deferred.fromCoroutine(stream_copy(source, source_key, self, key)).addCallback(lambda _: COPIED)
+
+        def link() -> str:
+            node = source._object(source_key)
+            parts = _split(key)
+            parent = self._makedirs(parts[:-1], key)
+            existing = parent.entries.get(parts[-1])
+            if isinstance(existing, _Directory):
+                raise StorageError(f"Is a directory ({key})")
+            if existing is not node and source is not self:
+                self._reserve(len(node.data), key, len(existing.data) if existing is not None else 0)
+            parent.entries[parts[-1]] = node
+            return LINKED
+
+        return _run(link)
 
 
 def _objects(directory: _Directory) -> Iterator[_Object]:

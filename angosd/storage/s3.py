@@ -41,9 +41,26 @@ from zope.interface import implementer
 
 from angosd.storage.errors import InvalidPath, PathNotFound, StorageError
 from angosd.storage.handles import bytes_handle
-from angosd.storage.interface import IAppendWriter, IReadHandle, IRedirectingDriver, IStorageDriver
+from angosd.storage.interface import (
+    COPIED,
+    LINKED,
+    SERVER_COPIED,
+    IAppendWriter,
+    IReadHandle,
+    IRedirectingDriver,
+    IStorageDriver,
+)
 from angosd.storage.pools import BoundedPool
-from angosd.storage.s3_append import S3AppendWriter, assemble, chain, mark_appendable, new_token, parts_prefix
+from angosd.storage.s3_append import (
+    MAX_COPY_PART,
+    S3AppendWriter,
+    assemble,
+    chain,
+    copy_object,
+    mark_appendable,
+    new_token,
+    parts_prefix,
+)
 from angosd.storage.s3_client import APPEND_TOKEN, S3Client, S3Options, S3Response
 from angosd.storage.s3_read import Segment, SegmentHandle, read_blocks
 
@@ -66,6 +83,11 @@ class _Info:
 
 def _info(response: S3Response, size: int) -> _Info:
     return _Info(size, response.header("ETag"), response.header(APPEND_TOKEN))
+
+
+def _same_service(first: S3Options, second: S3Options) -> bool:
+    """Whether a server-side copy between the two buckets can be asked for."""
+    return first.endpoint.rstrip("/") == second.endpoint.rstrip("/")
 
 
 def _run(coroutine: Coroutine[Any, Any, T]) -> Deferred[T]:
@@ -259,6 +281,35 @@ class S3Driver:
             return hasher.hexdigest()
 
         return _run(digest())
+
+    def link_from(self, source: IStorageDriver, source_key: str, key: str) -> Deferred[str]:
+        """A server-side copy (CopyObject; UploadPartCopy above 5 GiB within one bucket) when
+        ``source`` is a bucket of the same S3 service (its credentials must be able to read
+        it); a streamed copy otherwise (another service, a filesystem)."""
+
+        async def link() -> str:
+            full = self._full(key)
+            if isinstance(source, S3Driver) and _same_service(source.client.options, self.client.options):
+                full_source = source._full(source_key)
+                info = await source._head(full_source, source_key)
+                if info is None:
+                    raise PathNotFound(source_key)
+                same_bucket = source.client.options.bucket == self.client.options.bucket
+                if same_bucket and full_source == full:
+                    return LINKED
+                if info.token is None and (same_bucket or info.size <= MAX_COPY_PART):
+                    segment = Segment(full_source, 0, info.size, info.etag)
+                    if info.size <= MAX_COPY_PART:
+                        await copy_object(self.client, segment, full, source.client.options.bucket)
+                    else:
+                        await assemble(self.client, [segment], full, self._part_size, whole_objects=True)
+                    return SERVER_COPIED
+            from angosd.storage.transfer import stream_copy
+
+            await stream_copy(source, source_key, self, key)
+            return COPIED
+
+        return _run(link())
 
     # -- IRedirectingDriver --------------------------------------------------------------
 

@@ -246,13 +246,15 @@ class S3AppendWriter(PausingConsumer):
 # -- assembly -------------------------------------------------------------------------------
 
 
-def _copy_source(client: S3Client, full_key: str) -> str:
-    return "/" + quote(client.options.bucket, safe="") + "/" + quote(full_key, safe="/")
+def _copy_source(client: S3Client, full_key: str, bucket: str | None = None) -> str:
+    return "/" + quote(bucket or client.options.bucket, safe="") + "/" + quote(full_key, safe="/")
 
 
-async def copy_object(client: S3Client, segment: Segment, destination: str) -> None:
-    """Server-side copy of a whole object (up to 5 GiB) to ``destination``, without metadata."""
-    headers = {"x-amz-copy-source": _copy_source(client, segment.full_key), "x-amz-metadata-directive": "REPLACE"}
+async def copy_object(client: S3Client, segment: Segment, destination: str, bucket: str | None = None) -> None:
+    """Server-side copy of a whole object (up to 5 GiB) to ``destination``, without metadata;
+    the object is in ``bucket`` when given (same service), else in the client's bucket."""
+    headers = {"x-amz-copy-source": _copy_source(client, segment.full_key, bucket),
+               "x-amz-metadata-directive": "REPLACE"}
     if segment.etag:
         headers["x-amz-copy-source-if-match"] = segment.etag
     response = await client.call("PUT", destination, headers=headers, body=b"")

@@ -212,6 +212,8 @@ class DockerRegistry:
     htpasswd: tuple[str, str] | None = None
     token: TokenServer | None = None
     tls: TlsFiles | None = None
+    #: Distribution's ``storage: s3:`` settings (regionendpoint, bucket, ...) instead of a directory.
+    s3: dict[str, str] | None = None
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     _logs: list[str] = field(default_factory=list)
@@ -237,8 +239,8 @@ class DockerRegistry:
             "  accesslog:",
             "    disabled: false",
             "storage:",
-            "  filesystem:",
-            f"    rootdirectory: {self.directory / 'data'}",
+            *(["  s3:", *(f"    {key}: {value}" for key, value in self.s3.items())] if self.s3 is not None else
+              ["  filesystem:", f"    rootdirectory: {self.directory / 'data'}"]),
             "  delete:",
             "    enabled: true",
             "http:",
@@ -265,9 +267,10 @@ class DockerRegistry:
         config = self._config()
         log_path = self.directory / f"registry-{len(self._logs)}.log"
         self._logs.append(str(log_path))
+        env = {k: v for k, v in os.environ.items() if k != "AWS_CA_BUNDLE"}  # its S3 driver panics on it
         with open(log_path, "wb") as log:
             self.process = subprocess.Popen([DOCKER_REGISTRY, "serve", config], stdout=log, stderr=subprocess.STDOUT,
-                                            start_new_session=True)
+                                            start_new_session=True, env=env)
         deadline = time.monotonic() + timeout
         while not _listening(self.port):
             if self.process.poll() is not None:

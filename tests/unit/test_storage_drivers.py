@@ -28,7 +28,15 @@ from zope.interface.verify import verifyObject
 
 from angosd.storage.errors import InvalidPath, PathNotFound, StorageError
 from angosd.storage.fs import HIGH_WATER, FilesystemDriver, _write_all
-from angosd.storage.interface import IAppendWriter, IHashingAppendWriter, IReadHandle, IStorageDriver
+from angosd.storage.interface import (
+    COPIED,
+    LINKED,
+    SERVER_COPIED,
+    IAppendWriter,
+    IHashingAppendWriter,
+    IReadHandle,
+    IStorageDriver,
+)
 from angosd.storage.memory import MemoryDriver
 from angosd.storage.producers import CHUNK_SIZE
 from tests.pools import started_pools
@@ -425,6 +433,94 @@ async def test_hash_object_matches_hashlib(driver: IStorageDriver, algorithm: st
     assert await driver.hash_object("h", algorithm) == hashlib.new(algorithm, data).hexdigest()
 
 
+# Linking objects from another store ------------------------------------------------------
+
+#: How `link_from` must carry bytes between two stores of these kinds (same kind: two roots
+#: on one filesystem, two buckets of one service, two memory stores).
+EXPECTED_LINK = {"memory": LINKED, "fs": LINKED, "fs-sync": LINKED, "s3": SERVER_COPIED}
+
+
+@pytest.mark.parametrize("size", [0, 1, 300 * 1024])
+@pytest_twisted.ensureDeferred
+async def test_link_from_another_store_of_the_same_kind(driver: IStorageDriver, tmp_path: Any, size: int) -> None:
+    kind = _kind(driver)
+    source = make_driver(kind, str(tmp_path / "source"))
+    data = payload(size, seed=size)
+    await source.write("dist/blobs/data", data)
+    await driver.write("blobs/x/data", b"stale, replaced")
+
+    assert await driver.link_from(source, "dist/blobs/data", "blobs/x/data") == EXPECTED_LINK[kind]
+    assert await driver.read("blobs/x/data") == data
+    assert await driver.children("blobs/x") == ["data"]  # no temporary object left
+    assert await source.read("dist/blobs/data") == data  # the source is unchanged
+    # Again: idempotent, same result.
+    assert await driver.link_from(source, "dist/blobs/data", "blobs/x/data") == EXPECTED_LINK[kind]
+    assert await driver.read("blobs/x/data") == data
+    # Within one store.
+    assert await driver.link_from(driver, "blobs/x/data", "blobs/y/data") in (LINKED, SERVER_COPIED)
+    assert await driver.read("blobs/y/data") == data
+    with pytest.raises(PathNotFound):
+        await driver.link_from(source, "dist/missing", "blobs/z/data")
+    assert await driver.stat("blobs/z/data") is None
+
+
+def _kind(driver: IStorageDriver) -> str:
+    if isinstance(driver, MemoryDriver):
+        return "memory"
+    if isinstance(driver, FilesystemDriver):
+        return "fs-sync" if driver._sync else "fs"
+    return "s3"
+
+
+@pytest.mark.parametrize("source_kind", ["memory", "fs", "s3"])
+@pytest_twisted.ensureDeferred
+async def test_link_from_another_kind_of_store_copies(driver: IStorageDriver, tmp_path: Any,
+                                                      source_kind: str) -> None:
+    if _kind(driver).startswith(source_kind):
+        pytest.skip("the same kind links (test above)")
+    source = make_driver(source_kind, str(tmp_path / "source"))
+    data = payload(200 * 1024 + 7, seed=3)
+    await source.write("a/data", data)
+    assert await driver.link_from(source, "a/data", "b/data") == COPIED
+    assert await driver.read("b/data") == data
+    assert await driver.hash_object("b/data", "sha256") == hashlib.sha256(data).hexdigest()
+    assert await driver.children("b") == ["data"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_fs_link_from_is_a_hard_link(tmp_path: Any) -> None:
+    source = FilesystemDriver(str(tmp_path / "source"), started_pools(reactor).io)
+    target = FilesystemDriver(str(tmp_path / "target"), started_pools(reactor).io)
+    await source.write("blob", b"shared bytes")
+    assert await target.link_from(source, "blob", "x/data") == LINKED
+    assert os.path.samefile(source.local_path("blob"), target.local_path("x/data"))
+    assert os.stat(target.local_path("x/data")).st_nlink == 2
+
+
+@pytest_twisted.ensureDeferred
+async def test_fs_link_from_copies_when_the_filesystem_refuses_links(tmp_path: Any) -> None:
+    import errno
+
+    source = FilesystemDriver(str(tmp_path / "source"), started_pools(reactor).io)
+    target = FilesystemDriver(str(tmp_path / "target"), started_pools(reactor).io, sync_to_disk=True)
+    await source.write("blob", b"other filesystem")
+    with mock.patch("os.link", side_effect=OSError(errno.EXDEV, "Invalid cross-device link")):
+        assert await target.link_from(source, "blob", "x/data") == COPIED
+    assert await target.read("x/data") == b"other filesystem"
+    assert not os.path.samefile(source.local_path("blob"), target.local_path("x/data"))
+    assert os.listdir(os.path.dirname(target.local_path("x/data"))) == ["data"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_memory_links_count_once_against_capacity() -> None:
+    source = MemoryDriver()
+    await source.write("blob", b"x" * 600)
+    target = MemoryDriver(capacity=1000)
+    assert await target.link_from(source, "blob", "a") == LINKED
+    assert await target.link_from(target, "a", "b") == LINKED  # the same object: no more space
+    assert await target.read("b") == b"x" * 600
+
+
 # Hostile keys -------------------------------------------------------------------------
 
 HOSTILE_KEYS = ["", "/", "/etc/passwd", "a//b", "a/", "/a", ".", "..", "./a", "a/.", "a/./b", "../x",
@@ -444,6 +540,8 @@ def every_operation(driver: IStorageDriver, key: str) -> Iterator[Callable[[], D
     yield lambda: driver.open_read(key)
     yield lambda: driver.open_append(key)
     yield lambda: driver.hash_object(key, "sha256")
+    yield lambda: driver.link_from(driver, key, "safe-link")
+    yield lambda: driver.link_from(driver, "safe", key)
 
 
 @pytest.mark.parametrize("key", HOSTILE_KEYS)
