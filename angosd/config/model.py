@@ -153,6 +153,9 @@ class RepositoryConfig:
     #: Pull-through only: when an index is cached, fetch these platforms' manifests and
     #: blobs in the background (``("all",)`` for every platform; empty: no prefetch).
     prefetch_platforms: tuple[str, ...] = field(default=(), metadata=parsed_by(platform_list))
+    # -- manifest references and proxying keys (Angos names) --
+    #: Accept manifests whose config, layers or children the namespace does not have.
+    allow_missing_manifest_references: bool = False
 
     @property
     def is_pull_through(self) -> bool:
@@ -177,6 +180,10 @@ class GlobalConfig:
     shutdown_drain_secs: int = field(default=30, metadata=parsed_by(int_range(0)))
     authorization_webhook: str | None = None
     event_webhooks: tuple[str, ...] = ()
+    # -- manifest references and proxying keys (Angos names) --
+    #: Accept manifests that reference content their namespace does not have (Angos's
+    #: default is true; angosd checks references unless told otherwise).
+    allow_missing_manifest_references: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -295,6 +302,13 @@ class Config:
             if inside and (best is None or len(repository.name) > len(best.name)):
                 best = repository
         return best
+
+    def references_required(self, namespace: str) -> bool:
+        """Whether a manifest pushed into ``namespace`` must only reference content it has."""
+        repository = self.repository_for(namespace)
+        allowed = (repository.allow_missing_manifest_references if repository is not None
+                   else self.global_.allow_missing_manifest_references)
+        return not allowed
 
     def namespace_allowed(self, namespace: str) -> bool:
         """Whether ``namespace`` is served: always without repositories, else inside one."""

@@ -36,14 +36,15 @@ _REPOSITORY_NAME = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-
 
 _SERVER_EXTRAS = ("query_timeout", "query_timeout_grace_period", "handshake_timeout")
 _GLOBAL_EXTRAS = ("max_concurrent_requests", "max_concurrent_cache_jobs", "enable_redirect",
-                  "enable_manifest_redirect", "allow_missing_manifest_references", "trusted_proxies")
+                  "enable_manifest_redirect", "trusted_proxies")
 _REPOSITORY_EXTRAS = ("namespace",)
 _ACCEPTED_SECTIONS = ("metadata_store", "cache", "observability")
 _AUTH_EXTRAS = ("token_service",)
 _TLS_KEYS = ("server_ca_bundle", "client_certificate_bundle", "client_private_key")
 _OIDC_EXTRAS = ("provider", "client_certificate_bundle", "client_private_key", "bearer_token_file",
                 "jwks_refresh_timeout_secs")
-_INHERITED = ("immutable_tags", "immutable_tags_exclusions", "authorization_webhook")
+_INHERITED = ("immutable_tags", "immutable_tags_exclusions", "authorization_webhook",
+              "allow_missing_manifest_references")
 
 
 def _tls(table: Table) -> TlsConfig:

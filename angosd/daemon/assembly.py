@@ -67,7 +67,7 @@ def build_registry(live: LiveConfig, reactor: Any, coordination: Coordination | 
     other processes from the uploads this process writes (None: none needed)."""
     return _registry(live.config, reactor, live.namespace_allowed, live.tag_immutable,
                      update_pull_time=lambda: live.config.global_.update_pull_time, coordination=coordination,
-                     driver=driver)
+                     driver=driver, require_references=live.references_required)
 
 
 def build_driver(config: Config, reactor: Any) -> IStorageDriver:
@@ -116,11 +116,13 @@ def blob_redirect_ttl(config: Config) -> int | None:
 
 def _registry(config: Config, reactor: Any, namespace_allowed: Callable[[str], bool],
               immutable: Callable[[str, str], bool], update_pull_time: Callable[[], bool],
-              coordination: Coordination | None, driver: IStorageDriver | None = None) -> Registry:
+              coordination: Coordination | None, driver: IStorageDriver | None = None,
+              require_references: Callable[[str], bool] | None = None) -> Registry:
     limits = Limits(config.global_.max_manifest_size, config.global_.max_blob_size)
     store = driver if driver is not None else build_driver(config, reactor)
     registry = Registry(store, reactor, limits, namespace_allowed, immutable,
-                        update_pull_time=update_pull_time)
+                        update_pull_time=update_pull_time,
+                        require_references=require_references or config.references_required)
     registry.uploads.coordination = coordination
     return registry
 

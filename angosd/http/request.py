@@ -66,6 +66,23 @@ class RequestObserver(Protocol):
     def finished(self, request: RegistryRequest, failed: bool) -> None: ...
 
 
+#: The ``Server`` header of every response (Twisted would name itself and its version).
+SERVER_NAME = b"angosd"
+
+
+def origin_form(target: bytes) -> bytes:
+    """The origin-form (``/path?query``) of a request target; an absolute-form target
+    (``http://host/path``, RFC 9112 section 3.2.2) loses its scheme and authority."""
+    lowered = target[:8].lower()
+    if lowered.startswith(b"http://") or lowered.startswith(b"https://"):
+        rest = target.split(b"//", 1)[1]
+        slash, query = rest.find(b"/"), rest.find(b"?")
+        if slash < 0 or (0 <= query < slash):
+            return b"/" + (rest[query:] if query >= 0 else b"")
+        return rest[slash:]
+    return target
+
+
 class RegistryRequest(server.Request):
     """A request whose body is admitted, and routed to its sink, before it is read."""
 
@@ -78,7 +95,8 @@ class RegistryRequest(server.Request):
 
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()  # type: ignore[assignment]
-        self.route = parse_route(*request_line(self.channel))
+        method, target = request_line(self.channel)
+        self.route = parse_route(method, origin_form(target))
         self._held: list[bytes] | None = []
         self._sink_open = False
         self._ready: Deferred[None] = Deferred()
@@ -168,13 +186,20 @@ class RegistryRequest(server.Request):
             self.refusal = failure
 
         def dispatch(_: object) -> None:
-            server.Request.requestReceived(self, command, path, version)
+            if request_disconnected(self):  # the client left while admission was pending
+                return
+            server.Request.requestReceived(self, command, origin_form(path), version)
 
         self._ready.addCallback(finish_sink).addCallback(dispatch)
 
     def connectionLost(self, reason: Failure) -> None:
         self._close_sink()
         super().connectionLost(reason)
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        """As `Request.setHeader`, but ``Server`` always names angosd, never Twisted's version."""
+        raw = name.encode("latin-1") if isinstance(name, str) else name
+        super().setHeader(name, SERVER_NAME if raw.lower() == b"server" else value)
 
     def check_admitted(self) -> None:
         """Raise the reason this request was refused, if it was."""

@@ -553,10 +553,10 @@ def test_pushes_refused_and_delete_evicts(pair: tuple[DockerRegistry, Daemon], t
     assert get_manifest(mirror, "hub/library/evict", "v1").headers["x-angosd-cache"] == "miss"
 
     started = mirror.request("POST", "/v2/hub/library/evict/blobs/uploads/")
-    assert started.status == 405 and started.error_codes == ["UNSUPPORTED"], started
+    assert started.status == 415 and started.error_codes == ["UNSUPPORTED"], started
     put = mirror.request("PUT", "/v2/hub/library/evict/manifests/v2", inspect_raw(image.ref),
                          {"Content-Type": image.media_type})
-    assert put.status == 405 and put.error_codes == ["UNSUPPORTED"], put
+    assert put.status == 415 and put.error_codes == ["UNSUPPORTED"], put
     pushed = skopeo_may_fail("copy", "--dest-tls-verify=false", image.ref,
                              f"docker://{mirror.host}/hub/library/evict:v2", timeout=120)
     assert pushed.returncode != 0

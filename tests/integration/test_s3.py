@@ -206,8 +206,8 @@ def test_garbage_collection_reclaims_unowned_blobs_on_s3(tmp_path: Path, s3: S3S
     try:
         kept, dropped = payload(200_000, seed=30), payload(6 * MiB + 1, seed=31)
         push_blob(daemon, "team/gc", kept)
-        push_manifest(daemon, "team/gc", "v1", image_manifest(b"{}", [kept]))
         push_blob(daemon, "team/gc", b"{}")
+        push_manifest(daemon, "team/gc", "v1", image_manifest(b"{}", [kept]))
         push_blob(daemon, "team/gc", dropped)
         assert daemon.request("DELETE", f"/v2/team/gc/blobs/{digest(dropped)}").status == 202
         hex_dropped = digest(dropped).split(":")[1]
@@ -315,6 +315,7 @@ def _client_errors(proxying: Daemon, s3: S3Server, bucket: str) -> None:
     location = patch(proxying, start_upload(proxying, ns), b"0123456789", 0).headers["location"]
     # The longest name and tag the API accepts fit S3's key limit, appends included.
     longest = "/".join(["a" * 63] * 4)
+    push_blob(proxying, longest, config)
     push_blob(proxying, longest, layer)
     push_manifest(proxying, longest, "t" * 128, manifest)
     before = sorted(s3.keys(bucket))
