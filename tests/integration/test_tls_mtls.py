@@ -216,6 +216,29 @@ def test_optional_serves_clients_without_certificate(tmp_path: Path, pki: Pki, o
     assert manifest_digest(remote, "--cert-dir", cert_dir) == layout.digest
 
 
+def test_plain_http_to_the_tls_port_is_told_so(optional: Daemon) -> None:
+    with socket.create_connection(("127.0.0.1", optional.port), timeout=10) as sock:
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: registry\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.0 400 "), answer
+    assert answer.endswith(b"\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"), answer
+
+
+def test_an_over_long_header_over_tls_is_answered_at_once(pki: Pki, optional: Daemon) -> None:
+    connection = http.client.HTTPSConnection("127.0.0.1", optional.port, context=client_context(pki.ca_path),
+                                             timeout=10)
+    started = time.monotonic()
+    try:
+        connection.request("GET", "/v2/", headers={"Authorization": "Bearer " + "t" * 20_000})
+        response = connection.getresponse()
+        assert response.status == 431 and json.loads(response.read())["errors"][0]["code"] == "SIZE_INVALID"
+    finally:
+        connection.close()
+    assert time.monotonic() - started < 5
+
+
 def test_optional_accepts_a_valid_certificate(pki: Pki, optional: Daemon) -> None:
     context = client_context(pki.ca_path, pki.client_files("carol", pki.ca.client("carol")))
     assert https_get(optional, context)[0] == 200
