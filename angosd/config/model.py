@@ -180,6 +180,10 @@ class GlobalConfig:
     shutdown_drain_secs: int = field(default=30, metadata=parsed_by(int_range(0)))
     authorization_webhook: str | None = None
     event_webhooks: tuple[str, ...] = ()
+    # -- upload expiry --
+    #: Upload sessions started this long ago (seconds) and idle since the previous check are
+    #: removed by the daemon; 0 keeps them until ``angosd prune --uploads``.
+    upload_max_age_secs: int = field(default=86400, metadata=parsed_by(int_range(0)))
     # -- manifest references and proxying keys (Angos names) --
     #: Accept manifests that reference content their namespace does not have (Angos's
     #: default is true; angosd checks references unless told otherwise).

@@ -36,6 +36,7 @@ from angosd.daemon.workers.cpus import usable_cpus
 from angosd.daemon.workers.rundir import RunDirectory
 from angosd.daemon.workers.supervisor import HEARTBEAT
 from angosd.observability.metrics import Metrics
+from angosd.registry.expiry import expiry_service
 from angosd.registry.gc import collector_service
 from angosd.registry.paths import REPOSITORIES
 from angosd.registry.pulls import PullTimeFlusher
@@ -118,6 +119,8 @@ def _daemon(config: Config, reactor: Any, paths: Sequence[str], overrides: Overr
     if role.collect_garbage:
         collector_service(registry.driver, registry.blobs, reactor,  # online garbage collection
                           lambda: live.config.global_.gc_grace_secs).setServiceParent(back)
+        expiry_service(registry.driver, registry.uploads, reactor,  # abandoned upload sessions
+                       lambda: live.config.global_.upload_max_age_secs).setServiceParent(back)
     front = MultiService()  # stops first: stop accepting, drain requests in flight
     front.setServiceParent(top)
     if paths:

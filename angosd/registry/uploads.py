@@ -348,6 +348,26 @@ class UploadSessions:
         await self.cancel(namespace, session)
         return info.size
 
+    async def expire(self, namespace: str, session: str, size: int | None) -> bool:
+        """Remove an abandoned session, unless a request (of any process sharing the
+        coordination) is writing to it now or its size is no longer ``size`` (None: a session
+        whose state cannot be read, which must still be unreadable). True when removed."""
+        try:
+            await self._lock(namespace, session, size or 0)
+        except UploadOffsetMismatch:
+            return False
+        try:
+            try:
+                current: int | None = (await self.info(namespace, session)).size
+            except BlobUploadUnknown:
+                current = None
+            if current != size:
+                return False
+            await self.cancel(namespace, session)
+            return True
+        finally:
+            self._release(session)
+
     async def cancel(self, namespace: str, session: str) -> None:
         """Remove the session and its bytes."""
         self._forget(session)
