@@ -19,6 +19,7 @@ from angosd.config.schema import (
     int_range,
     ip_address,
     jws_algorithms,
+    networks,
     non_empty,
     one_of,
     parse_size,
@@ -58,6 +59,14 @@ class ServerConfig:
     #: Worker processes sharing the listening socket; None (``"auto"``): one per usable core.
     #: 1 is a single process, as before workers existed (see `angosd.daemon.workers`).
     workers: int | None = field(default=None, metadata=parsed_by(parse_workers))
+    # -- connection lifetime (Angos names) --
+    #: A connection's whole life, in seconds: then it finishes the request in progress and
+    #: closes, or is cut ``query_timeout_grace_period`` later. None: no limit (Angos: 3600,
+    #: which cuts uploads longer than an hour on one connection).
+    query_timeout: float | None = field(default=None, metadata=parsed_by(positive_float))
+    query_timeout_grace_period: float = field(default=60.0, metadata=parsed_by(positive_float))
+    #: Seconds a TLS client has to complete its handshake.
+    handshake_timeout: float = field(default=10.0, metadata=parsed_by(positive_float))
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +165,9 @@ class RepositoryConfig:
     # -- manifest references and proxying keys (Angos names) --
     #: Accept manifests whose config, layers or children the namespace does not have.
     allow_missing_manifest_references: bool = False
+    #: The ``?ns=`` value (the upstream registry's host, e.g. ``docker.io``) whose pulls this
+    #: (pull-through) repository serves, whatever their path.
+    namespace: str | None = field(default=None, metadata=parsed_by(non_empty))
 
     @property
     def is_pull_through(self) -> bool:
@@ -180,6 +192,12 @@ class GlobalConfig:
     shutdown_drain_secs: int = field(default=30, metadata=parsed_by(int_range(0)))
     authorization_webhook: str | None = None
     event_webhooks: tuple[str, ...] = ()
+    # -- request limits and proxies (Angos names) --
+    #: Requests served at once by one process; more are refused (429 with Retry-After) rather
+    #: than queued. None: no limit. (In Angos the number of worker threads.)
+    max_concurrent_requests: int | None = field(default=None, metadata=parsed_by(int_range(1)))
+    #: Peers (addresses or networks) whose ``X-Forwarded-For``/``X-Real-IP`` names the client.
+    trusted_proxies: tuple[str, ...] = field(default=(), metadata=parsed_by(networks))
     # -- upload expiry --
     #: Upload sessions started this long ago (seconds) and idle since the previous check are
     #: removed by the daemon; 0 keeps them until ``angosd prune --uploads``.
@@ -297,6 +315,13 @@ class Config:
     auth: AuthConfig = AuthConfig()
     event_webhooks: tuple[EventWebhookConfig, ...] = ()
     sources: tuple[str, ...] = ()
+    #: Whether any access policy was written down (``[global.access_policy]`` or a
+    #: repository's): without one, a daemon on a non-loopback address refuses to start.
+    access_policy_configured: bool = False
+
+    def repository_for_ns(self, ns: str) -> RepositoryConfig | None:
+        """The repository whose ``namespace`` is ``ns`` (the ``?ns=`` parameter), if any."""
+        return next((r for r in self.repositories if r.namespace is not None and r.namespace == ns), None)
 
     def repository_for(self, namespace: str) -> RepositoryConfig | None:
         """The repository named ``namespace`` or its longest ``"name/"`` prefix, if any."""

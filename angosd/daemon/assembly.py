@@ -187,7 +187,8 @@ def build_application(config: Config, reactor: Any, live: LiveConfig, registry: 
                       extensions=extensions, blob_redirect=lambda: blob_redirect_ttl(live.config))
     drain = DrainService(lambda: live.config.global_.shutdown_drain_secs, reactor)
     access_log = [AccessLog(time.monotonic, reactor.seconds)] if config.server.access_log else []
-    site = RegistrySite(api, observers=[drain, RequestMetrics(metrics.http, metrics.clock), *access_log])
+    site = RegistrySite(api, observers=[drain, RequestMetrics(metrics.http, metrics.clock), *access_log],
+                        config=lambda: live.config)
     return Application(registry, cache, events, api, drain, site)
 
 

@@ -53,6 +53,7 @@ TagImmutable = _error("TAG_IMMUTABLE", 409, "tag is immutable and points at anot
 Unauthorized = _error("UNAUTHORIZED", 401, "authentication required")
 Denied = _error("DENIED", 403, "requested access to the resource is denied")
 Unsupported = _error("UNSUPPORTED", 415, "the operation is unsupported")
+TooManyRequests = _error("TOOMANYREQUESTS", 429, "too many requests")
 PaginationNumberInvalid = _error("PAGINATION_NUMBER_INVALID", 400, "invalid number of results requested")
 
 
