@@ -315,6 +315,10 @@ class Config:
     auth: AuthConfig = AuthConfig()
     event_webhooks: tuple[EventWebhookConfig, ...] = ()
     sources: tuple[str, ...] = ()
+    #: ``[metadata_store.fs]`` / ``[metadata_store.s3]``: where tags, revisions, referrers
+    #: and ownership records live when not beside the blobs (None: beside them).
+    metadata_store: FsStoreConfig | None = None
+    metadata_store_s3: S3StoreConfig | None = None
     #: Whether any access policy was written down (``[global.access_policy]`` or a
     #: repository's): without one, a daemon on a non-loopback address refuses to start.
     access_policy_configured: bool = False

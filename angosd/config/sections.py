@@ -42,7 +42,9 @@ _ACCEPTED_SECTIONS = ("cache", "observability")
 _GLOBAL_NO_EFFECT = ("enable_manifest_redirect", "max_concurrent_cache_jobs", "max_concurrent_replication_jobs",
                      "namespace_walk_concurrency", "atime_audit_window_secs", "job_queue")
 _REPOSITORY_NO_EFFECT = ("downstream",)  # replication is not implemented
-_ROOT_NO_EFFECT = ("metadata_store",)  # metadata lives beside the blobs (see docs/operations.md)
+_ROOT_NO_EFFECT: tuple[str, ...] = ()
+#: SR's lock strategy of a metadata store: angosd coordinates through [cache.redis].
+_METADATA_NO_EFFECT = ("lock_strategy", "redis")
 _AUTH_NO_EFFECT = ("token_service",)
 _TLS_KEYS = ("server_ca_bundle", "client_certificate_bundle", "client_private_key")
 _OIDC_NO_EFFECT = ("provider", "client_certificate_bundle", "client_private_key", "bearer_token_file",
@@ -218,6 +220,7 @@ def read_config(root: Table) -> Config:
     root.no_effect(_ROOT_NO_EFFECT)
     server = _server(root.section("server"))
     blob_store, blob_store_s3 = _blob_store(_blob_store_section(root))
+    metadata_store, metadata_store_s3 = _metadata_store(root.table("metadata_store"), blob_store)
     redis = _redis(root)
     global_section = root.section("global")
     legacy_redirect = {}
@@ -239,7 +242,28 @@ def read_config(root: Table) -> Config:
     return Config(server=server, blob_store=blob_store, blob_store_s3=blob_store_s3, redis=redis,
                   global_=global_, repositories=repositories, ui=ui,
                   auth=auth, event_webhooks=events, sources=root.context.sources,
-                  access_policy_configured=policy_configured)
+                  access_policy_configured=policy_configured, metadata_store=metadata_store,
+                  metadata_store_s3=metadata_store_s3)
+
+
+def _metadata_store(table: Table | None, blob_store: FsStoreConfig
+                    ) -> tuple[FsStoreConfig | None, S3StoreConfig | None]:
+    """``[metadata_store]``: a directory (``root_dir`` defaults to the blob store's) or a
+    bucket for the metadata; None, None when absent."""
+    if table is None:
+        return None, None
+    fs, s3 = table.table("fs"), table.table("s3")
+    if fs is not None and s3 is not None:
+        raise table.error("s3", "set either [metadata_store.fs] or [metadata_store.s3], not both")
+    table.finish()
+    if s3 is not None:
+        s3.no_effect(_S3_NO_EFFECT + _METADATA_NO_EFFECT)
+        return None, build(S3StoreConfig, s3)
+    if fs is None:
+        return None, None
+    fs.no_effect(_METADATA_NO_EFFECT)
+    given = {} if "root_dir" in fs else {"root_dir": blob_store.root_dir}
+    return build(FsStoreConfig, fs, **given), None
 
 
 def _blob_store_section(root: Table) -> Table:

@@ -22,7 +22,7 @@ from angosd.auth.authenticator import Authenticator, AuthRecorder, TokenValidato
 from angosd.auth.authorizer import PolicyAuthorizer, SecurityState
 from angosd.auth.basic import PasswordUsers
 from angosd.auth.oidc import OidcProviders, make_http_client
-from angosd.config import Config
+from angosd.config import Config, FsStoreConfig, S3StoreConfig
 from angosd.coordination.files import FileCoordination
 from angosd.coordination.interface import Coordination
 from angosd.coordination.redis import RedisCoordination
@@ -40,6 +40,7 @@ from angosd.proxy.prefetch import Prefetcher
 from angosd.registry.registry import Limits, Registry
 from angosd.storage.fs import FilesystemDriver
 from angosd.storage.interface import IStorageDriver
+from angosd.storage.split import split
 from angosd.ui import UserInterface
 from angosd.webhooks.authorization import AuthorizationWebhooks
 from angosd.webhooks.events import EventBus
@@ -71,10 +72,22 @@ def build_registry(live: LiveConfig, reactor: Any, coordination: Coordination | 
 
 
 def build_driver(config: Config, reactor: Any) -> IStorageDriver:
-    """The store of ``config``: the ``[blob_store.s3]`` bucket when set, else the filesystem."""
-    s3 = config.blob_store_s3
+    """The store of ``config``: the ``[blob_store.s3]`` bucket when set, else the filesystem;
+    with its metadata in the ``[metadata_store]`` when that is another place."""
+    blobs = _store(config.blob_store, config.blob_store_s3, reactor)
+    fs, s3 = config.metadata_store, config.metadata_store_s3
+    same_directory = (fs is not None and config.blob_store_s3 is None
+                      and os.path.abspath(fs.root_dir) == os.path.abspath(config.blob_store.root_dir))
+    if (fs is None and s3 is None) or same_directory:
+        return blobs
+    assert fs is not None or s3 is not None
+    return split(blobs, _store(fs or FsStoreConfig(), s3, reactor))
+
+
+def _store(fs: FsStoreConfig, s3: S3StoreConfig | None, reactor: Any) -> IStorageDriver:
+    """The filesystem store ``fs``, or the bucket ``s3`` when given."""
     if s3 is None:
-        return FilesystemDriver(os.path.abspath(config.blob_store.root_dir), reactor, config.blob_store.sync_to_disk)
+        return FilesystemDriver(os.path.abspath(fs.root_dir), reactor, fs.sync_to_disk)
     from angosd.storage.s3 import S3Driver  # botocore only where S3 is configured
     from angosd.storage.s3_client import S3Options
 

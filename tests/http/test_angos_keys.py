@@ -21,7 +21,7 @@ from angosd.config.exposure import exposure_problem
 from angosd.daemon.tap import Options, makeService
 from angosd.http.forwarded import client_address, parse_networks
 from tests.inmemory import InMemoryDaemon
-from tests.integration.ocihelpers import assert_error
+from tests.integration.ocihelpers import OCI_MANIFEST, assert_error, digest, image_manifest
 
 #: The example configuration of the Angos feature inventory (our deployment's), verbatim in
 #: its keys; file paths and secrets are placeholders.
@@ -151,10 +151,10 @@ repository_filter = ["^apps$"]
 [ui]
 """
 
-#: The keys of `ANGOS_EXAMPLE` that do nothing in angosd, each warned about once:
-#: cache fills are not a thread pool here; metadata lives beside the blobs; OIDC providers
-#: need no preset (issuer, audience and claims say everything).
-WARNED = ["metadata_store", "global.max_concurrent_cache_jobs", "auth.oidc.keycloak.provider"]
+#: The keys of `ANGOS_EXAMPLE` that do nothing in angosd, each warned about once: cache
+#: fills are not a thread pool here; OIDC providers need no preset (issuer, audience and
+#: claims say everything).
+WARNED = ["global.max_concurrent_cache_jobs", "auth.oidc.keycloak.provider"]
 
 
 def write(tmp_path: Path, text: str, name: str = "angosd.toml") -> str:
@@ -171,6 +171,7 @@ def test_the_angos_example_warns_once_per_key_that_has_no_effect(tmp_path: Path,
     assert warnings == [f"{path}: accepted for compatibility, has no effect in angosd: {key}" for key in WARNED]
     assert config.server.query_timeout == 7200 and config.server.query_timeout_grace_period == 120
     assert config.global_.enable_blob_redirect is False  # enable_redirect is its alias
+    assert config.metadata_store is not None and config.metadata_store.root_dir == "/srv/registry/meta"
     assert config.repository_for_ns("docker.io") is not None
     assert config.repository_for_ns("docker.io").name == "hub"  # type: ignore[union-attr]
     check_config.run(argparse.Namespace(configs=[path]))
@@ -326,3 +327,24 @@ def test_ns_routes_pulls_to_the_repository_declaring_it() -> None:
     # Writes ignore ns=: this one targets library/alpine itself, which no repository serves.
     assert_error(daemon.request("PUT", "/v2/library/alpine/manifests/x?ns=docker.io", body, headers), 404,
                  "NAME_UNKNOWN")
+
+
+# -- [metadata_store] ------------------------------------------------------------------------------
+
+
+def test_metadata_store_fs_keeps_metadata_in_its_own_directory(tmp_path: Path) -> None:
+    meta = tmp_path / "meta"
+    daemon = InMemoryDaemon(f'[metadata_store.fs]\nroot_dir = "{meta}"\n', root=str(tmp_path / "data"))
+    config = b'{"os": "linux"}'
+    pushed = daemon.request("POST", f"/v2/team/app/blobs/uploads/?digest={digest(config)}", config)
+    assert pushed.status == 201
+    pending = daemon.request("POST", "/v2/team/app/blobs/uploads/").headers["location"].rsplit("/", 1)[1]
+    body = image_manifest(config)
+    assert daemon.request("PUT", "/v2/team/app/manifests/v1", body, {"Content-Type": OCI_MANIFEST}).status == 201
+    assert daemon.request("GET", "/v2/team/app/manifests/v1").body == body
+    assert daemon.request("GET", "/v2/team/app/tags/list").json()["tags"] == ["v1"]
+    assert daemon.request("GET", "/v2/_catalog").json() == {"repositories": ["team/app"]}
+    assert (meta / "repositories" / "team" / "app" / "_manifests").is_dir()
+    assert not (tmp_path / "data" / "repositories" / "team" / "app" / "_manifests").exists()
+    assert (tmp_path / "data" / "repositories" / "team" / "app" / "_uploads" / pending).is_dir()
+    assert not (meta / "blobs").exists() and (tmp_path / "data" / "blobs").is_dir()

@@ -582,3 +582,32 @@ def test_slicing_segments_maps_logical_ranges() -> None:
     assert slice_segments(segments, 7, 7) == [Segment("p/7", 0, 1)]
     assert slice_segments(segments, 5, 20) == [Segment("p/3", 2, 2), Segment("p/7", 0, 2)]
     assert slice_segments(segments, 9, 12) == []
+
+
+def test_metadata_store_on_s3_beside_a_filesystem_blob_store(tmp_path: Path, s3: S3Server) -> None:
+    """``[metadata_store.s3]``: tags, revisions and ownership records in the bucket, blob bytes
+    and upload sessions in the filesystem store."""
+    bucket = s3.new_bucket("meta")
+    config = tmp_path / "split.toml"
+    config.write_text(s3_config(s3, bucket).replace("[blob_store.s3]", "[metadata_store.s3]")
+                      + f'[blob_store.fs]\nroot_dir = "{tmp_path / "data"}"\n')
+    daemon = Daemon(str(tmp_path / "work"), str(tmp_path / "data"), configs=(str(config),)).start()
+    try:
+        layer, image_config = payload(300_000, seed=50), b'{"os": "linux", "n": 50}'
+        push_blob(daemon, "team/split", layer)
+        push_blob(daemon, "team/split", image_config)
+        body = image_manifest(image_config, [layer])
+        push_manifest(daemon, "team/split", "v1", body)
+        pending = start_upload(daemon, "team/split")
+        assert daemon.request("GET", "/v2/team/split/manifests/v1").body == body
+        assert daemon.request("GET", f"/v2/team/split/blobs/{digest(layer)}").body == layer
+        assert daemon.request("GET", "/v2/team/split/tags/list").json()["tags"] == ["v1"]
+        keys = s3.keys(bucket)
+        assert keys and all(key.startswith("repositories/team/split/") for key in keys), keys
+        assert not [key for key in keys if "/_uploads/" in key]
+        assert any("/_manifests/tags/v1" in key for key in keys), keys
+        assert (tmp_path / "data" / "blobs").is_dir()
+        assert (tmp_path / "data" / "repositories" / "team" / "split" / "_uploads" / pending.rsplit("/", 1)[1]).is_dir()
+        assert not (tmp_path / "data" / "repositories" / "team" / "split" / "_manifests").exists()
+    finally:
+        daemon.stop()

@@ -198,7 +198,8 @@ def test_full_angos_style_file_loads_warning_only_about_keys_without_effect(tmp_
     path = write(tmp_path, "angos.toml", ANGOS_FILE)
     config, warnings = load(path)
     assert warnings == [f"{path}: accepted for compatibility, has no effect in angosd: {key}" for key in
-                        ("metadata_store", "global.max_concurrent_cache_jobs", "auth.oidc.github-actions.provider")]
+                        ("metadata_store.fs.lock_strategy", "global.max_concurrent_cache_jobs",
+                         "auth.oidc.github-actions.provider")]
     assert config.sources == (path,)
     assert config.server == ServerConfig(
         bind_address="0.0.0.0", port=8000, query_timeout=3600.0, query_timeout_grace_period=60.0,
