@@ -13,7 +13,7 @@ import re
 
 from angosd.config.model import Config
 
-_INTERFACE = re.compile(r"(?:^|:)interface=([^:]+(?:\\:[^:]*)*)")
+_INTERFACE = re.compile(r"(?:^|:)interface=((?:\\:|[^:])+)")
 
 
 def _loopback(host: str) -> bool:
