@@ -29,7 +29,7 @@ def listening_address(config: Config, listen: str | None = None) -> str | None:
     description = listen if listen is not None else config.server.listen
     if description is None:
         return config.server.bind_address
-    if description == "systemd" or description.startswith("unix:"):
+    if description == "systemd" or description.startswith(("systemd:", "unix:")):  # passed in, or local
         return None
     match = _INTERFACE.search(description)
     return match.group(1) if match else "0.0.0.0"

@@ -208,6 +208,7 @@ def test_a_network_daemon_without_access_policy_is_refused(tmp_path: Path) -> No
     assert exposure_problem(load_config([write(tmp_path, "", "empty.toml")])) is None  # the 127.0.0.1 quick start
     assert exposure_problem(open_config, "tcp:5000:interface=127.0.0.1") is None
     assert exposure_problem(open_config, "tcp:5000") is not None
+    assert exposure_problem(open_config, "systemd:domain=INET:index=0") is None  # the socket's owner decides
     chosen = load_config([write(tmp_path, '[server]\nbind_address = "::"\n[global.access_policy]\ndefault = "allow"\n',
                                 "chosen.toml")])
     assert exposure_problem(chosen) is None
