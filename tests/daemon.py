@@ -193,6 +193,9 @@ class Response:
     status: int
     headers: dict[str, str]
     body: bytes
+    #: Every header line in order, names lower-cased (``headers`` keeps the last of each name);
+    #: filled in by the in-memory harness.
+    header_lines: tuple[tuple[str, str], ...] = field(default=(), compare=False)
 
     def json(self) -> Any:
         import json

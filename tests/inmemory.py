@@ -210,29 +210,33 @@ def parse_response(data: bytes, head: bool, closed: bool) -> tuple[Response, int
         lines = data[start:end].decode("latin-1").split("\r\n")
         status = int(lines[0].split(" ", 2)[1])
         headers: dict[str, str] = {}
+        header_lines: list[tuple[str, str]] = []
         for line in lines[1:]:
             name, _, value = line.partition(":")
             headers[name.strip().lower()] = value.strip()  # the last one wins, as in `Daemon.request`
+            header_lines.append((name.strip().lower(), value.strip()))
         body_start = end + 4
         if 100 <= status < 200:
             start = body_start
             continue
         break
     if head or status in (204, 304):
-        return Response(status, headers, b""), body_start
+        return Response(status, headers, b"", tuple(header_lines)), body_start
     if "chunked" in headers.get("transfer-encoding", "").lower():
-        return _dechunk(data, body_start, status, headers)
+        return _dechunk(data, body_start, status, headers, tuple(header_lines))
     if "content-length" in headers:
         length = int(headers["content-length"])
         if len(data) < body_start + length:
             return None
-        return Response(status, headers, data[body_start:body_start + length]), body_start + length
+        return Response(status, headers, data[body_start:body_start + length], tuple(header_lines)), \
+            body_start + length
     if not closed:
         return None
-    return Response(status, headers, data[body_start:]), len(data)
+    return Response(status, headers, data[body_start:], tuple(header_lines)), len(data)
 
 
-def _dechunk(data: bytes, at: int, status: int, headers: dict[str, str]) -> tuple[Response, int] | None:
+def _dechunk(data: bytes, at: int, status: int, headers: dict[str, str],
+             header_lines: tuple[tuple[str, str], ...]) -> tuple[Response, int] | None:
     body = bytearray()
     while True:
         line_end = data.find(b"\r\n", at)
@@ -244,7 +248,7 @@ def _dechunk(data: bytes, at: int, status: int, headers: dict[str, str]) -> tupl
             trailer_end = data.find(b"\r\n\r\n", at - 2)
             if trailer_end < 0:
                 return None
-            return Response(status, headers, bytes(body)), trailer_end + 4
+            return Response(status, headers, bytes(body), header_lines), trailer_end + 4
         if len(data) < at + size + 2:
             return None
         body += data[at:at + size]

@@ -8,6 +8,7 @@ Checks what the daemon checks at start, and what it would only find later:
   bundles and client certificate/key pairs of upstreams, webhooks and OIDC providers with
   ``cryptography``;
 - every ``authorization_webhook`` names an existing ``[auth.webhook.NAME]`` table;
+- a daemon listening on a non-loopback address has an access policy (`exposure_problem`);
 - ``[server] listen`` is a valid endpoint description, one that worker processes can share
   unless ``[server] workers = 1``;
 - with ``[blob_store.s3]``, botocore (the ``s3`` extra) is installed.
@@ -31,6 +32,7 @@ from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from angosd.config import AccessPolicyConfig, Config, ConfigError, WebhookTlsConfig, load_config
+from angosd.config.exposure import exposure_problem
 
 _Path = tuple[str, ...]
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
@@ -74,6 +76,9 @@ def check(paths: Sequence[str], warn: Callable[[str], None] = lambda _: None) ->
     reported = {_file_and_key(problem) for problem in problems}
     problems += [problem for problem in _webhook_references(origins) if _file_and_key(problem) not in reported]
     if config is not None:
+        exposed = exposure_problem(config)
+        if exposed is not None:
+            problems.append(f"{origins.origin(('server', 'bind_address'))}: {exposed}")
         problems += _policies(config, origins)
         problems += _server_tls(config, origins)
         problems += _client_tls(config, origins)

@@ -335,7 +335,7 @@ async def run_import(registry: Registry, archive: ArchiveReader, plan: ImportPla
             except ManifestUnknown:
                 pass
             media_type, body = plan.manifests[digest]
-            await registry.manifests.put(namespace, Reference(digest=digest), media_type, body)
+            await registry.manifests.put(namespace, Reference(digest=digest), media_type, body, strict=False)
             result.manifests += 1
 
     for (namespace, tag), digest in plan.tags.items():
@@ -345,7 +345,7 @@ async def run_import(registry: Registry, archive: ArchiveReader, plan: ImportPla
         except ManifestUnknown:
             pass
         media_type, body = plan.manifests[digest]
-        await registry.manifests.put(namespace, Reference(tag=tag), media_type, body)
+        await registry.manifests.put(namespace, Reference(tag=tag), media_type, body, strict=False)
         result.tags += 1
     return result
 

@@ -21,6 +21,7 @@ from angosd.config.schema import (
     int_range,
     ip_address,
     jws_algorithms,
+    networks,
     non_empty,
     one_of,
     parse_size,
@@ -68,6 +69,14 @@ class ServerConfig:
     cpu_threads: int = field(default=2, metadata=parsed_by(int_range(1, MAX_POOL_THREADS)))
     #: Password checks that may wait for a ``cpu`` thread; past that requests get 429.
     cpu_queue: int = field(default=64, metadata=parsed_by(int_range(1, MAX_POOL_QUEUE)))
+    # -- connection lifetime (Angos names) --
+    #: A connection's whole life, in seconds: then it finishes the request in progress and
+    #: closes, or is cut ``query_timeout_grace_period`` later. None: no limit (Angos: 3600,
+    #: which cuts uploads longer than an hour on one connection).
+    query_timeout: float | None = field(default=None, metadata=parsed_by(positive_float))
+    query_timeout_grace_period: float = field(default=60.0, metadata=parsed_by(positive_float))
+    #: Seconds a TLS client has to complete its handshake.
+    handshake_timeout: float = field(default=10.0, metadata=parsed_by(positive_float))
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +172,12 @@ class RepositoryConfig:
     #: Pull-through only: when an index is cached, fetch these platforms' manifests and
     #: blobs in the background (``("all",)`` for every platform; empty: no prefetch).
     prefetch_platforms: tuple[str, ...] = field(default=(), metadata=parsed_by(platform_list))
+    # -- manifest references and proxying keys (Angos names) --
+    #: Accept manifests whose config, layers or children the namespace does not have.
+    allow_missing_manifest_references: bool = False
+    #: The ``?ns=`` value (the upstream registry's host, e.g. ``docker.io``) whose pulls this
+    #: (pull-through) repository serves, whatever their path.
+    namespace: str | None = field(default=None, metadata=parsed_by(non_empty))
 
     @property
     def is_pull_through(self) -> bool:
@@ -187,6 +202,20 @@ class GlobalConfig:
     shutdown_drain_secs: int = field(default=30, metadata=parsed_by(int_range(0)))
     authorization_webhook: str | None = None
     event_webhooks: tuple[str, ...] = ()
+    # -- request limits and proxies (Angos names) --
+    #: Requests served at once by one process; more are refused (429 with Retry-After) rather
+    #: than queued. None: no limit. (In Angos the number of worker threads.)
+    max_concurrent_requests: int | None = field(default=None, metadata=parsed_by(int_range(1)))
+    #: Peers (addresses or networks) whose ``X-Forwarded-For``/``X-Real-IP`` names the client.
+    trusted_proxies: tuple[str, ...] = field(default=(), metadata=parsed_by(networks))
+    # -- upload expiry --
+    #: Upload sessions started this long ago (seconds) and idle since the previous check are
+    #: removed by the daemon; 0 keeps them until ``angosd prune --uploads``.
+    upload_max_age_secs: int = field(default=86400, metadata=parsed_by(int_range(0)))
+    # -- manifest references and proxying keys (Angos names) --
+    #: Accept manifests that reference content their namespace does not have (Angos's
+    #: default is true; angosd checks references unless told otherwise).
+    allow_missing_manifest_references: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -323,6 +352,17 @@ class Config:
     sources: tuple[str, ...] = ()
     mirror: MirrorConfig = MirrorConfig()  # [mirror]
     bundle: BundleConfig = BundleConfig()  # [bundle]
+    #: ``[metadata_store.fs]`` / ``[metadata_store.s3]``: where tags, revisions, referrers
+    #: and ownership records live when not beside the blobs (None: beside them).
+    metadata_store: FsStoreConfig | None = None
+    metadata_store_s3: S3StoreConfig | None = None
+    #: Whether any access policy was written down (``[global.access_policy]`` or a
+    #: repository's): without one, a daemon on a non-loopback address refuses to start.
+    access_policy_configured: bool = False
+
+    def repository_for_ns(self, ns: str) -> RepositoryConfig | None:
+        """The repository whose ``namespace`` is ``ns`` (the ``?ns=`` parameter), if any."""
+        return next((r for r in self.repositories if r.namespace is not None and r.namespace == ns), None)
 
     def repository_for(self, namespace: str) -> RepositoryConfig | None:
         """The repository named ``namespace`` or its longest ``"name/"`` prefix, if any."""
@@ -332,6 +372,13 @@ class Config:
             if inside and (best is None or len(repository.name) > len(best.name)):
                 best = repository
         return best
+
+    def references_required(self, namespace: str) -> bool:
+        """Whether a manifest pushed into ``namespace`` must only reference content it has."""
+        repository = self.repository_for(namespace)
+        allowed = (repository.allow_missing_manifest_references if repository is not None
+                   else self.global_.allow_missing_manifest_references)
+        return not allowed
 
     def namespace_allowed(self, namespace: str) -> bool:
         """Whether ``namespace`` is served: always without repositories, else inside one."""

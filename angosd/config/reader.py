@@ -35,6 +35,8 @@ _PARSERS_BY_TYPE: dict[object, Parser] = {
 }
 
 _BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+#: How a key that is accepted but does nothing is reported (at start and by check-config).
+NO_EFFECT = "accepted for compatibility, has no effect in angosd"
 
 
 def dotted(path: KeyPath) -> str:
@@ -127,6 +129,14 @@ class Table:
             if not isinstance(item, dict):
                 raise self.error(key, f"expected a table, got {kind_of(item)}", (index,))
         return [Table(self.context, (*self.path, key, index), item) for index, item in enumerate(value)]
+
+    def no_effect(self, keys: Iterable[str]) -> None:
+        """Take ``keys`` as known, warning once about each one present that it does nothing here
+        (an Angos key angosd accepts so that an Angos configuration loads)."""
+        for key in keys:
+            if key in self._data and key not in self._seen:
+                self._seen.add(key)
+                self.context.warn(f"{self.origin(key)}: {NO_EFFECT}: {dotted((*self.path, key))}")
 
     def accept(self, keys: Iterable[str]) -> None:
         """Take ``keys`` as known without reading them."""

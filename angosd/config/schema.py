@@ -318,6 +318,17 @@ def redis_url(value: object) -> str:
     return text
 
 
+def networks(value: object) -> tuple[str, ...]:
+    """An array of IP addresses or CIDR networks (``10.0.0.0/8``, ``::1``), normalized."""
+    found = []
+    for index, text in enumerate(as_strings(value)):
+        try:
+            found.append(str(ipaddress.ip_network(text.strip(), strict=False)))
+        except ValueError:
+            raise Invalid(f"not an IP address or network: {text[:100]!r}", (index,)) from None
+    return tuple(found)
+
+
 def parsed_by(parser: Parser) -> dict[str, Parser]:
     """Dataclass field metadata: read this field's TOML value with ``parser``."""
     return {"parse": parser}

@@ -36,16 +36,23 @@ from angosd.config.schema import ACCESS_DEFAULT, ConfigError, as_bool, as_str
 
 _REPOSITORY_NAME = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*)*$")
 
-_SERVER_EXTRAS = ("query_timeout", "query_timeout_grace_period", "handshake_timeout")
-_GLOBAL_EXTRAS = ("max_concurrent_requests", "max_concurrent_cache_jobs", "enable_redirect",
-                  "enable_manifest_redirect", "allow_missing_manifest_references", "trusted_proxies")
-_REPOSITORY_EXTRAS = ("namespace",)
-_ACCEPTED_SECTIONS = ("metadata_store", "cache", "observability")
-_AUTH_EXTRAS = ("token_service",)
+_SERVER_EXTRAS: tuple[str, ...] = ()
+_GLOBAL_EXTRAS = ("enable_redirect",)  # read as the alias of enable_blob_redirect
+_ACCEPTED_SECTIONS = ("cache", "observability")
+# -- Angos keys accepted with no effect: each is warned about by name (`Table.no_effect`) --
+#: Manifests are always served inline; cache fills, replication and walks are not threads here.
+_GLOBAL_NO_EFFECT = ("enable_manifest_redirect", "max_concurrent_cache_jobs", "max_concurrent_replication_jobs",
+                     "namespace_walk_concurrency", "atime_audit_window_secs", "job_queue")
+_REPOSITORY_NO_EFFECT = ("downstream",)  # replication is not implemented
+_ROOT_NO_EFFECT: tuple[str, ...] = ()
+#: SR's lock strategy of a metadata store: angosd coordinates through [cache.redis].
+_METADATA_NO_EFFECT = ("lock_strategy", "redis")
+_AUTH_NO_EFFECT = ("token_service",)
 _TLS_KEYS = ("server_ca_bundle", "client_certificate_bundle", "client_private_key")
-_OIDC_EXTRAS = ("provider", "client_certificate_bundle", "client_private_key", "bearer_token_file",
-                "jwks_refresh_timeout_secs")
-_INHERITED = ("immutable_tags", "immutable_tags_exclusions", "authorization_webhook")
+_OIDC_NO_EFFECT = ("provider", "client_certificate_bundle", "client_private_key", "bearer_token_file",
+                   "jwks_refresh_timeout_secs")
+_INHERITED = ("immutable_tags", "immutable_tags_exclusions", "authorization_webhook",
+              "allow_missing_manifest_references")
 
 
 def _tls(table: Table) -> TlsConfig:
@@ -60,8 +67,8 @@ def _server(table: Table) -> ServerConfig:
     return build(ServerConfig, table, _SERVER_EXTRAS, tls=None if tls is None else _tls(tls))
 
 
-_S3_EXTRAS = ("multipart_copy_threshold", "multipart_copy_chunk_size", "multipart_copy_jobs",
-              "multipart_uniform_parts")
+_S3_NO_EFFECT = ("multipart_copy_threshold", "multipart_copy_chunk_size", "multipart_copy_jobs",
+                 "multipart_uniform_parts")
 
 
 def _blob_store(table: Table) -> tuple[FsStoreConfig, S3StoreConfig | None]:
@@ -72,7 +79,8 @@ def _blob_store(table: Table) -> tuple[FsStoreConfig, S3StoreConfig | None]:
         raise table.error("s3", "set either [blob_store.fs] or [blob_store.s3], not both")
     table.finish()
     if s3 is not None:
-        return FsStoreConfig(), build(S3StoreConfig, s3, _S3_EXTRAS)
+        s3.no_effect(_S3_NO_EFFECT)
+        return FsStoreConfig(), build(S3StoreConfig, s3)
     return (FsStoreConfig() if fs is None else build(FsStoreConfig, fs)), None
 
 
@@ -133,7 +141,8 @@ def _repositories(section: Table, global_: GlobalConfig) -> tuple[RepositoryConf
             raise section.error(name, problem)
         inherited = {key: getattr(global_, key) for key in _INHERITED if key not in table}
         upstreams = tuple(_upstream(upstream) for upstream in table.tables("upstream"))
-        repositories.append(build(RepositoryConfig, table, _REPOSITORY_EXTRAS, name=name, upstreams=upstreams,
+        table.no_effect(_REPOSITORY_NO_EFFECT)
+        repositories.append(build(RepositoryConfig, table, name=name, upstreams=upstreams,
                                    **_policies(table), **inherited))
     section.finish()
     return tuple(repositories)
@@ -150,7 +159,8 @@ def _auth(table: Table) -> AuthConfig:
     for name in sorted(oidc_section.keys()):
         entry = oidc_section.table(name)
         assert entry is not None
-        providers.append(build(OidcConfig, entry, _OIDC_EXTRAS, name=name))
+        entry.no_effect(_OIDC_NO_EFFECT)
+        providers.append(build(OidcConfig, entry, name=name))
     seen: dict[str, str] = {}
     for identity in identities:
         if identity.username in seen:
@@ -164,7 +174,7 @@ def _auth(table: Table) -> AuthConfig:
     webhooks = tuple(build(AuthWebhookConfig, entry, name=name, tls=_webhook_tls(entry))
                      for name, entry in _named_tables(webhook_section))
     webhook_section.finish()
-    table.accept(_AUTH_EXTRAS)
+    table.no_effect(_AUTH_NO_EFFECT)
     table.finish()
     return AuthConfig(identities=tuple(identities), oidc=tuple(providers), webhooks=webhooks)
 
@@ -223,15 +233,19 @@ def read_config(root: Table) -> Config:
     """The `Config` described by the merged document ``root``."""
     for key in _ACCEPTED_SECTIONS:
         root.table(key)  # must be a table; contents accepted unread
+    root.no_effect(_ROOT_NO_EFFECT)
     server = _server(root.section("server"))
-    blob_store, blob_store_s3 = _blob_store(root.section("blob_store"))
+    blob_store, blob_store_s3 = _blob_store(_blob_store_section(root))
+    metadata_store, metadata_store_s3 = _metadata_store(root.table("metadata_store"), blob_store)
     redis = _redis(root)
     global_section = root.section("global")
     legacy_redirect = {}
     if "enable_blob_redirect" not in global_section and "enable_redirect" in global_section:
         legacy_redirect["enable_blob_redirect"] = global_section.get("enable_redirect", as_bool)
+    global_section.no_effect(_GLOBAL_NO_EFFECT)
     global_ = build(GlobalConfig, global_section, _GLOBAL_EXTRAS, **_policies(global_section), **legacy_redirect)
     repositories = _repositories(root.section("repository"), global_)
+    _check_namespaces(root, repositories)
     ui = build(UiConfig, root.section("ui"))
     auth = _auth(root.section("auth"))
     event_section = root.section("event_webhook")
@@ -241,8 +255,56 @@ def read_config(root: Table) -> Config:
     _check_webhook_references(root, global_, repositories, auth, events)
     mirror, bundle = _air_gap(root)
     root.finish()
+    policy_configured = "access_policy" in global_section or any(r.access_policy is not None for r in repositories)
     return Config(server=server, blob_store=blob_store, blob_store_s3=blob_store_s3, redis=redis,
                   global_=global_, repositories=repositories, ui=ui,
                   auth=auth, event_webhooks=events, sources=root.context.sources,
-                  mirror=mirror, bundle=bundle)
+                  mirror=mirror, bundle=bundle,
+                  access_policy_configured=policy_configured, metadata_store=metadata_store,
+                  metadata_store_s3=metadata_store_s3)
+
+
+def _metadata_store(table: Table | None, blob_store: FsStoreConfig
+                    ) -> tuple[FsStoreConfig | None, S3StoreConfig | None]:
+    """``[metadata_store]``: a directory (``root_dir`` defaults to the blob store's) or a
+    bucket for the metadata; None, None when absent."""
+    if table is None:
+        return None, None
+    fs, s3 = table.table("fs"), table.table("s3")
+    if fs is not None and s3 is not None:
+        raise table.error("s3", "set either [metadata_store.fs] or [metadata_store.s3], not both")
+    table.finish()
+    if s3 is not None:
+        s3.no_effect(_S3_NO_EFFECT + _METADATA_NO_EFFECT)
+        return None, build(S3StoreConfig, s3)
+    if fs is None:
+        return None, None
+    fs.no_effect(_METADATA_NO_EFFECT)
+    given = {} if "root_dir" in fs else {"root_dir": blob_store.root_dir}
+    return build(FsStoreConfig, fs, **given), None
+
+
+def _blob_store_section(root: Table) -> Table:
+    """``[blob_store]``, or its deprecated alias ``[storage]`` (warned about) when only that is set."""
+    blob_store, storage = root.table("blob_store"), root.table("storage")
+    if storage is None:
+        return blob_store if blob_store is not None else root.section("blob_store")
+    if blob_store is not None:
+        root.warn("storage", "ignored: [blob_store] is set ([storage] is its deprecated alias)")
+        return blob_store
+    root.warn("storage", "deprecated alias of [blob_store], used as such; rename the section to [blob_store]")
+    return storage
+
+
+def _check_namespaces(root: Table, repositories: tuple[RepositoryConfig, ...]) -> None:
+    """No two repositories may claim the same ``namespace`` (``?ns=`` value)."""
+    claimed: dict[str, str] = {}
+    for repository in repositories:
+        if repository.namespace is None:
+            continue
+        if repository.namespace in claimed:
+            path = ("repository", repository.name, "namespace")
+            raise ConfigError(f"{root.context.origin(path)}: {dotted(path)}: {repository.namespace!r} is also the "
+                              f"namespace of repository {claimed[repository.namespace]!r}")
+        claimed[repository.namespace] = repository.name
 

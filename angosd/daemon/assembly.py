@@ -22,7 +22,7 @@ from angosd.auth.authenticator import Authenticator, AuthRecorder, TokenValidato
 from angosd.auth.authorizer import PolicyAuthorizer, SecurityState
 from angosd.auth.basic import PasswordUsers
 from angosd.auth.oidc import OidcProviders, make_http_client
-from angosd.config import Config
+from angosd.config import Config, FsStoreConfig, S3StoreConfig
 from angosd.coordination.files import FileCoordination
 from angosd.coordination.interface import Coordination
 from angosd.coordination.redis import RedisCoordination
@@ -41,6 +41,7 @@ from angosd.registry.registry import Limits, Registry
 from angosd.storage.fs import FilesystemDriver
 from angosd.storage.interface import IStorageDriver
 from angosd.storage.pools import Pools
+from angosd.storage.split import split
 from angosd.ui import UserInterface
 from angosd.webhooks.authorization import AuthorizationWebhooks
 from angosd.webhooks.events import EventBus
@@ -75,15 +76,27 @@ def build_registry(live: LiveConfig, reactor: Any, pools: Pools, coordination: C
     other processes from the uploads this process writes (None: none needed)."""
     return _registry(live.config, reactor, pools, live.namespace_allowed, live.tag_immutable,
                      update_pull_time=lambda: live.config.global_.update_pull_time, coordination=coordination,
-                     driver=driver)
+                     driver=driver, require_references=live.references_required)
 
 
 def build_driver(config: Config, reactor: Any, pools: Pools) -> IStorageDriver:
     """The store of ``config``: the ``[blob_store.s3]`` bucket when set, else the filesystem;
-    its blocking work runs on ``pools.io``."""
-    s3 = config.blob_store_s3
+    with its metadata in the ``[metadata_store]`` when that is another place. Its blocking
+    work runs on ``pools.io``."""
+    blobs = _store(config.blob_store, config.blob_store_s3, reactor, pools)
+    fs, s3 = config.metadata_store, config.metadata_store_s3
+    same_directory = (fs is not None and config.blob_store_s3 is None
+                      and os.path.abspath(fs.root_dir) == os.path.abspath(config.blob_store.root_dir))
+    if (fs is None and s3 is None) or same_directory:
+        return blobs
+    assert fs is not None or s3 is not None
+    return split(blobs, _store(fs or FsStoreConfig(), s3, reactor, pools))
+
+
+def _store(fs: FsStoreConfig, s3: S3StoreConfig | None, reactor: Any, pools: Pools) -> IStorageDriver:
+    """The filesystem store ``fs``, or the bucket ``s3`` when given."""
     if s3 is None:
-        return FilesystemDriver(os.path.abspath(config.blob_store.root_dir), pools.io, config.blob_store.sync_to_disk)
+        return FilesystemDriver(os.path.abspath(fs.root_dir), pools.io, fs.sync_to_disk)
     from angosd.storage.s3_support import require_s3_support
 
     require_s3_support()  # botocore is the optional [s3] extra: one line naming it, not a traceback
@@ -128,11 +141,13 @@ def blob_redirect_ttl(config: Config) -> int | None:
 
 def _registry(config: Config, reactor: Any, pools: Pools, namespace_allowed: Callable[[str], bool],
               immutable: Callable[[str, str], bool], update_pull_time: Callable[[], bool],
-              coordination: Coordination | None, driver: IStorageDriver | None = None) -> Registry:
+              coordination: Coordination | None, driver: IStorageDriver | None = None,
+              require_references: Callable[[str], bool] | None = None) -> Registry:
     limits = Limits(config.global_.max_manifest_size, config.global_.max_blob_size)
     store = driver if driver is not None else build_driver(config, reactor, pools)
     registry = Registry(store, reactor, limits, namespace_allowed, immutable,
-                        update_pull_time=update_pull_time)
+                        update_pull_time=update_pull_time,
+                        require_references=require_references or config.references_required)
     registry.uploads.coordination = coordination
     return registry
 
@@ -200,7 +215,8 @@ def build_application(config: Config, reactor: Any, live: LiveConfig, registry: 
                       extensions=extensions, blob_redirect=lambda: blob_redirect_ttl(live.config))
     drain = DrainService(lambda: live.config.global_.shutdown_drain_secs, reactor)
     access_log = [AccessLog(time.monotonic, reactor.seconds)] if config.server.access_log else []
-    site = RegistrySite(api, observers=[drain, RequestMetrics(metrics.http, metrics.clock), *access_log])
+    site = RegistrySite(api, observers=[drain, RequestMetrics(metrics.http, metrics.clock), *access_log],
+                        config=lambda: live.config)
     return Application(registry, cache, events, api, drain, site)
 
 

@@ -62,6 +62,9 @@ class LiveConfig:
     def namespace_allowed(self, namespace: str) -> bool:
         return self.security.config.namespace_allowed(namespace)
 
+    def references_required(self, namespace: str) -> bool:
+        return self.security.config.references_required(namespace)
+
     def tag_immutable(self, namespace: str, tag: str) -> bool:
         return tag_immutable(self.security.config, namespace, tag)
 

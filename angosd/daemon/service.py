@@ -40,6 +40,7 @@ from angosd.daemon.workers.rundir import RunDirectory
 from angosd.daemon.workers.supervisor import HEARTBEAT
 from angosd.observability.metrics import Metrics
 from angosd.observability.mirror import MirrorCollector, MirrorRecorder, status_file_reader
+from angosd.registry.expiry import expiry_service
 from angosd.registry.gc import collector_service
 from angosd.registry.paths import REPOSITORIES
 from angosd.registry.pulls import PullTimeFlusher
@@ -132,6 +133,8 @@ def _daemon(config: Config, reactor: Any, paths: Sequence[str], overrides: Overr
         if schedule is not None:
             metrics.registry.register(MirrorCollector(lambda: recorder.status))
             schedule.setServiceParent(back)
+        expiry_service(registry.driver, registry.uploads, reactor,  # abandoned upload sessions
+                       lambda: live.config.global_.upload_max_age_secs).setServiceParent(back)
     front = MultiService()  # stops first: stop accepting, drain requests in flight
     front.setServiceParent(top)
     if paths:

@@ -10,6 +10,7 @@ from twisted.python import usage
 from angosd import __version__
 from angosd.auth.policy import PolicyError
 from angosd.config import ConfigError, default_config, load_config, parse_workers
+from angosd.config.exposure import exposure_problem
 from angosd.daemon.overrides import AUTO, Overrides
 from angosd.daemon.systemd import ListenError
 from angosd.tls.server import TlsError
@@ -60,6 +61,9 @@ def makeService(options: Options) -> IService:
     overrides = Overrides(root=options["root"], workers=options["workers"])
     try:
         config = overrides.apply(load_config(options["config"], warn=_warn) if options["config"] else default_config())
+        exposed = exposure_problem(config, options["listen"])
+        if exposed is not None:
+            raise ConfigError(exposed)
         return build_service(config, reactor, listen=options["listen"], paths=options["config"], overrides=overrides)
     except (ConfigError, PolicyError, TlsError, ListenError) as exc:
         raise SystemExit(f"angosd: configuration error: {exc}") from None

@@ -23,7 +23,7 @@ from twisted.web.iweb import IRequest
 from angosd.http.responses import JSON, respond, upload_headers
 from angosd.oci.errors import MethodNotAllowed, NameInvalid, NotFound, OciError, Unauthorized
 from angosd.registry.failures import storage_failure
-from angosd.registry.uploads import UploadOffsetMismatch
+from angosd.registry.uploads import UploadDigestMismatch, UploadOffsetMismatch
 
 _log = Logger()
 
@@ -44,11 +44,14 @@ def routing_error(request: IRequest, failure: Failure, realm: str) -> bytes | No
 
 
 def unexpected(request: IRequest, failure: Failure, realm: str) -> bytes | None:
-    """A storage failure is answered as `storage_failure` says (507 or 503); anything else
-    is a bug: 500. Both are logged with their traceback."""
+    """A storage failure is answered as `storage_failure` says (507 or 503) and logged as
+    one error line (a full disk is an operating condition, not a bug); anything else is a
+    bug: 500, logged with its traceback."""
     error = storage_failure(failure.value)
     if error is not None:
-        _log.failure("storage failure on {method} {path}", failure, method=request.method, path=request.path)
+        _log.error("storage failure on {method} {path}: {status} {error}", method=request.method.decode("latin-1"),
+                   path=request.path.decode("latin-1")[:200], status=error.status,
+                   error=f"{type(failure.value).__name__}: {failure.value}"[:300])
         return error_response(request, error, realm)
     _log.failure("unhandled error on {method} {path}", failure, method=request.method, path=request.path)
     return error_response(request, OciError("internal error"), realm)
@@ -62,12 +65,12 @@ def invalid_path(request: IRequest) -> bytes:
 
 def error_response(request: IRequest, error: OciError, realm: str) -> bytes | None:
     """``error``'s status, headers and body; a challenge for `Unauthorized`, the session's
-    state for `UploadOffsetMismatch`. Cuts the connection when the response has started."""
+    state for `UploadOffsetMismatch` and `UploadDigestMismatch`. Cuts the connection when the response has started."""
     if getattr(request, "startedWriting", False):
         request.loseConnection()  # type: ignore[attr-defined]  # headers are gone: all we can do is cut the body short
         return None
     headers = dict(error.headers)
-    if isinstance(error, UploadOffsetMismatch):
+    if isinstance(error, UploadOffsetMismatch | UploadDigestMismatch):
         headers.update(upload_headers(error.namespace, error.session, error.size))
     if isinstance(error, Unauthorized):
         headers["WWW-Authenticate"] = f'Basic realm="{realm}", charset="UTF-8"'

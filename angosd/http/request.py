@@ -12,15 +12,24 @@ straight into the upload's file while being hashed.
 from __future__ import annotations
 
 import io
+from dataclasses import replace
 from typing import Any, Protocol
 
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.address import IPv4Address, IPv6Address
+from twisted.internet.defer import Deferred, fail, maybeDeferred
 from twisted.python.failure import Failure
 from twisted.web import server
 
+from angosd.actions import Action
 from angosd.compat import request_disconnected, request_line
+from angosd.http.forwarded import client_address
 from angosd.http.router import Route, parse_route
-from angosd.oci.errors import TooLarge
+from angosd.oci.errors import TooLarge, TooManyRequests
+
+#: Actions a ``?ns=`` parameter reroutes (pulls; writes ignore it).
+_NS_ACTIONS = frozenset({Action.GET_MANIFEST, Action.GET_BLOB, Action.LIST_TAGS, Action.GET_REFERRERS})
+#: Actions never refused for capacity: probes must see a busy registry as alive.
+_UNLIMITED = frozenset({Action.HEALTHZ, Action.READYZ, Action.METRICS})
 
 
 class BodySink(Protocol):
@@ -66,6 +75,23 @@ class RequestObserver(Protocol):
     def finished(self, request: RegistryRequest, failed: bool) -> None: ...
 
 
+#: The ``Server`` header of every response (Twisted would name itself and its version).
+SERVER_NAME = b"angosd"
+
+
+def origin_form(target: bytes) -> bytes:
+    """The origin-form (``/path?query``) of a request target; an absolute-form target
+    (``http://host/path``, RFC 9112 section 3.2.2) loses its scheme and authority."""
+    lowered = target[:8].lower()
+    if lowered.startswith(b"http://") or lowered.startswith(b"https://"):
+        rest = target.split(b"//", 1)[1]
+        slash, query = rest.find(b"/"), rest.find(b"?")
+        if slash < 0 or (0 <= query < slash):
+            return b"/" + (rest[query:] if query >= 0 else b"")
+        return rest[slash:]
+    return target
+
+
 class RegistryRequest(server.Request):
     """A request whose body is admitted, and routed to its sink, before it is read."""
 
@@ -78,20 +104,80 @@ class RegistryRequest(server.Request):
 
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()  # type: ignore[assignment]
-        self.route = parse_route(*request_line(self.channel))
+        method, target = request_line(self.channel)
+        self.route = parse_route(method, origin_form(target))
+        site = getattr(self.channel, "site")  # noqa: B009 - set by Site.buildProtocol
+        self._route_by_ns(site)
+        self.getClientAddress()  # decided now, while the connection is known (logged after it ends)
         self._held: list[bytes] | None = []
         self._sink_open = False
         self._ready: Deferred[None] = Deferred()
         self._paused = False
-        site = getattr(self.channel, "site")  # noqa: B009 - set by Site.buildProtocol
         for observer in site.observers:
             observer.started(self)
         self.notifyFinish().addBoth(self._notify_finished, site.observers)
         gate: Gate = site.gate
-        admission = maybeDeferred(gate.admit, self, length)
+        if self._over_capacity(site):
+            admission: Deferred[Any] = fail(TooManyRequests("the registry is serving as many requests as it may; "
+                                                            "retry shortly"))
+        else:
+            admission = maybeDeferred(gate.admit, self, length)
         admission.addCallbacks(self._admitted, self._refused)
         if self._held is not None:
             self._pause()
+
+    def _route_by_ns(self, site: Any) -> None:
+        """``?ns=REGISTRY`` on a pull: serve it from the repository whose ``namespace`` is
+        REGISTRY (``/v2/library/alpine/...?ns=docker.io`` from ``hub/library/alpine``)."""
+        route = self.route
+        ns = route.param("ns")
+        if ns is None or route.namespace is None or route.action not in _NS_ACTIONS:
+            return
+        repository = site.config().repository_for_ns(ns)
+        if repository is None:
+            return
+        if route.namespace != repository.name and not route.namespace.startswith(repository.name + "/"):
+            namespace = f"{repository.name}/{route.namespace}"
+            path = f"/v2/{namespace}{route.path[len('/v2/') + len(route.namespace):]}"
+            self.route = replace(route, namespace=namespace, path=path)
+        self.responseHeaders.setRawHeaders(b"OCI-Namespace", [ns.encode("utf-8", "replace")])
+
+    def _over_capacity(self, site: Any) -> bool:
+        """Count this request against ``max_concurrent_requests``; True when it is one too many
+        (probes and metrics are never refused)."""
+        limit = site.config().global_.max_concurrent_requests
+        if self.route.action in _UNLIMITED:
+            return False
+        if limit is not None and site.active >= limit:
+            return True
+        site.active += 1
+
+        def done(_: object) -> None:  # also on a lost connection (a failure: consumed here)
+            site.active -= 1
+
+        self.notifyFinish().addBoth(done)
+        return False
+
+    def getClientAddress(self) -> Any:
+        """The socket peer, or the client it forwards for when it is a trusted proxy
+        (`angosd.http.forwarded`): what the access log, policies and webhooks see."""
+        known = self.__dict__.get("_client_address")
+        if known is not None:
+            return known
+        peer = super().getClientAddress()
+        host = getattr(peer, "host", None)
+        site = getattr(getattr(self, "channel", None), "site", None)
+        if host is None or site is None:  # no channel any more: the request is over
+            return peer
+        address = peer
+        proxies = site.trusted_proxies()
+        if proxies:
+            client = client_address(host, self.requestHeaders.getRawHeaders("X-Forwarded-For", []),
+                                    self.getHeader("X-Real-IP"), proxies)
+            if client != host:
+                address = (IPv6Address if ":" in client else IPv4Address)("TCP", client, 0)
+        self._client_address = address
+        return address
 
     def _notify_finished(self, result: object, observers: list[RequestObserver]) -> None:
         for observer in observers:
@@ -168,13 +254,20 @@ class RegistryRequest(server.Request):
             self.refusal = failure
 
         def dispatch(_: object) -> None:
-            server.Request.requestReceived(self, command, path, version)
+            if request_disconnected(self):  # the client left while admission was pending
+                return
+            server.Request.requestReceived(self, command, origin_form(path), version)
 
         self._ready.addCallback(finish_sink).addCallback(dispatch)
 
     def connectionLost(self, reason: Failure) -> None:
         self._close_sink()
         super().connectionLost(reason)
+
+    def setHeader(self, name: bytes | str, value: bytes | str) -> None:
+        """As `Request.setHeader`, but ``Server`` always names angosd, never Twisted's version."""
+        raw = name.encode("latin-1") if isinstance(name, str) else name
+        super().setHeader(name, SERVER_NAME if raw.lower() == b"server" else value)
 
     def check_admitted(self) -> None:
         """Raise the reason this request was refused, if it was."""

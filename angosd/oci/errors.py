@@ -57,15 +57,24 @@ PaginationNumberInvalid = _error("PAGINATION_NUMBER_INVALID", 400, "invalid numb
 
 
 class RangeNotSatisfiable(OciError):
-    """A Range or Content-Range that cannot be honoured (416)."""
+    """A chunk's Content-Range that cannot be honoured (416): the upload's state is reported."""
 
     code = "BLOB_UPLOAD_INVALID"
     status = 416
     message = "requested range not satisfiable"
 
 
+class BlobRangeNotSatisfiable(OciError):
+    """A blob GET whose Range lies outside the blob (416; ``SIZE_INVALID``, as Angos answers)."""
+
+    code = "SIZE_INVALID"
+    status = 416
+    message = "requested range not satisfiable"
+
+
 class TooLarge(OciError):
-    """A manifest or blob above the configured size limit (413)."""
+    """A manifest or blob above the configured size limit (413). A size that does not match
+    the content is `SizeInvalid` (400)."""
 
     code = "SIZE_INVALID"
     status = 413
@@ -73,7 +82,9 @@ class TooLarge(OciError):
 
 
 class MethodNotAllowed(OciError):
-    """A known route with a method it does not accept (405)."""
+    """A known route with a method it does not accept (405, as the OCI distribution
+    specification requires for a method an endpoint does not support; every other
+    unsupported operation is `Unsupported`, 415)."""
 
     code = "UNSUPPORTED"
     status = 405

@@ -25,6 +25,9 @@ class Descriptor:
     artifact_type: str | None = None
     annotations: dict[str, str] | None = field(default=None, hash=False, compare=False)
     platform: dict[str, Any] | None = field(default=None, hash=False, compare=False)
+    #: Where a non-distributable layer may be fetched from (OCI ``urls``); such a layer need
+    #: not be in the registry.
+    urls: tuple[str, ...] = field(default=(), hash=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
         """The descriptor as an OCI JSON object."""
@@ -71,13 +74,20 @@ class Manifest:
 def parse_manifest(body: bytes, content_type: str | None, digest_algorithm: str = "sha256") -> Manifest:
     """Validate a pushed manifest and describe it.
 
-    The media type comes from ``Content-Type`` (falling back to the body's ``mediaType``);
-    when both are present they must agree. Raises `ManifestInvalid` for malformed JSON,
+    The body must be UTF-8 JSON (no byte order mark, no other encoding). The media type
+    comes from ``Content-Type`` (falling back to the body's ``mediaType``); when both are
+    present they must agree. Raises `ManifestInvalid` for a body that is not UTF-8, malformed JSON,
     a wrong ``schemaVersion``, an unsupported media type, malformed descriptors, or
     image and index fields mixed in one document.
     """
     try:
-        document = json.loads(body)
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ManifestInvalid("manifest is not UTF-8") from None
+    if text.startswith("\ufeff"):
+        raise ManifestInvalid("manifest starts with a byte order mark; send plain UTF-8")
+    try:
+        document = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise ManifestInvalid(f"manifest is not valid JSON: {str(exc)[:120]}") from None
     if not isinstance(document, dict):
@@ -157,7 +167,11 @@ def _descriptor(value: Any, where: str) -> Descriptor:
     platform = value.get("platform")
     if platform is not None and not isinstance(platform, dict):
         raise ManifestInvalid(f"{where}.platform must be an object")
-    return Descriptor(media_type, digest, size, artifact_type, _annotations(value.get("annotations"), where), platform)
+    urls = value.get("urls", [])
+    if not isinstance(urls, list) or not all(isinstance(url, str) and url for url in urls):
+        raise ManifestInvalid(f"{where}.urls must be a list of URLs")
+    return Descriptor(media_type, digest, size, artifact_type, _annotations(value.get("annotations"), where), platform,
+                      tuple(urls))
 
 
 def _annotations(value: Any, where: str) -> dict[str, str] | None:

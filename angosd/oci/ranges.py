@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from angosd.oci.errors import RangeNotSatisfiable
+from angosd.oci.errors import BlobRangeNotSatisfiable, RangeNotSatisfiable
 
 _RANGE = re.compile(r"^bytes=(\d{0,19})-(\d{0,19})$", re.ASCII)
 _CONTENT_RANGE = re.compile(r"^(?:bytes[ =])?(\d{1,19})-(\d{1,19})(?:/(?:\d{1,19}|\*))?$", re.ASCII)
@@ -35,7 +35,7 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     """Resolve a ``Range`` header against a resource of ``size`` bytes (RFC 9110).
 
     Returns None when the whole resource should be served: no header, a header that
-    does not parse, several ranges, or an empty resource. Raises `RangeNotSatisfiable`
+    does not parse, several ranges, or an empty resource. Raises `BlobRangeNotSatisfiable`
     when the range is well-formed but cannot be met (start past the end, zero suffix).
     """
     if header is None or size == 0:
@@ -49,13 +49,13 @@ def parse_range(header: str | None, size: int) -> ByteRange | None:
     if not first_text:
         suffix = int(last_text)
         if suffix == 0:
-            raise RangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+            raise BlobRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
         return ByteRange(max(size - suffix, 0), size - 1, size)
     first = int(first_text)
     if last_text and int(last_text) < first:
         return None
     if first >= size:
-        raise RangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
+        raise BlobRangeNotSatisfiable(headers={"Content-Range": f"bytes */{size}"})
     return ByteRange(first, min(int(last_text), size - 1) if last_text else size - 1, size)
 
 

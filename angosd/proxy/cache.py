@@ -215,7 +215,8 @@ class PullThroughCache:
         """Verify an upstream manifest and store it (tagged when fetched by tag)."""
         if reference.digest is not None and Digest.of(body, reference.digest.algorithm) != reference.digest:
             raise UpstreamError(f"upstream manifest does not hash to {reference.digest}")
-        manifest = await self._registry.manifests.put(namespace, reference, media_type or None, body)
+        manifest = await self._registry.manifests.put(namespace, reference, media_type or None, body,
+                                                      strict=False)
         return StoredManifest(manifest.digest, manifest.media_type, body)
 
     async def tags(self, namespace: str, repository: RepositoryConfig) -> list[str]:

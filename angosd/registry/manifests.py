@@ -9,19 +9,22 @@ points at a missing manifest. Deletion runs in the reverse order for the same re
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
 
+from angosd.oci import media_types as mt
 from angosd.oci.digest import Digest
 from angosd.oci.errors import (
     DigestInvalid,
     ManifestBlobUnknown,
+    ManifestInvalid,
     ManifestUnknown,
     NameUnknown,
     OciError,
+    SizeInvalid,
     TagImmutable,
     TooLarge,
 )
@@ -53,41 +56,71 @@ class Revision:
     artifact_type: str | None
 
 
+#: Whether a caller may read blobs of a namespace (a mount source for a manifest's references).
+ReadCheck = Callable[[str], Awaitable[bool]]
+
+
 class ManifestStore:
+    """``require_references(namespace)`` says whether a push into ``namespace`` must only
+    reference content it has (else any reference is accepted: the opt-out); ``served``
+    whether a namespace is served at all (others are never mount sources)."""
+
     def __init__(self, driver: IStorageDriver, blobs: BlobStore, clock: IReactorTime, max_manifest_size: int,
-                 require_references: bool = False,
-                 tag_immutable: Callable[[str, str], bool] = lambda _namespace, _tag: False) -> None:
+                 require_references: Callable[[str], bool] = lambda _namespace: False,
+                 tag_immutable: Callable[[str, str], bool] = lambda _namespace, _tag: False,
+                 served: Callable[[str], bool] = lambda _namespace: True) -> None:
         self._driver = driver
         self._tag_immutable = tag_immutable
         self._blobs = blobs
         self._clock = clock
         self.max_manifest_size = max_manifest_size
         self._require_references = require_references
+        self._served = served
 
-    async def put(self, namespace: str, reference: Reference, content_type: str | None, body: bytes) -> Manifest:
-        """Validate and store a manifest; tag it when ``reference`` is a tag.
+    async def put(self, namespace: str, reference: Reference, content_type: str | None, body: bytes,
+                  tags: Sequence[str] = (), may_read: ReadCheck | None = None, strict: bool = True) -> Manifest:
+        """Validate and store a manifest; tag it with ``reference`` when that is a tag, and
+        with every one of ``tags`` (validated tag names: the ``?tag=`` parameters of a push by
+        digest).
 
-        Raises `ManifestInvalid`, `DigestInvalid` (digest reference that does not match
-        the body), `TooLarge`, `ManifestBlobUnknown` when references are required, or
-        `TagImmutable` when the tag is immutable and already points at another manifest
+        Unless the namespace opted out, the manifest's config and layers must be owned by
+        the namespace, or be readable by the caller in another served namespace (``may_read``;
+        they are then mounted), and its index children must be revisions of the namespace;
+        layers with ``urls`` (non-distributable) are exempt.
+
+        ``strict=False`` (the pull-through cache and imports, which store what another
+        registry already validated, an index before its children) skips the references
+        check and accepts a missing ``Content-Type``.
+
+        Raises `ManifestInvalid` (also for a missing ``Content-Type``), `SizeInvalid` (a
+        descriptor whose size is not the stored blob's), `DigestInvalid`
+        (digest reference that does not match the body), `TooLarge`, `ManifestBlobUnknown`,
+        or `TagImmutable` when a tag is immutable and already points at another manifest
         (the first push and a re-push of the same digest succeed). Nothing is written
         when it raises.
         """
         if len(body) > self.max_manifest_size:
             raise TooLarge(f"manifest exceeds {self.max_manifest_size} bytes")
+        if strict and not mt.base_type(content_type):
+            raise ManifestInvalid("Content-Type is required: the manifest's media type")
         algorithm = reference.digest.algorithm if reference.digest is not None else "sha256"
         manifest = parse_manifest(body, content_type, algorithm)
         if reference.digest is not None and manifest.digest != reference.digest:
             raise DigestInvalid(f"manifest hashes to {manifest.digest}, not {reference.digest}")
-        if self._require_references:
-            await self._check_references(namespace, manifest)
-        if reference.tag is not None and self._tag_immutable(namespace, reference.tag):
-            current = await self._tag_target(namespace, reference.tag)
-            if current is not None and current != manifest.digest:
-                raise TagImmutable(f"{namespace}:{reference.tag} already points at {current}")
+        mounts: list[Digest] = []
+        if strict and self._require_references(namespace):
+            mounts = await self._check_references(namespace, manifest, may_read)
+        all_tags = list(dict.fromkeys(([reference.tag] if reference.tag is not None else []) + list(tags)))
+        for tag in all_tags:
+            if self._tag_immutable(namespace, tag):
+                current = await self._tag_target(namespace, tag)
+                if current is not None and current != manifest.digest:
+                    raise TagImmutable(f"{namespace}:{tag} already points at {current}")
 
         for referenced in (*manifest.referenced_blobs(), *manifest.manifests):
             await self._blobs.touch(referenced.digest)  # a collection deciding about them now keeps them
+        for digest in mounts:
+            await self._blobs.grant(namespace, digest)
         await self._blobs.store_small(manifest.digest, body)
         await self._blobs.grant(namespace, manifest.digest)
         record = {
@@ -100,8 +133,8 @@ class ManifestStore:
         if manifest.subject is not None:
             entry = json.dumps(manifest.as_referrer().to_json()).encode()
             await self._driver.write(paths.referrer(namespace, manifest.subject.digest, manifest.digest), entry)
-        if reference.tag is not None:
-            await self._driver.write(paths.tag(namespace, reference.tag), str(manifest.digest).encode())
+        for tag in all_tags:
+            await self._driver.write(paths.tag(namespace, tag), str(manifest.digest).encode())
         return manifest
 
     async def tag(self, namespace: str, tag: str, digest: Digest) -> None:
@@ -121,13 +154,32 @@ class ManifestStore:
         await self._blobs.touch(digest)
         await self._driver.write(paths.tag(namespace, tag), str(digest).encode())
 
-    async def _check_references(self, namespace: str, manifest: Manifest) -> None:
+    async def _check_references(self, namespace: str, manifest: Manifest, may_read: ReadCheck | None) -> list[Digest]:
+        """Raise `ManifestBlobUnknown` for the first reference the namespace cannot have;
+        return the blobs to mount from other namespaces (nothing is written here)."""
+        mounts: list[Digest] = []
         for descriptor in manifest.referenced_blobs():
-            if not await self._blobs.owns(namespace, descriptor.digest):
+            if descriptor.urls:
+                continue
+            if await self._blobs.owns(namespace, descriptor.digest):
+                stored = await self._blobs.size(namespace, descriptor.digest)
+                if stored != descriptor.size:
+                    raise SizeInvalid(f"{descriptor.digest} has {stored} bytes, the manifest says {descriptor.size}")
+                continue
+            if may_read is None or not await self._mountable(namespace, descriptor.digest, may_read):
                 raise ManifestBlobUnknown(str(descriptor.digest))
+            mounts.append(descriptor.digest)
         for child in manifest.manifests:
             if await self._driver.stat(paths.revision(namespace, child.digest)) is None:
                 raise ManifestBlobUnknown(str(child.digest))
+        return mounts
+
+    async def _mountable(self, namespace: str, digest: Digest, may_read: ReadCheck) -> bool:
+        for owner in await self._blobs.owners(digest):
+            if owner != namespace and self._served(owner) and await self._blobs.owns(owner, digest) \
+                    and await may_read(owner):
+                return True
+        return False
 
     async def resolve(self, namespace: str, reference: Reference) -> Digest:
         """The digest a reference names in ``namespace``; raises `ManifestUnknown`."""
@@ -218,9 +270,11 @@ class ManifestStore:
         return False
 
     async def list_tags(self, namespace: str) -> list[str]:
-        """Tags for the tags/list endpoint; raises `NameUnknown` for an empty namespace."""
+        """Tags for the tags/list endpoint; raises `NameUnknown` for a namespace that never
+        held a manifest (one whose manifests were all deleted lists no tags, as distribution does)."""
         tags = await self.tags(namespace)
-        if not tags and not await self.exists(namespace):
+        if not tags and not await self.exists(namespace) \
+                and not await self._driver.children(paths.revisions_dir(namespace)):
             raise NameUnknown(namespace)
         return tags
 

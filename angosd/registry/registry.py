@@ -36,19 +36,22 @@ class Registry:
 
     ``namespace_allowed`` says whether a (valid) namespace is served at all: with
     repositories configured, only namespaces inside one of them are. ``tag_immutable``
-    says whether a tag of a namespace may not be moved once it exists. Both are asked
+    says whether a tag of a namespace may not be moved once it exists; ``require_references``
+    whether a manifest pushed into a namespace must only reference content it has. All are asked
     on every call, so they may follow a reloaded configuration.
     """
 
     def __init__(self, driver: IStorageDriver, clock: IReactorTime, limits: Limits,
                  namespace_allowed: Callable[[str], bool] = lambda _name: True,
                  tag_immutable: Callable[[str, str], bool] = lambda _namespace, _tag: False,
-                 update_pull_time: Callable[[], bool] = lambda: False) -> None:
+                 update_pull_time: Callable[[], bool] = lambda: False,
+                 require_references: Callable[[str], bool] = lambda _namespace: False) -> None:
         self.driver = driver
         self.blobs = BlobStore(driver)
         self.uploads = UploadSessions(driver, self.blobs, clock, limits.max_blob_size)
         self.manifests = ManifestStore(driver, self.blobs, clock, limits.max_manifest_size,
-                                       tag_immutable=tag_immutable)
+                                       require_references=require_references, tag_immutable=tag_immutable,
+                                       served=namespace_allowed)
         self._namespace_allowed = namespace_allowed
         #: Last-pull times, recorded when ``update_pull_time()`` says so.
         self.pulls = PullTimes(driver, clock, update_pull_time)

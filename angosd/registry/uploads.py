@@ -22,7 +22,14 @@ from twisted.logger import Logger
 
 from angosd.coordination.interface import Coordination, Lease
 from angosd.oci.digest import ALGORITHMS, Digest, Hasher, new_hasher
-from angosd.oci.errors import BlobUploadUnknown, DigestInvalid, RangeNotSatisfiable, TooLarge
+from angosd.oci.errors import (
+    BlobUploadUnknown,
+    DigestInvalid,
+    OciError,
+    RangeNotSatisfiable,
+    SizeInvalid,
+    TooLarge,
+)
 from angosd.registry import paths
 from angosd.registry.blobs import BlobStore
 from angosd.storage.errors import PathNotFound
@@ -65,6 +72,17 @@ def may_be_in_creation(session: str, now: float) -> bool:
 
 class UploadOffsetMismatch(RangeNotSatisfiable):
     """A chunk that does not start at the session's current size (416)."""
+
+    def __init__(self, namespace: str, session: str, size: int, detail: str) -> None:
+        super().__init__(detail)
+        self.namespace = namespace
+        self.session = session
+        self.size = size
+
+
+class UploadDigestMismatch(DigestInvalid):  # type: ignore[misc,valid-type]
+    """The session's bytes do not hash to the digest given (400); the session is kept as it
+    is, so the client can look up its range and resume or retry."""
 
     def __init__(self, namespace: str, session: str, size: int, detail: str) -> None:
         super().__init__(detail)
@@ -167,6 +185,54 @@ class UploadSink:
             self._writer.abort().addBoth(lambda _: self._sessions._release(self.session))
 
 
+#: The largest chunk accepted with ``Content-Range`` but no ``Content-Length``: such a chunk
+#: is held in memory until it is whole (see `RangeSink`).
+MAX_UNSIZED_RANGE = 64 * 1024 * 1024
+
+
+class RangeSink:
+    """A chunk of announced length (``Content-Range``) whose body length is not known in
+    advance: held in memory, refused (`SizeInvalid`, 400) as soon as it exceeds the
+    announced length or when it ends short, and appended to the session only when whole.
+    A refused chunk writes nothing."""
+
+    def __init__(self, sessions: UploadSessions, namespace: str, session: str, first: int, length: int) -> None:
+        self._sessions = sessions
+        self.namespace = namespace
+        self.session = session
+        self._first = first
+        self._length = length
+        self._chunks: list[bytes] = []
+        self._received = 0
+        self.offset = first
+
+    def _mismatch(self, received: int) -> OciError:
+        return SizeInvalid(f"Content-Range announces {self._length} bytes, the body has {received}")
+
+    def write(self, data: bytes) -> None:
+        if self._received + len(data) > self._length:
+            raise self._mismatch(self._received + len(data))
+        self._chunks.append(data)
+        self._received += len(data)
+
+    async def finish(self) -> None:
+        if self._received != self._length:
+            raise self._mismatch(self._received)
+        sink = await self._sessions.open_sink(self.namespace, self.session, self._first)
+        try:
+            for chunk in self._chunks:
+                sink.write(chunk)
+        except BaseException:
+            sink.abort()
+            raise
+        self._chunks = []
+        await sink.finish()
+        self.offset = sink.offset
+
+    def abort(self) -> None:
+        self._chunks = []
+
+
 class UploadSessions:
     def __init__(self, driver: IStorageDriver, blobs: BlobStore, clock: IReactorTime, max_blob_size: int) -> None:
         self._driver = driver
@@ -248,8 +314,9 @@ class UploadSessions:
     async def complete(self, namespace: str, session: str, digest: Digest) -> int:
         """Verify the session's bytes against ``digest`` and commit them as a blob.
 
-        Returns the blob size. On a mismatch the session is discarded and `DigestInvalid`
-        raised; nothing becomes visible. The commit is a rename, so the blob appears whole.
+        Returns the blob size. On a mismatch `UploadDigestMismatch` is raised and the session
+        is kept as it is (the client may resume it); nothing becomes visible. The commit is
+        a rename, so the blob appears whole.
         """
         info = await self.info(namespace, session)
         await self._lock(namespace, session, info.size)
@@ -261,16 +328,16 @@ class UploadSessions:
     async def _complete(self, namespace: str, session: str, digest: Digest) -> int:
         info = await self.info(namespace, session)  # again: another daemon may have appended before we locked
         if info.algorithm is not None and info.algorithm != digest.algorithm:
-            await self.cancel(namespace, session)
-            raise DigestInvalid(f"upload was started for {info.algorithm}, not {digest.algorithm}")
+            raise UploadDigestMismatch(namespace, session, info.size,
+                                       f"upload was started for {info.algorithm}, not {digest.algorithm}")
         state = self._states.get(session)
         if state is not None and state.algorithm == digest.algorithm and state.offset == info.size:
             actual = state.hasher.hexdigest()
         else:
             actual = await self._driver.hash_object(paths.upload_data(namespace, session), digest.algorithm)
         if actual != digest.hex:
-            await self.cancel(namespace, session)
-            raise DigestInvalid(f"content hashes to {digest.algorithm}:{actual}, not {digest}")
+            raise UploadDigestMismatch(namespace, session, info.size,
+                                       f"content hashes to {digest.algorithm}:{actual}, not {digest}")
         # Ownership first (it touches: a collection deciding now keeps the bytes), then the
         # bytes, then the session goes. A crash after any step is recoverable: before the
         # rename the session still holds every byte (the client resumes or repeats the PUT;
@@ -280,6 +347,26 @@ class UploadSessions:
         await self._blobs.confirm(namespace, digest)
         await self.cancel(namespace, session)
         return info.size
+
+    async def expire(self, namespace: str, session: str, size: int | None) -> bool:
+        """Remove an abandoned session, unless a request (of any process sharing the
+        coordination) is writing to it now or its size is no longer ``size`` (None: a session
+        whose state cannot be read, which must still be unreadable). True when removed."""
+        try:
+            await self._lock(namespace, session, size or 0)
+        except UploadOffsetMismatch:
+            return False
+        try:
+            try:
+                current: int | None = (await self.info(namespace, session)).size
+            except BlobUploadUnknown:
+                current = None
+            if current != size:
+                return False
+            await self.cancel(namespace, session)
+            return True
+        finally:
+            self._release(session)
 
     async def cancel(self, namespace: str, session: str) -> None:
         """Remove the session and its bytes."""

@@ -23,8 +23,30 @@ PIECE = 256 * 1024
 _RECORDS = PIECE + 16 * 1024
 
 
+#: The answer to plain HTTP sent to the TLS port (clients show it to their user).
+PLAIN_HTTP_ON_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+                     b"Content-Length: 48\r\n\r\nClient sent an HTTP request to an HTTPS server.\n")
+#: A TLS record of type handshake: how every TLS connection starts.
+_TLS_HANDSHAKE = 0x16
+
+
 class BulkTLSProtocol(TLSWriteHooks):
-    """Twisted's TLS transport (small writes still aggregated) with `PIECE`-sized encryption."""
+    """Twisted's TLS transport (small writes still aggregated) with `PIECE`-sized encryption.
+
+    A connection whose first byte is an ASCII letter is plain HTTP sent to the TLS port: it
+    is answered in plain text, as other registries do, and closed."""
+
+    _first_bytes = True
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._first_bytes and data:
+            self._first_bytes = False
+            if data[0] != _TLS_HANDSHAKE and data[:1].isalpha():
+                assert self.transport is not None
+                self.transport.write(PLAIN_HTTP_ON_TLS)
+                self.transport.loseConnection()
+                return
+        super().dataReceived(data)
 
     def write_plaintext(self, data: bytes) -> None:
         if self.tls_lost:

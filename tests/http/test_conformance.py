@@ -458,6 +458,7 @@ def test_push_and_pull_manifest(d: Client, ns: str, media_type: str) -> None:
 
 def test_push_manifest_by_digest(d: Client, ns: str) -> None:
     body = image_manifest(b"{}")
+    push_blob(d, ns, b"{}")
     manifest_digest = push_manifest(d, ns, digest(body), body)
     assert manifest_digest == digest(body)
     assert d.request("GET", f"/v2/{ns}/manifests/{manifest_digest}").body == body
@@ -498,6 +499,7 @@ def padded_manifest(size: int) -> bytes:
 
 def test_manifest_at_size_limit_is_accepted(d: Client, ns: str) -> None:
     body = padded_manifest(MAX_MANIFEST)
+    push_blob(d, ns, b"{}")
     assert push_manifest(d, ns, "big", body) == digest(body)
     assert d.request("GET", f"/v2/{ns}/manifests/big").body == body
 
@@ -514,6 +516,7 @@ def test_oversize_manifest_is_413(d: Client, ns: str) -> None:
 def test_manifest_with_subject(d: Client, ns: str) -> None:
     subject = push_image(d, ns, "base")
     referrer = image_manifest(b"{}", config_type=OCI_EMPTY, subject=subject, artifactType="application/x.sig")
+    push_blob(d, ns, b"{}")
     response = put_manifest(d, ns, digest(referrer), referrer)
     assert response.status == 201
     assert response.headers["oci-subject"] == digest(subject)
@@ -567,6 +570,7 @@ def test_invalid_tag(d: Client, ns: str, method: str, tag: str) -> None:
 def test_longest_valid_tag(d: Client, ns: str) -> None:
     tag = "_" + "a" * 127
     body = image_manifest(b"{}")
+    push_blob(d, ns, b"{}")
     push_manifest(d, ns, tag, body)
     assert d.request("GET", f"/v2/{ns}/manifests/{tag}").body == body
 
@@ -603,6 +607,7 @@ TAGS = ["v1", "latest", "A", "1.0", "_x", "v10", "v2", "Z9"]
 def tagged_ns(shared_daemon: Client) -> str:
     namespace = unique_namespace("tags", "conf")
     body = image_manifest(b"{}")
+    push_blob(shared_daemon, namespace, b"{}")
     for tag in TAGS:
         push_manifest(shared_daemon, namespace, tag, body)
     return namespace
@@ -658,8 +663,10 @@ def test_catalog(daemon: Client) -> None:
     assert daemon.request("GET", "/v2/_catalog").json() == {"repositories": []}
     names = ["zeta", "a/b/c", "alpha", "a", "m/n", "a-b", "a/b"]
     for name in names:
+        push_blob(daemon, name, b"{}")
         push_manifest(daemon, name, "t", image_manifest(b"{}"))
     push_blob(daemon, "blobs/only", b"no manifest here")
+    push_blob(daemon, "deleted", b"[]")
     push_manifest(daemon, "deleted", "t", image_manifest(b"[]"))
     assert daemon.request("DELETE", f"/v2/deleted/manifests/{digest(image_manifest(b'[]'))}").status == 202
 
@@ -687,6 +694,8 @@ def test_referrers(d: Client, ns: str) -> None:
                                annotations={"org.example.kind": "signature"})
     sbom = image_manifest(b'{"sbom": true}', config_type="application/x.sbom", subject=subject)
     unrelated = image_manifest(b"{}", config_type=OCI_EMPTY, subject=b"other subject", artifactType="application/x.sig")
+    for config in (b"{}", b'{"sbom": true}'):
+        push_blob(d, ns, config)
     for body in (signature, sbom, unrelated):
         push_manifest(d, ns, digest(body), body)
     expected = {

@@ -145,6 +145,7 @@ def name_requests(name: str) -> list[tuple[str, str, bytes | None, dict[str, str
 @pytest.fixture(scope="module")
 def mount_source(shared_daemon: InMemoryDaemon) -> str:
     push_blob(shared_daemon, "hostile-mount-source", BLOB)
+    push_blob(shared_daemon, "hostile-mount-source", b"{}")
     push_manifest(shared_daemon, "hostile-mount-source", "latest", MANIFEST)
     return "hostile-mount-source"
 
@@ -216,6 +217,7 @@ def digest_requests(ns: str, location: str, bad: str) -> list[tuple[str, str, by
 @pytest.mark.parametrize("bad", BAD_DIGESTS, ids=lambda bad: bad[:80])
 def test_malformed_digest(d: InMemoryDaemon, ns: str, bad: str) -> None:
     push_blob(d, ns, BLOB)
+    push_blob(d, ns, b"{}")
     push_manifest(d, ns, "latest", MANIFEST)
     location = patch(d, start_upload(d, ns), b"pending").headers["location"]
     with unchanged(d):
@@ -240,6 +242,7 @@ def test_empty_digest_parameters(d: InMemoryDaemon, ns: str) -> None:
 @pytest.mark.parametrize("tag", ["..", "%2e%2e", "a%2Fb", "a%00", "a%0a", "-x", "." + "a" * 10, "a" * 129,
                                  "%C3%A4", "a%20b", "a*"])
 def test_hostile_tag(d: InMemoryDaemon, ns: str, tag: str) -> None:
+    push_blob(d, ns, b"{}")
     push_manifest(d, ns, "latest", MANIFEST)
     with unchanged(d):
         for method, body in (("PUT", MANIFEST), ("GET", None), ("DELETE", None)):
@@ -295,16 +298,18 @@ def test_mismatched_monolithic_upload(d: InMemoryDaemon, ns: str) -> None:
 @pytest.mark.parametrize("case", ["wrong-digest", "algorithm-switch", "final-chunk"])
 def test_mismatched_chunked_upload(d: InMemoryDaemon, ns: str, case: str) -> None:
     data = payload(9000, 1)
-    with unchanged(d):  # the refused session is discarded entirely
-        query = "?digest-algorithm=sha512" if case == "algorithm-switch" else ""
-        location = start_upload(d, ns, query)
-        location = patch(d, location, data[:4000]).headers["location"]
-        claimed = digest(data) if case == "algorithm-switch" else digest(data + b"!")
-        rest = data[4000:] if case == "final-chunk" else None
-        if case != "final-chunk":
-            location = patch(d, location, data[4000:]).headers["location"]
-        refused(d.request("PUT", with_query(location, f"digest={claimed}"), rest), 400, "DIGEST_INVALID")
-        refused(d.request("GET", f"/v2/{ns}/blobs/{digest(data)}"), 404, "BLOB_UNKNOWN")
+    query = "?digest-algorithm=sha512" if case == "algorithm-switch" else ""
+    location = start_upload(d, ns, query)
+    location = patch(d, location, data[:4000]).headers["location"]
+    claimed = digest(data) if case == "algorithm-switch" else digest(data + b"!")
+    rest = data[4000:] if case == "final-chunk" else None
+    if case != "final-chunk":
+        location = patch(d, location, data[4000:]).headers["location"]
+    refused(d.request("PUT", with_query(location, f"digest={claimed}"), rest), 400, "DIGEST_INVALID")
+    refused(d.request("GET", f"/v2/{ns}/blobs/{digest(data)}"), 404, "BLOB_UNKNOWN")
+    # The session is kept with every byte received, so the client can resume or retry.
+    assert d.request("GET", location).headers["range"] == f"0-{len(data) - 1}"
+    assert d.request("DELETE", location).status == 204
 
 
 # -- hostile manifests -------------------------------------------------------------------------
@@ -340,6 +345,7 @@ def test_mismatched_chunked_upload(d: InMemoryDaemon, ns: str, case: str) -> Non
         "layers-object", "path-digest", "path-subject", "annotation-int"])
 def test_hostile_manifest(d: InMemoryDaemon, ns: str, content_type: str, body: bytes, status: int,
                           code: str | None) -> None:
+    push_blob(d, ns, b"{}")
     push_manifest(d, ns, "existing", MANIFEST)
     headers = {"Content-Type": content_type} if content_type else {}
     with unchanged(d):

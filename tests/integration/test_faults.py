@@ -283,7 +283,9 @@ def test_a_full_disk_refuses_writes_cleanly_and_recovers(tmp_path: Path) -> None
     unmount = mount_small_filesystem(mount)
     try:
         root = mount / "store"
-        config = write_config(tmp_path / "angosd.toml", root, "[global]\ngc_grace_secs = 0\n")
+        # Missing references allowed: the late manifest below must reach the full store.
+        config = write_config(tmp_path / "angosd.toml", root,
+                              "[global]\ngc_grace_secs = 0\nallow_missing_manifest_references = true\n")
         daemon = Daemon(str(tmp_path / "work"), str(root), configs=(config,)).start()
         try:
             victim = push_image(daemon, "full/app", "victim", "victim", [payload(6 * MiB, seed=1)])

@@ -553,10 +553,10 @@ def test_pushes_refused_and_delete_evicts(pair: tuple[DockerRegistry, Daemon], t
     assert get_manifest(mirror, "hub/library/evict", "v1").headers["x-angosd-cache"] == "miss"
 
     started = mirror.request("POST", "/v2/hub/library/evict/blobs/uploads/")
-    assert started.status == 405 and started.error_codes == ["UNSUPPORTED"], started
+    assert started.status == 415 and started.error_codes == ["UNSUPPORTED"], started
     put = mirror.request("PUT", "/v2/hub/library/evict/manifests/v2", inspect_raw(image.ref),
                          {"Content-Type": image.media_type})
-    assert put.status == 405 and put.error_codes == ["UNSUPPORTED"], put
+    assert put.status == 415 and put.error_codes == ["UNSUPPORTED"], put
     pushed = skopeo_may_fail("copy", "--dest-tls-verify=false", image.ref,
                              f"docker://{mirror.host}/hub/library/evict:v2", timeout=120)
     assert pushed.returncode != 0
@@ -571,3 +571,47 @@ def test_pushes_refused_and_delete_evicts(pair: tuple[DockerRegistry, Daemon], t
     assert refilled.headers["docker-content-digest"] == image.digest
     assert registry.count("GET", "/v2/library/evict/manifests/v1") == gets + 1
     pull_and_compare(mirror, image, "library/evict", "v1", tmp_path / "pulled")
+
+
+# -- ns= ------------------------------------------------------------------------------------------
+
+
+def test_ns_serves_two_upstream_registries_behind_one_path(tmp_path: Path) -> None:
+    """containerd's ``hosts.toml`` mirrors send ``/v2/library/app/...?ns=<registry>``: each
+    repository declaring that ``namespace`` serves it from its own upstream."""
+    docker_io = DockerRegistry(tmp_path / "docker-io").start()
+    quay_io = DockerRegistry(tmp_path / "quay-io").start()
+    lines = ['[repository."hub"]', 'namespace = "docker.io"', '[[repository."hub".upstream]]',
+             f"url = {json.dumps(docker_io.url)}", '[repository."quay"]', 'namespace = "quay.io"',
+             '[[repository."quay".upstream]]', f"url = {json.dumps(quay_io.url)}"]
+    (tmp_path / "mirror").mkdir()
+    config = tmp_path / "mirror" / "mirror.toml"
+    config.write_text("\n".join(lines) + "\n")
+    mirror = Daemon(str(tmp_path / "mirror" / "work"), str(tmp_path / "mirror" / "store"),
+                    configs=(str(config),)).start()
+    try:
+        hub_image = build_image(str(tmp_path / "src"), "hub", seed=40)
+        quay_image = build_image(str(tmp_path / "src"), "quay", seed=41)
+        skopeo("copy", *docker_io.skopeo_dest(), hub_image.ref, f"docker://{docker_io.host}/library/app:v1")
+        skopeo("copy", *quay_io.skopeo_dest(), quay_image.ref, f"docker://{quay_io.host}/library/app:v1")
+        for ns, image, repository in (("docker.io", hub_image, "hub"), ("quay.io", quay_image, "quay")):
+            response = mirror.request("GET", f"/v2/library/app/manifests/v1?ns={ns}",
+                                      headers={"Accept": MANIFEST_ACCEPT})
+            assert response.status == 200, response
+            assert response.headers["docker-content-digest"] == image.digest
+            assert response.headers["oci-namespace"] == ns
+            config_digest = json.loads(response.body)["config"]["digest"]
+            blob = mirror.request("GET", f"/v2/library/app/blobs/{config_digest}?ns={ns}")
+            assert blob.status == 200 and blob.body == Path(image.path, "blobs", "sha256",
+                                                            config_digest.split(":")[1]).read_bytes()
+            tags = mirror.request("GET", f"/v2/library/app/tags/list?ns={ns}")
+            assert tags.json()["tags"] == ["v1"]
+            # The same content under the repository's own path (it was cached there).
+            assert get_manifest(mirror, f"{repository}/library/app", "v1").headers["x-angosd-cache"] == "hit"
+        unknown = mirror.request("GET", "/v2/library/app/manifests/v1?ns=ghcr.io")
+        assert unknown.status == 404, unknown
+    finally:
+        mirror.stop()
+        docker_io.stop()
+        quay_io.stop()
+    assert_clean_log(mirror)

@@ -279,6 +279,7 @@ def test_redis_outage_stops_uploads_with_503_and_pulls_continue(tmp_path: Path, 
 
         layer = payload(300_000, seed=12)
         push_blob(daemon, "team/app", layer)
+        push_blob(daemon, "team/app", b"{}")
         push_manifest(daemon, "team/app", "v1", image_manifest(b"{}", [layer]))
         location = start_upload(daemon, "team/app")
         redis.stop()

@@ -9,6 +9,7 @@ expects the connection to fail somewhere on the way.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
 import os
@@ -214,6 +215,47 @@ def test_optional_serves_clients_without_certificate(tmp_path: Path, pki: Pki, o
     remote = f"docker://{optional.host}/optional/anonymous:v1"
     skopeo("copy", "--dest-cert-dir", cert_dir, layout.ref, remote)
     assert manifest_digest(remote, "--cert-dir", cert_dir) == layout.digest
+
+
+def test_plain_http_to_the_tls_port_is_told_so(optional: Daemon) -> None:
+    with socket.create_connection(("127.0.0.1", optional.port), timeout=10) as sock:
+        sock.sendall(b"GET /v2/ HTTP/1.1\r\nHost: registry\r\n\r\n")
+        answer = b""
+        while chunk := sock.recv(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.0 400 "), answer
+    assert answer.endswith(b"\r\n\r\nClient sent an HTTP request to an HTTPS server.\n"), answer
+
+
+def test_an_over_long_header_over_tls_is_answered_at_once(pki: Pki, optional: Daemon) -> None:
+    connection = http.client.HTTPSConnection("127.0.0.1", optional.port, context=client_context(pki.ca_path),
+                                             timeout=10)
+    started = time.monotonic()
+    try:
+        connection.request("GET", "/v2/", headers={"Authorization": "Bearer " + "t" * 20_000})
+        response = connection.getresponse()
+        assert response.status == 431 and json.loads(response.read())["errors"][0]["code"] == "SIZE_INVALID"
+    finally:
+        connection.close()
+    assert time.monotonic() - started < 5
+
+
+def test_a_client_that_never_completes_its_handshake_is_cut(tmp_path: Path, pki: Pki) -> None:
+    config = tls_toml(tmp_path / "tls.toml", str(pki.directory / "server.crt"), str(pki.directory / "server.key"))
+    with open(config, "a", encoding="utf-8") as file:
+        file.write("[server]\nhandshake_timeout = 1\n")
+    daemon = Daemon(str(tmp_path / "work"), str(tmp_path / "store"), configs=(config,)).start()
+    try:
+        with socket.create_connection(("127.0.0.1", daemon.port), timeout=15) as sock:
+            started = time.monotonic()
+            sock.sendall(b"\x16\x03\x01")  # the start of a ClientHello, never finished
+            with contextlib.suppress(ConnectionResetError):  # closed, or cut, by the daemon
+                assert sock.recv(4096) == b""
+            waited = time.monotonic() - started
+        assert 0.5 < waited < 5, waited
+        assert https_get(daemon, client_context(pki.ca_path))[0] == 200  # a real client is unaffected
+    finally:
+        daemon.stop()
 
 
 def test_optional_accepts_a_valid_certificate(pki: Pki, optional: Daemon) -> None:

@@ -194,13 +194,15 @@ ANGOS_FILE = """
 """
 
 
-def test_full_angos_style_file_loads_without_warnings(tmp_path: Path) -> None:
+def test_full_angos_style_file_loads_warning_only_about_keys_without_effect(tmp_path: Path) -> None:
     path = write(tmp_path, "angos.toml", ANGOS_FILE)
     config, warnings = load(path)
-    assert warnings == []
+    assert warnings == [f"{path}: accepted for compatibility, has no effect in angosd: {key}" for key in
+                        ("metadata_store.fs.lock_strategy", "global.max_concurrent_cache_jobs",
+                         "auth.oidc.github-actions.provider")]
     assert config.sources == (path,)
     assert config.server == ServerConfig(
-        bind_address="0.0.0.0", port=8000,
+        bind_address="0.0.0.0", port=8000, query_timeout=3600.0, query_timeout_grace_period=60.0,
         tls=TlsConfig("/tls/server.crt", "/tls/server.key", client_ca_bundle="/tls/ca.crt", client_auth="required"),
     )
     assert config.blob_store == FsStoreConfig(root_dir="relative/blobs", sync_to_disk=True)
@@ -210,11 +212,12 @@ def test_full_angos_style_file_loads_without_warnings(tmp_path: Path) -> None:
         access_policy=AccessPolicyConfig(default="deny", rules=("identity.username != null",)),
         retention_policy=RetentionPolicyConfig(rules=("image.tag != null", "top_pushed(10)")),
         gc_grace_secs=60, shutdown_drain_secs=5, authorization_webhook="authz", event_webhooks=("audit",),
+        max_concurrent_requests=64, trusted_proxies=("10.0.0.0/8",),
     )
     hub, app = config.repositories
     assert hub == RepositoryConfig(
         name="docker-io", immutable_tags=True, immutable_tags_exclusions=("^latest$",), authorization_webhook="",
-        event_webhooks=("audit",),
+        event_webhooks=("audit",), namespace="docker-io",
         upstreams=(
             UpstreamConfig(url="https://registry-1.docker.io", username="mirror", password="secret", max_redirect=3),
             UpstreamConfig(url="http://mirror.internal:5000", server_ca_bundle="/tls/mirror-ca.crt",
@@ -304,8 +307,10 @@ url = "redis://:pw@10.0.0.5:6380/2"
 key_prefix = "reg:"
 lock_ttl_secs = 5
 """
-    config, warnings = load(write(tmp_path, "a.toml", S3_SECTION + extra))
-    assert warnings == []
+    path = write(tmp_path, "a.toml", S3_SECTION + extra)
+    config, warnings = load(path)
+    assert warnings == [f"{path}: accepted for compatibility, has no effect in angosd: "
+                        "blob_store.s3.multipart_copy_jobs"]
     s3 = config.blob_store_s3
     assert s3 is not None
     assert (s3.region, s3.key_prefix, s3.multipart_part_size) == ("eu-west-3", "angosd/prod", 64 * 1024**2)

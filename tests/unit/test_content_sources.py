@@ -14,7 +14,7 @@ from angosd.http.endpoints.base import Context
 from angosd.http.endpoints.sources import LocalSource, PullThroughSource, Sources
 from angosd.oci import media_types as mt
 from angosd.oci.digest import Digest
-from angosd.oci.errors import MethodNotAllowed
+from angosd.oci.errors import Unsupported
 from angosd.oci.names import Reference
 from angosd.proxy.cache import PullThroughCache
 from angosd.registry.registry import Limits, Registry
@@ -61,7 +61,7 @@ def test_a_pull_through_namespace_reads_through_its_cache_and_refuses_writes() -
     assert isinstance(sources.for_namespace("hub/library/alpine"), PullThroughSource)
     assert isinstance(sources.for_namespace("team/app"), LocalSource)
     context = Context(registry, AllowAll(), sources)
-    with pytest.raises(MethodNotAllowed):
+    with pytest.raises(Unsupported):
         context.refuse_pull_through(Route(Action.PUT_MANIFEST, "PUT", "/v2/hub/x/manifests/v1", "hub/x", "v1"))
     context.refuse_pull_through(Route(Action.PUT_MANIFEST, "PUT", "/v2/team/app/manifests/v1", "team/app", "v1"))
 

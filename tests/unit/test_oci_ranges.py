@@ -6,7 +6,7 @@ import pytest
 from hypothesis import example, given
 from hypothesis import strategies as st
 
-from angosd.oci.errors import RangeNotSatisfiable
+from angosd.oci.errors import BlobRangeNotSatisfiable, RangeNotSatisfiable
 from angosd.oci.ranges import ByteRange, parse_content_range, parse_range
 
 ASCII_DIGITS = "0123456789"
@@ -45,8 +45,8 @@ def outcome(header: str | None, size: int) -> tuple[int, int] | str | None:
     """What `parse_range` did, in the model's terms; checks the invariants on the way."""
     try:
         result = parse_range(header, size)
-    except RangeNotSatisfiable as exc:
-        assert exc.status == 416
+    except BlobRangeNotSatisfiable as exc:
+        assert exc.status == 416 and exc.code == "SIZE_INVALID"
         assert exc.headers == {"Content-Range": f"bytes */{size}"}
         return UNSATISFIABLE
     if result is None:

@@ -240,8 +240,9 @@ def test_list_tags_after_everything_was_deleted() -> None:
     digest = put(registry, "ns", "v1", image())
     run(registry.manifests.delete("ns", Reference(digest=digest)))
     assert not run(registry.manifests.exists("ns"))
+    assert run(registry.manifests.list_tags("ns")) == []  # as distribution answers; skopeo relies on it
     with pytest.raises(NameUnknown):
-        run(registry.manifests.list_tags("ns"))
+        run(registry.manifests.list_tags("never"))
 
 
 def test_catalog_over_nested_namespaces() -> None:

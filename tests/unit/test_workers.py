@@ -446,7 +446,7 @@ def test_check_config_flags_a_listen_endpoint_workers_cannot_share(tmp_path: Pat
     from tests.certs import CA
 
     cert, key = CA().server().write(tmp_path, "server")
-    ssl = f"ssl:5000:privateKey={key}:certKey={cert}"
+    ssl = f"ssl:5000:interface=127.0.0.1:privateKey={key}:certKey={cert}"
     path = tmp_path / "a.toml"
     path.write_text(f'[server]\nlisten = "{ssl}"\n')
     problems = check([str(path)])
@@ -454,6 +454,7 @@ def test_check_config_flags_a_listen_endpoint_workers_cannot_share(tmp_path: Pat
     assert problems[0].startswith(f"{path}: server.listen")
     path.write_text(f'[server]\nlisten = "{ssl}"\nworkers = 1\n')
     assert check([str(path)]) == []
-    for listen in ("tcp:5000", "tcp6:5000", "unix:/run/angosd.sock", "systemd"):
+    for listen in ("tcp:5000:interface=127.0.0.1", "tcp6:5000:interface=\\\\:\\\\:1", "unix:/run/angosd.sock",
+                   "systemd"):
         path.write_text(f'[server]\nlisten = "{listen}"\nworkers = 4\n')
         assert check([str(path)]) == [], listen

@@ -19,7 +19,9 @@ from angosd.daemon.workers.listening import SharedSocket
 from angosd.daemon.workers.rundir import RunDirectory
 from angosd.daemon.workers.supervisor import WorkerCommand, WorkerSupervisor
 from angosd.registry.blobs import BlobStore
+from angosd.registry.expiry import expiry_service
 from angosd.registry.gc import collector_service
+from angosd.registry.uploads import UploadSessions
 from angosd.tls.server import ReloadingServerTLS
 
 __all__ = ["build_supervisor_service", "worker_command"]
@@ -60,7 +62,15 @@ def build_supervisor_service(config: Config, reactor: Any, count: int, listen: s
     stops the start once with the single daemon's message: `PolicyError`, `TlsError`,
     `ListenError`.
     """
-    from angosd.daemon.assembly import RELOAD_INTERVAL, StagedService, build_driver, build_pools, build_security
+    from angosd.daemon.assembly import (
+        RELOAD_INTERVAL,
+        StagedService,
+        build_coordination,
+        build_driver,
+        build_pools,
+        build_security,
+        coordination_directory,
+    )
 
     pools = build_pools(config, reactor)  # the garbage collector's storage work, policy checks
     security = build_security(config, reactor, pools)
@@ -87,9 +97,25 @@ def build_supervisor_service(config: Config, reactor: Any, count: int, listen: s
     back = MultiService()  # stops once every worker has ended
     back.setServiceParent(top)
     driver = build_driver(config, reactor, pools)
-    gc = collector_service(driver, BlobStore(driver), reactor, lambda: live.config.global_.gc_grace_secs)
+    blobs = BlobStore(driver)
+    gc = collector_service(driver, blobs, reactor, lambda: live.config.global_.gc_grace_secs)
     gc.setServiceParent(back)
     _mirror(config, reactor, live, run_dir).setServiceParent(back)
+    # Abandoned uploads, purged under the upload locks the workers take (same coordination).
+    sessions = UploadSessions(driver, blobs, reactor, config.global_.max_blob_size)
+
+    def coordinate() -> None:  # the run directory exists once the supervisor has started
+        try:
+            directory = run_dir.path
+        except RuntimeError:
+            reactor.callLater(1, coordinate)
+            return
+        sessions.coordination = build_coordination(config, reactor, coordination_directory(config, directory))
+
+    # A pass only removes what the previous pass already saw idle: the first one (at start,
+    # before coordination is set) removes nothing.
+    reactor.callWhenRunning(coordinate)
+    expiry_service(driver, sessions, reactor, lambda: live.config.global_.upload_max_age_secs).setServiceParent(back)
     front = MultiService()
     front.setServiceParent(top)
     if paths:

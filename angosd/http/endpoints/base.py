@@ -21,7 +21,7 @@ from angosd.actions import Route
 from angosd.auth.authorizer import Authorizer
 from angosd.http.endpoints.sources import ContentSource, Sources
 from angosd.http.request import BodySink, RegistryRequest
-from angosd.oci.errors import MethodNotAllowed
+from angosd.oci.errors import Unsupported
 from angosd.registry.registry import Registry
 from angosd.webhooks.events import EventBus
 
@@ -50,9 +50,9 @@ class Context:
         return self.sources.for_namespace(namespace)
 
     def refuse_pull_through(self, route: Route) -> None:
-        """Raise `MethodNotAllowed` when the route's namespace is served by a pull-through cache."""
+        """Raise `Unsupported` (415) when the route's namespace is served by a pull-through cache."""
         if route.namespace is not None and self.sources.is_pull_through(route.namespace):
-            raise MethodNotAllowed(f"{route.namespace} is served by a pull-through cache: pushes are refused")
+            raise Unsupported(f"{route.namespace} is served by a pull-through cache: pushes are refused")
 
     async def publish(self, kind: str, request: RegistryRequest, namespace: str, **details: str | None) -> None:
         """Publish an event; a required webhook's refusal raises and stops the operation."""

@@ -19,7 +19,7 @@ from angosd.http.request import RegistryRequest
 from angosd.http.responses import respond, respond_head
 from angosd.http.sendfile import SendfileProducer, sendfile_transport
 from angosd.oci.digest import Digest
-from angosd.oci.errors import OciError, RangeNotSatisfiable
+from angosd.oci.errors import BlobRangeNotSatisfiable, OciError
 from angosd.oci.ranges import parse_range
 from angosd.proxy.cache import BlobFill
 
@@ -85,7 +85,7 @@ class GetBlob(Endpoint):
         handle = await self.context.registry.blobs.open(namespace, digest)
         try:
             byte_range = parse_range(request.getHeader("Range"), handle.size)
-        except RangeNotSatisfiable:
+        except BlobRangeNotSatisfiable:
             handle.close()
             raise
         first, last, status = 0, handle.size - 1, 200

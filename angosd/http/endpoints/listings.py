@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from angosd.actions import Route
 from angosd.http.endpoints.base import Endpoint
 from angosd.http.request import RegistryRequest
@@ -11,6 +13,8 @@ from angosd.oci.digest import Digest
 from angosd.oci.errors import PaginationNumberInvalid
 from angosd.registry.registry import paginate
 
+#: A valid ``n``: one to nine ASCII digits.
+_COUNT = re.compile(r"[0-9]{1,9}")
 #: The largest page a listing returns, whatever ``n`` asks for.
 MAX_PAGE = 10_000
 
@@ -21,7 +25,7 @@ def page(route: Route, items: list[str], base: str) -> tuple[list[str], dict[str
     n_text, last = route.param("n"), route.param("last")
     n = None
     if n_text is not None:
-        if not n_text.isdigit() or len(n_text) > 9:
+        if _COUNT.fullmatch(n_text) is None:  # ASCII only: isdigit() takes superscripts, other scripts
             raise PaginationNumberInvalid(n_text[:20])
         n = min(int(n_text), MAX_PAGE)
     items_page, more = paginate(items, n, last)

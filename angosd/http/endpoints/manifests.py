@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from angosd.actions import Route
-from angosd.http.endpoints.base import Endpoint, WriteEndpoint
+from collections.abc import Awaitable, Callable
+
+from angosd.actions import Action, Route
+from angosd.http.endpoints.base import Context, Endpoint, WriteEndpoint
 from angosd.http.request import BodySink, MemorySink, RegistryRequest
 from angosd.http.responses import respond
 from angosd.oci.digest import Digest
-from angosd.oci.errors import ManifestInvalid
-from angosd.oci.names import Reference
+from angosd.oci.errors import ManifestInvalid, OciError
+from angosd.oci.names import Reference, validate_tag
 
 
 class GetManifest(Endpoint):
@@ -31,7 +33,12 @@ class GetManifest(Endpoint):
 
 
 class PutManifest(WriteEndpoint):
-    """The body is held in memory (bounded by the manifest size limit) and stored whole."""
+    """The body is held in memory (bounded by the manifest size limit) and stored whole.
+
+    ``?tag=A&tag=B`` (OCI distribution, development version) tags the pushed manifest with
+    each tag in the same request; every tag set is echoed in an ``OCI-Tag`` response header,
+    which tells the client the parameters were honoured. References the namespace does not
+    have are mounted from namespaces the caller may read (as a ``get-blob`` there)."""
 
     async def open_body(self, request: RegistryRequest, route: Route, length: int | None) -> BodySink | None:
         return MemorySink(self.context.registry.manifests.max_manifest_size)
@@ -40,6 +47,7 @@ class PutManifest(WriteEndpoint):
         context = self.context
         namespace = context.namespace(route)
         reference = Reference.parse(route.argument or "")
+        extra_tags = [validate_tag(tag) for tag in route.query.get("tag", [])]
         sink = request.sink
         if not isinstance(sink, MemorySink):  # admitted by `open_body`: always one
             raise ManifestInvalid("no manifest body")
@@ -47,15 +55,32 @@ class PutManifest(WriteEndpoint):
         digest = reference.digest or Digest.of(body)
         await context.publish("manifest.push", request, namespace, digest=str(digest), reference=str(reference),
                               tag=reference.tag)
-        if reference.tag is not None:
-            await context.publish("tag.create", request, namespace, digest=str(digest), tag=reference.tag)
+        tags = list(dict.fromkeys(([reference.tag] if reference.tag is not None else []) + extra_tags))
+        for tag in tags:
+            await context.publish("tag.create", request, namespace, digest=str(digest), tag=tag)
         manifest = await context.registry.manifests.put(namespace, reference, request.getHeader("Content-Type"),
-                                                        body)
+                                                        body, tags=extra_tags, may_read=may_read(context, request))
         headers = {"Location": f"/v2/{namespace}/manifests/{manifest.digest}",
                    "Docker-Content-Digest": str(manifest.digest)}
         if manifest.subject is not None:
             headers["OCI-Subject"] = str(manifest.subject.digest)
+        for tag in extra_tags:
+            request.responseHeaders.addRawHeader("OCI-Tag", tag)
         return respond(request, 201, headers=headers)
+
+
+def may_read(context: Context, request: RegistryRequest) -> Callable[[str], Awaitable[bool]]:
+    """Whether the caller may read blobs of a namespace (as a ``get-blob`` there)."""
+
+    async def check(namespace: str) -> bool:
+        source_route = Route(Action.GET_BLOB, "GET", f"/v2/{namespace}/blobs/", namespace)
+        try:
+            await context.authorizer.authorize(request, source_route)
+        except OciError:
+            return False
+        return True
+
+    return check
 
 
 class DeleteManifest(Endpoint):

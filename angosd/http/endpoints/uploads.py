@@ -8,17 +8,23 @@ what the sink took.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-
 from angosd.actions import Action, Route
 from angosd.http.endpoints.base import Endpoint, WriteEndpoint
+from angosd.http.endpoints.manifests import may_read
 from angosd.http.request import BodySink, RegistryRequest
 from angosd.http.responses import respond, upload_headers
 from angosd.oci.digest import ALGORITHMS, Digest
-from angosd.oci.errors import BlobUploadInvalid, DigestInvalid, OciError
+from angosd.oci.errors import BlobUploadInvalid, DigestInvalid, OciError, SizeInvalid
 from angosd.oci.names import is_valid_name
 from angosd.oci.ranges import parse_content_range
-from angosd.registry.uploads import UploadOffsetMismatch, UploadSink, parse_session_id
+from angosd.registry.uploads import (
+    MAX_UNSIZED_RANGE,
+    RangeSink,
+    UploadDigestMismatch,
+    UploadOffsetMismatch,
+    UploadSink,
+    parse_session_id,
+)
 
 
 def blob_created(request: RegistryRequest, namespace: str, digest: Digest) -> bytes:
@@ -59,7 +65,11 @@ class StartUpload(_UploadEndpoint):
         if route.param("digest") is not None and isinstance(request.sink, UploadSink):
             digest = Digest.parse(route.param("digest") or "")
             await self.publish_blob_push(request, namespace, request.sink.session, digest)
-            await uploads.complete(namespace, request.sink.session, digest)
+            try:
+                await uploads.complete(namespace, request.sink.session, digest)
+            except UploadDigestMismatch as mismatch:  # a single-request upload leaves nothing behind
+                await uploads.cancel(namespace, request.sink.session)
+                raise DigestInvalid(mismatch.detail) from None
             return blob_created(request, namespace, digest)
         mount = route.param("mount")
         if mount is not None:
@@ -67,7 +77,7 @@ class StartUpload(_UploadEndpoint):
             source = route.param("from")
             # A malformed ``from`` cannot own anything: an unsatisfiable mount, never an error.
             mountable = source is None or is_valid_name(source)
-            if mountable and await context.registry.mount(namespace, digest, source, self._may_read(request)):
+            if mountable and await context.registry.mount(namespace, digest, source, may_read(context, request)):
                 try:
                     await context.publish("blob.push", request, namespace, digest=str(digest))
                 except OciError:
@@ -80,20 +90,6 @@ class StartUpload(_UploadEndpoint):
         session = await uploads.start(namespace, algorithm)
         return respond(request, 202, headers=upload_headers(namespace, session, 0))
 
-    def _may_read(self, request: RegistryRequest) -> Callable[[str], Awaitable[bool]]:
-        """Whether the caller may read blobs of a namespace (as a ``get-blob`` there)."""
-
-        async def may_read(namespace: str) -> bool:
-            source_route = Route(Action.GET_BLOB, "GET", f"/v2/{namespace}/blobs/", namespace)
-            try:
-                await self.context.authorizer.authorize(request, source_route)
-            except OciError:
-                return False
-            return True
-
-        return may_read
-
-
 class GetUpload(Endpoint):
     """``GET`` of a session: its location and the range received so far."""
 
@@ -104,7 +100,12 @@ class GetUpload(Endpoint):
 
 
 class _ChunkEndpoint(_UploadEndpoint):
-    """Admits a chunk into its session at the offset ``Content-Range`` names (if any)."""
+    """Admits a chunk into its session at the offset ``Content-Range`` names (if any).
+
+    A ``Content-Range`` must describe the body exactly: with a ``Content-Length`` that
+    disagrees the chunk is refused before a byte is read; without one (a chunked body) the
+    chunk is held in memory (at most `MAX_UNSIZED_RANGE` bytes) and appended only once it
+    is whole and of the announced length, so a refused chunk writes nothing."""
 
     async def open_body(self, request: RegistryRequest, route: Route, length: int | None) -> BodySink | None:
         uploads = self.context.registry.uploads
@@ -114,9 +115,18 @@ class _ChunkEndpoint(_UploadEndpoint):
         content_range = request.getHeader("Content-Range")
         if content_range is not None:
             first, last = parse_content_range(content_range)
-            if length is not None and last - first + 1 != length:
-                size = (await uploads.info(namespace, session)).size
+            declared = last - first + 1
+            size = (await uploads.info(namespace, session)).size
+            if length is not None and declared != length:
                 raise UploadOffsetMismatch(namespace, session, size, "Content-Range does not match Content-Length")
+            if length is None:
+                if first != size:
+                    raise UploadOffsetMismatch(namespace, session, size,
+                                               f"chunk starts at {first}, upload has {size} bytes")
+                if declared > MAX_UNSIZED_RANGE:
+                    raise SizeInvalid(f"a chunk with Content-Range but no Content-Length may hold at most "
+                                      f"{MAX_UNSIZED_RANGE} bytes")
+                return RangeSink(uploads, namespace, session, first, declared)
         return await uploads.open_sink(namespace, session, first)
 
 
@@ -126,15 +136,21 @@ class UpdateUpload(_ChunkEndpoint):
     async def handle(self, request: RegistryRequest, route: Route) -> bytes:
         namespace = self.context.namespace(route)
         sink = request.sink
-        if not isinstance(sink, UploadSink):
+        if not isinstance(sink, UploadSink | RangeSink):
             raise BlobUploadInvalid("no upload body")
         return respond(request, 202, headers=upload_headers(namespace, sink.session, sink.offset))
 
 
 class CompleteUpload(_ChunkEndpoint):
-    """``PUT ?digest=``: a last chunk (if any) appended, then the blob verified and stored."""
+    """``PUT ?digest=``: a last chunk (if any) appended, then the blob verified and stored.
+    Without a valid ``digest`` the request is refused before its body is read (nothing is
+    appended); a digest that does not match keeps the session, so the client can resume."""
 
     async def open_body(self, request: RegistryRequest, route: Route, length: int | None) -> BodySink | None:
+        digest_text = route.param("digest")
+        if digest_text is None:
+            raise DigestInvalid("the digest query parameter is required")
+        Digest.parse(digest_text)
         if length == 0:
             return None
         return await super().open_body(request, route, length)
@@ -143,10 +159,7 @@ class CompleteUpload(_ChunkEndpoint):
         uploads = self.context.registry.uploads
         namespace = self.context.namespace(route)
         session = parse_session_id(route.argument or "")
-        digest_text = route.param("digest")
-        if digest_text is None:
-            raise DigestInvalid("the digest query parameter is required")
-        digest = Digest.parse(digest_text)
+        digest = Digest.parse(route.param("digest") or "")
         await uploads.info(namespace, session)
         await self.publish_blob_push(request, namespace, session, digest)
         await uploads.complete(namespace, session, digest)
