@@ -24,13 +24,14 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.python.failure import Failure
 
+from angosd.auth.authorizer import SecurityState
 from angosd.config import Config, load_config
 from angosd.daemon.assembly import Application, build_application, build_registry, build_security
 from angosd.daemon.live import LiveConfig
@@ -38,6 +39,9 @@ from angosd.observability.metrics import Metrics
 from angosd.storage.interface import IStorageDriver
 from angosd.storage.memory import MemoryDriver
 from tests.daemon import Response
+
+if TYPE_CHECKING:
+    from angosd.observability.tracing import Tracing
 
 #: Body bytes handed to the channel per `dataReceived` (a socket read's worth).
 READ_SIZE = 64 * 1024
@@ -326,9 +330,11 @@ class InMemoryConnection:
 class InMemoryDaemon:
     """The daemon's HTTP application in memory, on ``config`` (TOML text; empty: the built-in
     defaults). The store is a `MemoryDriver` (`driver`), or the filesystem store at ``root``
-    when given. ``patience``: seconds of fake time a request may wait on a timer."""
+    when given. ``patience``: seconds of fake time a request may wait on a timer. ``tracing``:
+    the application's tracer (None: off)."""
 
-    def __init__(self, config: str = "", root: str | None = None, patience: float = 1.0) -> None:
+    def __init__(self, config: str = "", root: str | None = None, patience: float = 1.0,
+                 tracing: Tracing | None = None) -> None:
         self.reactor = InlineReactor()
         self.reactor.advance(EPOCH)
         self.root = root
@@ -336,10 +342,12 @@ class InMemoryDaemon:
         self.config = _load(config, root)
         self.metrics = Metrics(self.reactor.seconds)
         self.driver: IStorageDriver | None = None if root is not None else MemoryDriver()
-        live = LiveConfig([], build_security(self.config, self.reactor, self.metrics.auth_attempt),
-                          lambda new: build_security(new, self.reactor, self.metrics.auth_attempt), lambda c: c)
-        registry = build_registry(live, self.reactor, driver=self.driver)
-        self.app: Application = build_application(self.config, self.reactor, live, registry, self.metrics)
+        def security(config: Config) -> SecurityState:
+            return build_security(config, self.reactor, self.metrics.auth_attempt, tracing, self.metrics)
+
+        live = LiveConfig([], security(self.config), security, lambda c: c)
+        registry = build_registry(live, self.reactor, driver=self.driver, tracing=tracing)
+        self.app: Application = build_application(self.config, self.reactor, live, registry, self.metrics, tracing)
         self.app.site.reactor = self.reactor  # the channels' timeouts run on the fake clock
 
     def request(self, method: str, path: str, body: bytes | Iterable[bytes] | None = None,

@@ -9,7 +9,7 @@ problem found afterwards names that file and the dotted key path::
 
 Key names follow the reference product (Angos), so an Angos configuration loads:
 sections this build does not use yet (``auth``, ``cache``, ``metadata_store``,
-``event_webhook``, ``observability``, some ``server``/``global`` tuning keys) are
+``event_webhook``, some ``server``/``global`` tuning keys) are
 accepted silently; any other unknown key is reported once through ``warn`` and
 ignored.
 
@@ -22,6 +22,7 @@ table), `angosd.config.sections` (the section readers) and `angosd.config.load`
 from angosd.config.load import default_config, load_config, merge_tables
 from angosd.config.model import (
     AccessPolicyConfig,
+    AuditConfig,
     AuthConfig,
     AuthWebhookConfig,
     Config,
@@ -29,6 +30,7 @@ from angosd.config.model import (
     FsStoreConfig,
     GlobalConfig,
     IdentityConfig,
+    ObservabilityConfig,
     OidcConfig,
     RedisConfig,
     RepositoryConfig,
@@ -36,6 +38,7 @@ from angosd.config.model import (
     S3StoreConfig,
     ServerConfig,
     TlsConfig,
+    TracingConfig,
     UiConfig,
     UpstreamConfig,
     WebhookTlsConfig,
@@ -46,6 +49,7 @@ __all__ = [
     "EVENTS",
     "MAX_WORKERS",
     "AccessPolicyConfig",
+    "AuditConfig",
     "AuthConfig",
     "AuthWebhookConfig",
     "Config",
@@ -54,6 +58,7 @@ __all__ = [
     "FsStoreConfig",
     "GlobalConfig",
     "IdentityConfig",
+    "ObservabilityConfig",
     "OidcConfig",
     "RedisConfig",
     "RepositoryConfig",
@@ -61,6 +66,7 @@ __all__ = [
     "S3StoreConfig",
     "ServerConfig",
     "TlsConfig",
+    "TracingConfig",
     "UiConfig",
     "UpstreamConfig",
     "WebhookTlsConfig",

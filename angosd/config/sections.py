@@ -11,6 +11,7 @@ from typing import Any
 
 from angosd.config.model import (
     AccessPolicyConfig,
+    AuditConfig,
     AuthConfig,
     AuthWebhookConfig,
     Config,
@@ -18,6 +19,7 @@ from angosd.config.model import (
     FsStoreConfig,
     GlobalConfig,
     IdentityConfig,
+    ObservabilityConfig,
     OidcConfig,
     RedisConfig,
     RepositoryConfig,
@@ -25,6 +27,7 @@ from angosd.config.model import (
     S3StoreConfig,
     ServerConfig,
     TlsConfig,
+    TracingConfig,
     UiConfig,
     UpstreamConfig,
     WebhookTlsConfig,
@@ -38,7 +41,7 @@ _SERVER_EXTRAS = ("query_timeout", "query_timeout_grace_period", "handshake_time
 _GLOBAL_EXTRAS = ("max_concurrent_requests", "max_concurrent_cache_jobs", "enable_redirect",
                   "enable_manifest_redirect", "allow_missing_manifest_references", "trusted_proxies")
 _REPOSITORY_EXTRAS = ("namespace",)
-_ACCEPTED_SECTIONS = ("metadata_store", "cache", "observability")
+_ACCEPTED_SECTIONS = ("metadata_store", "cache")
 _AUTH_EXTRAS = ("token_service",)
 _TLS_KEYS = ("server_ca_bundle", "client_certificate_bundle", "client_private_key")
 _OIDC_EXTRAS = ("provider", "client_certificate_bundle", "client_private_key", "bearer_token_file",
@@ -203,6 +206,15 @@ def _check_webhook_references(root: Table, global_: GlobalConfig, repositories: 
                                   f"{dotted((*path, 'event_webhooks', index))}: no [event_webhook.{name}]")
 
 
+# --- [observability] ---------------------------------------------------------------------
+def _observability(table: Table) -> ObservabilityConfig:
+    """``[observability.tracing]`` and ``[observability.audit]``."""
+    tracing, audit = table.section("tracing"), table.section("audit")
+    table.finish()
+    return ObservabilityConfig(tracing=build(TracingConfig, tracing), audit=build(AuditConfig, audit))
+# --- end of [observability] --------------------------------------------------------------
+
+
 def read_config(root: Table) -> Config:
     """The `Config` described by the merged document ``root``."""
     for key in _ACCEPTED_SECTIONS:
@@ -223,8 +235,9 @@ def read_config(root: Table) -> Config:
                    for name, entry in _named_tables(event_section))
     event_section.finish()
     _check_webhook_references(root, global_, repositories, auth, events)
+    observability = _observability(root.section("observability"))
     root.finish()
     return Config(server=server, blob_store=blob_store, blob_store_s3=blob_store_s3, redis=redis,
                   global_=global_, repositories=repositories, ui=ui,
-                  auth=auth, event_webhooks=events, sources=root.context.sources)
+                  auth=auth, event_webhooks=events, sources=root.context.sources, observability=observability)
 

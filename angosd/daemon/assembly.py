@@ -10,9 +10,9 @@ from __future__ import annotations
 import functools
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
@@ -33,7 +33,10 @@ from angosd.http.api import RegistryAPI
 from angosd.http.extensions import ExtensionAPI
 from angosd.http.metrics_endpoint import RequestMetrics, metrics_handlers
 from angosd.http.site import RegistrySite
+from angosd.http.tracing import RequestTracing
 from angosd.observability.metrics import Metrics
+from angosd.observability.traced_storage import TracedDriver
+from angosd.observability.tracing_settings import tracing_enabled
 from angosd.outbound.client import make_client
 from angosd.proxy.cache import PullThroughCache
 from angosd.proxy.prefetch import Prefetcher
@@ -44,41 +47,62 @@ from angosd.ui import UserInterface
 from angosd.webhooks.authorization import AuthorizationWebhooks
 from angosd.webhooks.events import EventBus
 
+if TYPE_CHECKING:
+    from angosd.observability.tracing import Tracing
+
 #: Seconds between looks at the configuration files' modification times.
 RELOAD_INTERVAL = 2.0
 #: Seconds between two recordings of computed gauges by a worker (multiprocess metrics).
 METRICS_REFRESH = 1.0
 
 
-def build_security(config: Config, reactor: Any, record_auth: AuthRecorder | None = None) -> SecurityState:
+def build_tracing(config: Config, environ: Mapping[str, str] | None = None) -> Tracing | None:
+    """The tracer of ``config`` (and of the ``OTEL_*`` variables of ``environ``, default
+    ``os.environ``), None when tracing is off: then OpenTelemetry is not even imported."""
+    environ = os.environ if environ is None else environ
+    if not tracing_enabled(config.observability.tracing, environ):
+        return None
+    from angosd.observability.tracing import Tracing
+
+    return Tracing(config.observability.tracing, environ)
+
+
+def build_security(config: Config, reactor: Any, record_auth: AuthRecorder | None = None,
+                   tracing: Tracing | None = None, metrics: Metrics | None = None) -> SecurityState:
     """Users, OIDC providers and compiled policies for ``config``; raises `PolicyError`.
-    ``record_auth`` counts authentications (metrics)."""
+    ``record_auth`` counts authentications, ``metrics`` authorization webhook calls;
+    ``tracing`` traces the authorization webhook calls."""
     oidc: TokenValidator | None = None
     if config.auth.oidc:
         oidc = OidcProviders(config.auth.oidc, {p.name: make_http_client(reactor, p) for p in config.auth.oidc},
                              reactor)
     authenticator = Authenticator(PasswordUsers(config.auth.identities, reactor, reactor), oidc, record_auth)
-    return SecurityState.build(config, authenticator, AuthorizationWebhooks(config.auth.webhooks, reactor))
+    webhooks = AuthorizationWebhooks(config.auth.webhooks, reactor, metrics.webhooks if metrics else None,
+                                     tracing.outbound("webhook") if tracing else None)
+    return SecurityState.build(config, authenticator, webhooks)
 
 
 def build_registry(live: LiveConfig, reactor: Any, coordination: Coordination | None = None,
-                   driver: IStorageDriver | None = None) -> Registry:
+                   driver: IStorageDriver | None = None, tracing: Tracing | None = None) -> Registry:
     """The registry of ``live``'s store (or of ``driver``, when given); ``coordination`` excludes
-    other processes from the uploads this process writes (None: none needed)."""
+    other processes from the uploads this process writes (None: none needed); with ``tracing``
+    each storage operation (and S3 request) is a span."""
     return _registry(live.config, reactor, live.namespace_allowed, live.tag_immutable,
                      update_pull_time=lambda: live.config.global_.update_pull_time, coordination=coordination,
-                     driver=driver)
+                     driver=driver, tracing=tracing)
 
 
-def build_driver(config: Config, reactor: Any) -> IStorageDriver:
-    """The store of ``config``: the ``[blob_store.s3]`` bucket when set, else the filesystem."""
+def build_driver(config: Config, reactor: Any, tracing: Tracing | None = None) -> IStorageDriver:
+    """The store of ``config``: the ``[blob_store.s3]`` bucket when set, else the filesystem;
+    ``tracing`` traces the S3 requests (and sends them a ``traceparent``)."""
     s3 = config.blob_store_s3
     if s3 is None:
         return FilesystemDriver(os.path.abspath(config.blob_store.root_dir), reactor, config.blob_store.sync_to_disk)
     from angosd.storage.s3 import S3Driver  # botocore only where S3 is configured
     from angosd.storage.s3_client import S3Options
 
-    http, pool = make_client(reactor, connect_timeout=min(30.0, s3.operation_attempt_timeout_secs))
+    http, pool = make_client(reactor, connect_timeout=min(30.0, s3.operation_attempt_timeout_secs),
+                             hook=tracing.outbound("s3") if tracing else None)
     pool.maxPersistentPerHost = 32
     options = S3Options(endpoint=s3.endpoint, bucket=s3.bucket, access_key_id=s3.access_key_id,
                         secret_key=s3.secret_key, region=s3.region, key_prefix=s3.key_prefix,
@@ -116,9 +140,12 @@ def blob_redirect_ttl(config: Config) -> int | None:
 
 def _registry(config: Config, reactor: Any, namespace_allowed: Callable[[str], bool],
               immutable: Callable[[str, str], bool], update_pull_time: Callable[[], bool],
-              coordination: Coordination | None, driver: IStorageDriver | None = None) -> Registry:
+              coordination: Coordination | None, driver: IStorageDriver | None = None,
+              tracing: Tracing | None = None) -> Registry:
     limits = Limits(config.global_.max_manifest_size, config.global_.max_blob_size)
-    store = driver if driver is not None else build_driver(config, reactor)
+    store = driver if driver is not None else build_driver(config, reactor, tracing)
+    if tracing is not None:
+        store = TracedDriver(store, tracing.around)
     registry = Registry(store, reactor, limits, namespace_allowed, immutable,
                         update_pull_time=update_pull_time)
     registry.uploads.coordination = coordination
@@ -166,27 +193,39 @@ class Application:
     api: RegistryAPI
     drain: DrainService
     site: RegistrySite
+    tracing: Tracing | None = None
 
 
 def build_application(config: Config, reactor: Any, live: LiveConfig, registry: Registry,
-                      metrics: Metrics) -> Application:
+                      metrics: Metrics, tracing: Tracing | None = None) -> Application:
     """The HTTP application over ``registry``, reading policies, repositories and the UI settings
-    from ``live`` on every request; ``metrics`` observes requests and uploads. Starts nothing:
+    from ``live`` on every request; ``metrics`` observes requests, uploads, webhooks and
+    certificates; ``tracing`` (None: off) gives each request a span. Starts nothing:
     the caller puts ``events`` and ``drain`` in its service tree and ``site`` behind a listener
     (or an in-memory transport)."""
     metrics.watch_uploads(lambda: registry.uploads.writing)
+    tls = config.server.tls
+    if tls is not None:
+        metrics.watch_certificates(lambda: {"server": tls.server_certificate_bundle,
+                                            "client_ca": tls.client_ca_bundle})
+    metrics.webhooks.declare([("event", webhook.name) for webhook in config.event_webhooks]
+                             + [("authorization", webhook.name) for webhook in config.auth.webhooks])
     prefetcher = Prefetcher(registry, reactor)  # [repository] prefetch_platforms
     cache = PullThroughCache(registry, lambda namespace: live.config.repository_for(namespace), live.tag_immutable,
-                             reactor, metrics=metrics.pull_through, on_manifest_fetched=prefetcher.after_fill)
-    events = EventBus(lambda: live.config, reactor, drain_seconds=config.global_.shutdown_drain_secs)
+                             reactor, metrics=metrics.pull_through, on_manifest_fetched=prefetcher.after_fill,
+                             outbound=tracing.outbound("upstream") if tracing else None)
+    events = EventBus(lambda: live.config, reactor, drain_seconds=config.global_.shutdown_drain_secs,
+                      metrics=metrics.webhooks, outbound=tracing.outbound("webhook") if tracing else None)
     extensions = {**ExtensionAPI(registry, lambda: live.config).handlers(),
                   **UserInterface(lambda: live.config.ui).handlers(), **metrics_handlers(metrics)}
-    api = RegistryAPI(registry, PolicyAuthorizer(lambda: live.security), cache=cache, events=events,
+    authorizer = PolicyAuthorizer(lambda: live.security, spans=tracing.span if tracing else None)
+    api = RegistryAPI(registry, authorizer, cache=cache, events=events,
                       extensions=extensions, blob_redirect=lambda: blob_redirect_ttl(live.config))
     drain = DrainService(lambda: live.config.global_.shutdown_drain_secs, reactor)
     access_log = [AccessLog(time.monotonic, reactor.seconds)] if config.server.access_log else []
-    site = RegistrySite(api, observers=[drain, RequestMetrics(metrics.http, metrics.clock), *access_log])
-    return Application(registry, cache, events, api, drain, site)
+    traced = [RequestTracing(tracing)] if tracing is not None else []
+    site = RegistrySite(api, observers=[drain, RequestMetrics(metrics.http, metrics.clock), *traced, *access_log])
+    return Application(registry, cache, events, api, drain, site, tracing)
 
 
 def timer(interval: float, call: Callable[[], object], reactor: Any) -> TimerService:

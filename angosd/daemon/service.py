@@ -11,10 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
 
 from angosd.config import Config
 from angosd.coordination.interface import Coordination
@@ -27,6 +29,7 @@ from angosd.daemon.assembly import (
     build_coordination,
     build_registry,
     build_security,
+    build_tracing,
     coordination_directory,
     timer,
 )
@@ -40,6 +43,9 @@ from angosd.registry.gc import collector_service
 from angosd.registry.paths import REPOSITORIES
 from angosd.registry.pulls import PullTimeFlusher
 from angosd.tls.server import listening_factory
+
+if TYPE_CHECKING:
+    from angosd.observability.tracing import Tracing
 
 
 def worker_count(config: Config) -> int:
@@ -65,6 +71,18 @@ class _Role:
     metrics: Metrics
     coordination: Coordination | None
     collect_garbage: bool  # the store's online collector runs here (once per store, not per worker)
+
+
+class TracingExport(Service):
+    """Exports the spans still buffered, in a thread, when the daemon stops."""
+
+    def __init__(self, tracing: Tracing, reactor: Any) -> None:
+        self._tracing = tracing
+        self._reactor = reactor
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._tracing.shutdown)
 
 
 def build_service(config: Config, reactor: Any, listen: str | None = None, paths: Sequence[str] = (),
@@ -106,14 +124,19 @@ def build_worker_service(config: Config, reactor: Any, endpoint: systemd.Observe
 def _daemon(config: Config, reactor: Any, paths: Sequence[str], overrides: Overrides, role: _Role) -> MultiService:
     allocator.tune()  # this process serves: large buffers come and go all the time
     metrics = role.metrics
-    live = LiveConfig(paths, build_security(config, reactor, metrics.auth_attempt),
-                      lambda new: build_security(new, reactor, metrics.auth_attempt), overrides.apply)
-    app = build_application(config, reactor, live, build_registry(live, reactor, role.coordination), metrics)
+    tracing = build_tracing(config)  # None unless [observability.tracing] or OTEL_* variables ask for it
+    live = LiveConfig(paths, build_security(config, reactor, metrics.auth_attempt, tracing, metrics),
+                      lambda new: build_security(new, reactor, metrics.auth_attempt, tracing, metrics),
+                      overrides.apply)
+    app = build_application(config, reactor, live, build_registry(live, reactor, role.coordination, tracing=tracing),
+                            metrics, tracing)
     registry, events, drain = app.registry, app.events, app.drain
     top = StagedService()
     back = MultiService()  # stops second: still delivers events and flushes pull times from drained requests
     back.setServiceParent(top)
     events.setServiceParent(back)
+    if tracing is not None:
+        TracingExport(tracing, reactor).setServiceParent(back)  # sends the last spans at stop
     PullTimeFlusher(registry.pulls, reactor).setServiceParent(back)  # flushes every few seconds and at stop
     if role.collect_garbage:
         collector_service(registry.driver, registry.blobs, reactor,  # online garbage collection

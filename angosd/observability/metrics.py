@@ -32,6 +32,17 @@ Other:
 - Pull-through cache, by configured repository name (bounded by the configuration, never a
   namespace): ``angosd_pull_through_hits_total``, ``angosd_pull_through_misses_total``,
   ``angosd_pull_through_stale_served_total``, ``angosd_pull_through_upstream_errors_total``.
+- Webhooks (`WebhookMetrics`, as ``Metrics.webhooks``), ``kind`` is ``event`` or
+  ``authorization``, ``webhook`` the configured name: ``angosd_webhook_deliveries_total{kind,webhook,result}``
+  one per HTTP attempt (``result``: ``success`` for a 2xx, ``rejected`` for another answer,
+  ``error`` for no answer); ``angosd_webhook_duration_seconds{kind,webhook}`` the latency of
+  each attempt; ``angosd_webhook_queue_depth`` async event deliveries pending;
+  ``angosd_webhook_dropped_total{webhook,reason}`` async events never delivered (``reason``:
+  ``full`` queue, ``failed`` after the retries, ``shutdown`` drain timed out).
+- Certificates (`angosd.observability.certificates`, given to `Metrics.watch_certificates`):
+  ``angosd_tls_certificate_expiry_timestamp_seconds{certificate}`` the ``notAfter`` (epoch
+  seconds) of the first certificate of the ``server`` bundle and the earliest of the
+  ``client_ca`` bundle, read from the files at each scrape.
 - The standard ``process_*``, ``python_gc_*`` and ``python_info`` collectors.
 
 With worker processes (`Metrics` given a ``multiprocess_dir``): every worker records into
@@ -58,7 +69,7 @@ never raises for a valid name; ``repository`` is the repository's configured nam
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 from prometheus_client import (
     CollectorRegistry,
@@ -80,9 +91,12 @@ __all__ = [
     "AUTH_RESULTS",
     "DURATION_BUCKETS",
     "HTTP_METHODS",
+    "WEBHOOK_BUCKETS",
+    "WEBHOOK_RESULTS",
     "HttpMetrics",
     "Metrics",
     "PullThroughMetrics",
+    "WebhookMetrics",
     "method_label",
 ]
 
@@ -95,6 +109,14 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 AUTH_METHODS = ("certificate", "bearer", "basic", "oidc-basic", "anonymous")
 #: ``result`` label values of ``angosd_auth_attempts_total``.
 AUTH_RESULTS = ("success", "failure")
+
+
+#: Histogram buckets (seconds) of webhook calls.
+WEBHOOK_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
+#: ``result`` label values of ``angosd_webhook_deliveries_total``.
+WEBHOOK_RESULTS = ("success", "rejected", "error")
+#: ``reason`` label values of ``angosd_webhook_dropped_total``.
+WEBHOOK_DROP_REASONS = ("full", "failed", "shutdown")
 
 
 def method_label(method: str) -> str:
@@ -172,6 +194,42 @@ class PullThroughMetrics:
                 counter.labels(repository)
 
 
+class WebhookMetrics:
+    """Webhook calls, the async event queue and its drops (see the module docstring)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.deliveries = Counter("angosd_webhook_deliveries", "Webhook HTTP attempts by kind, webhook and result.",
+                                  ("kind", "webhook", "result"), registry=registry)
+        self.duration = Histogram("angosd_webhook_duration_seconds", "Duration of webhook HTTP attempts.",
+                                  ("kind", "webhook"), buckets=WEBHOOK_BUCKETS, registry=registry)
+        self.queue = Gauge("angosd_webhook_queue_depth", "Async event deliveries waiting or in flight.",
+                           registry=registry, multiprocess_mode="livesum")
+        self.drops = Counter("angosd_webhook_dropped", "Async events never delivered, by webhook and reason.",
+                             ("webhook", "reason"), registry=registry)
+
+    def delivered(self, kind: str, webhook: str, result: str, seconds: float) -> None:
+        """One attempt of ``webhook`` ended with ``result`` (one of `WEBHOOK_RESULTS`)."""
+        self.deliveries.labels(kind, webhook, result).inc()
+        self.duration.labels(kind, webhook).observe(max(seconds, 0.0))
+
+    def queue_depth(self, pending: int) -> None:
+        """``pending`` async deliveries are waiting or in flight."""
+        self.queue.set(pending)
+
+    def dropped(self, webhook: str, reason: str) -> None:
+        """One async event of ``webhook`` will never be delivered (``reason``: `WEBHOOK_DROP_REASONS`)."""
+        self.drops.labels(webhook, reason).inc()
+
+    def declare(self, kinds_and_names: Iterable[tuple[str, str]]) -> None:
+        """Make the series of the configured webhooks exist (at 0) before any call."""
+        for kind, name in kinds_and_names:
+            for result in WEBHOOK_RESULTS:
+                self.deliveries.labels(kind, name, result)
+            if kind == "event":
+                for reason in WEBHOOK_DROP_REASONS:
+                    self.drops.labels(name, reason)
+
+
 class Metrics:
     """All of the daemon's metrics on one registry.
 
@@ -209,6 +267,7 @@ class Metrics:
         self.clock = clock
         self.http = HttpMetrics(recording)
         self.pull_through = PullThroughMetrics(recording)
+        self.webhooks = WebhookMetrics(recording)
         self.auth_attempts = Counter("angosd_auth_attempts", "Authentications by credential method and result.",
                                      ("method", "result"), registry=recording)
         for method in AUTH_METHODS:
@@ -225,6 +284,13 @@ class Metrics:
         if method not in AUTH_METHODS or result not in AUTH_RESULTS:
             raise ValueError(f"unknown authentication method or result: {method!r}, {result!r}")
         self.auth_attempts.labels(method, result).inc()
+
+    def watch_certificates(self, bundles: Callable[[], Mapping[str, str | None]]) -> None:
+        """Report the expiry of the certificate files ``bundles()`` names (``server``,
+        ``client_ca``), read at each scrape (see the module docstring)."""
+        from angosd.observability.certificates import CertificateExpiry
+
+        self.registry.register(CertificateExpiry(bundles))
 
     def watch_uploads(self, writing: Callable[[], int]) -> None:
         """Report ``writing()`` (sessions being written right now) as ``angosd_uploads_in_progress``:
