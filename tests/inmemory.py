@@ -35,6 +35,7 @@ from angosd.auth.authorizer import SecurityState
 from angosd.config import Config, load_config
 from angosd.daemon.assembly import Application, build_application, build_registry, build_security
 from angosd.daemon.live import LiveConfig
+from angosd.observability.audit import AuditLog
 from angosd.observability.metrics import Metrics
 from angosd.storage.interface import IStorageDriver
 from angosd.storage.memory import MemoryDriver
@@ -331,10 +332,10 @@ class InMemoryDaemon:
     """The daemon's HTTP application in memory, on ``config`` (TOML text; empty: the built-in
     defaults). The store is a `MemoryDriver` (`driver`), or the filesystem store at ``root``
     when given. ``patience``: seconds of fake time a request may wait on a timer. ``tracing``:
-    the application's tracer (None: off)."""
+    the application's tracer, ``audit`` its audit log (None: off)."""
 
     def __init__(self, config: str = "", root: str | None = None, patience: float = 1.0,
-                 tracing: Tracing | None = None) -> None:
+                 tracing: Tracing | None = None, audit: AuditLog | None = None) -> None:
         self.reactor = InlineReactor()
         self.reactor.advance(EPOCH)
         self.root = root
@@ -347,7 +348,8 @@ class InMemoryDaemon:
 
         live = LiveConfig([], security(self.config), security, lambda c: c)
         registry = build_registry(live, self.reactor, driver=self.driver, tracing=tracing)
-        self.app: Application = build_application(self.config, self.reactor, live, registry, self.metrics, tracing)
+        self.app: Application = build_application(self.config, self.reactor, live, registry, self.metrics, tracing,
+                                                  audit)
         self.app.site.reactor = self.reactor  # the channels' timeouts run on the fake clock
 
     def request(self, method: str, path: str, body: bytes | Iterable[bytes] | None = None,

@@ -14,6 +14,7 @@ COMMANDS = (
     "check_config",
     "mirror", "export", "import_",
     "prune", "scrub",
+    "audit",
 )
 
 

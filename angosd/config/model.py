@@ -20,6 +20,7 @@ from angosd.config.schema import (
     int_range,
     ip_address,
     jws_algorithms,
+    networks,
     non_empty,
     one_of,
     parse_size,
@@ -178,6 +179,8 @@ class GlobalConfig:
     shutdown_drain_secs: int = field(default=30, metadata=parsed_by(int_range(0)))
     authorization_webhook: str | None = None
     event_webhooks: tuple[str, ...] = ()
+    #: (audit log) Proxies whose ``X-Forwarded-For`` names the client: networks or addresses.
+    trusted_proxies: tuple[str, ...] = field(default=(), metadata=parsed_by(networks))
 
 
 @dataclass(frozen=True, slots=True)

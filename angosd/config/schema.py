@@ -132,6 +132,15 @@ def fraction(value: object) -> float:
     if not (math.isfinite(number) and 0.0 <= number <= 1.0):
         raise Invalid(f"must be a number from 0 to 1, got {number}")
     return number
+def networks(value: object) -> tuple[str, ...]:
+    """A list of IP networks or addresses (``"10.0.0.0/8"``, ``"::1"``), kept as given."""
+    items = as_strings(value)
+    for index, item in enumerate(items):
+        try:
+            ipaddress.ip_network(item, strict=False)
+        except ValueError:
+            raise Invalid(f"not an IP network or address: {item!r}", (index,)) from None
+    return items
 # --- end of observability parsers -----------------------------------------------------
 
 

@@ -39,7 +39,7 @@ _REPOSITORY_NAME = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-
 
 _SERVER_EXTRAS = ("query_timeout", "query_timeout_grace_period", "handshake_timeout")
 _GLOBAL_EXTRAS = ("max_concurrent_requests", "max_concurrent_cache_jobs", "enable_redirect",
-                  "enable_manifest_redirect", "allow_missing_manifest_references", "trusted_proxies")
+                  "enable_manifest_redirect", "allow_missing_manifest_references")
 _REPOSITORY_EXTRAS = ("namespace",)
 _ACCEPTED_SECTIONS = ("metadata_store", "cache")
 _AUTH_EXTRAS = ("token_service",)

@@ -30,10 +30,12 @@ from angosd.daemon.live import LiveConfig, tag_immutable
 from angosd.daemon.shutdown import DrainService
 from angosd.http.accesslog import AccessLog
 from angosd.http.api import RegistryAPI
+from angosd.http.audit import AuditRecorder
 from angosd.http.extensions import ExtensionAPI
 from angosd.http.metrics_endpoint import RequestMetrics, metrics_handlers
 from angosd.http.site import RegistrySite
 from angosd.http.tracing import RequestTracing
+from angosd.observability.audit import AuditLog
 from angosd.observability.metrics import Metrics
 from angosd.observability.traced_storage import TracedDriver
 from angosd.observability.tracing_settings import tracing_enabled
@@ -65,6 +67,21 @@ def build_tracing(config: Config, environ: Mapping[str, str] | None = None) -> T
     from angosd.observability.tracing import Tracing
 
     return Tracing(config.observability.tracing, environ)
+
+
+def build_audit(config: Config, wall: Callable[[], float] = time.time) -> AuditLog | None:
+    """The audit log of ``[observability.audit]``, None when it has no ``path``; raises `OSError`
+    when the file cannot be opened."""
+    if config.observability.audit.path is None:
+        return None
+    return AuditLog(config.observability.audit, wall)
+
+
+@functools.lru_cache(maxsize=16)
+def _networks(entries: tuple[str, ...]) -> tuple[Any, ...]:
+    import ipaddress
+
+    return tuple(ipaddress.ip_network(entry, strict=False) for entry in entries)
 
 
 def build_security(config: Config, reactor: Any, record_auth: AuthRecorder | None = None,
@@ -194,13 +211,15 @@ class Application:
     drain: DrainService
     site: RegistrySite
     tracing: Tracing | None = None
+    audit: AuditLog | None = None
 
 
 def build_application(config: Config, reactor: Any, live: LiveConfig, registry: Registry,
-                      metrics: Metrics, tracing: Tracing | None = None) -> Application:
+                      metrics: Metrics, tracing: Tracing | None = None, audit: AuditLog | None = None) -> Application:
     """The HTTP application over ``registry``, reading policies, repositories and the UI settings
     from ``live`` on every request; ``metrics`` observes requests, uploads, webhooks and
-    certificates; ``tracing`` (None: off) gives each request a span. Starts nothing:
+    certificates; ``tracing`` (None: off) gives each request a span; ``audit`` (None: off)
+    records state changes and denials. Starts nothing:
     the caller puts ``events`` and ``drain`` in its service tree and ``site`` behind a listener
     (or an in-memory transport)."""
     metrics.watch_uploads(lambda: registry.uploads.writing)
@@ -224,8 +243,11 @@ def build_application(config: Config, reactor: Any, live: LiveConfig, registry: 
     drain = DrainService(lambda: live.config.global_.shutdown_drain_secs, reactor)
     access_log = [AccessLog(time.monotonic, reactor.seconds)] if config.server.access_log else []
     traced = [RequestTracing(tracing)] if tracing is not None else []
-    site = RegistrySite(api, observers=[drain, RequestMetrics(metrics.http, metrics.clock), *traced, *access_log])
-    return Application(registry, cache, events, api, drain, site, tracing)
+    audited = [AuditRecorder(lambda: audit, lambda: _networks(live.config.global_.trusted_proxies))] \
+        if audit is not None else []
+    site = RegistrySite(api, observers=[drain, RequestMetrics(metrics.http, metrics.clock), *traced, *access_log,
+                                        *audited])
+    return Application(registry, cache, events, api, drain, site, tracing, audit)
 
 
 def timer(interval: float, call: Callable[[], object], reactor: Any) -> TimerService:

@@ -9,7 +9,7 @@ supervisor (`angosd.daemon.workers.parent`).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -26,6 +26,7 @@ from angosd.daemon.assembly import (
     RELOAD_INTERVAL,
     StagedService,
     build_application,
+    build_audit,
     build_coordination,
     build_registry,
     build_security,
@@ -38,6 +39,7 @@ from angosd.daemon.overrides import Overrides
 from angosd.daemon.workers.cpus import usable_cpus
 from angosd.daemon.workers.rundir import RunDirectory
 from angosd.daemon.workers.supervisor import HEARTBEAT
+from angosd.observability.audit import AuditLog
 from angosd.observability.metrics import Metrics
 from angosd.registry.gc import collector_service
 from angosd.registry.paths import REPOSITORIES
@@ -71,6 +73,18 @@ class _Role:
     metrics: Metrics
     coordination: Coordination | None
     collect_garbage: bool  # the store's online collector runs here (once per store, not per worker)
+
+
+def _reopening(audit: AuditLog | None, reload: Callable[[], bool]) -> Callable[[], bool]:
+    """``reload``, after reopening the audit log (SIGHUP: after an external rotation)."""
+    if audit is None:
+        return reload
+
+    def reopen_and_reload() -> bool:
+        audit.reopen()
+        return reload()
+
+    return reopen_and_reload
 
 
 class TracingExport(Service):
@@ -125,11 +139,12 @@ def _daemon(config: Config, reactor: Any, paths: Sequence[str], overrides: Overr
     allocator.tune()  # this process serves: large buffers come and go all the time
     metrics = role.metrics
     tracing = build_tracing(config)  # None unless [observability.tracing] or OTEL_* variables ask for it
+    audit = build_audit(config)  # [observability.audit] path
     live = LiveConfig(paths, build_security(config, reactor, metrics.auth_attempt, tracing, metrics),
                       lambda new: build_security(new, reactor, metrics.auth_attempt, tracing, metrics),
-                      overrides.apply)
+                      overrides.apply, audit)
     app = build_application(config, reactor, live, build_registry(live, reactor, role.coordination, tracing=tracing),
-                            metrics, tracing)
+                            metrics, tracing, audit)
     registry, events, drain = app.registry, app.events, app.drain
     top = StagedService()
     back = MultiService()  # stops second: still delivers events and flushes pull times from drained requests
@@ -153,6 +168,6 @@ def _daemon(config: Config, reactor: Any, paths: Sequence[str], overrides: Overr
         service.setServiceParent(front)
     drain.setServiceParent(front)
     systemd.SystemdService(role.notifier, reactor, role.endpoint.listening,
-                           lambda: registry.driver.children(REPOSITORIES), live.reload,
+                           lambda: registry.driver.children(REPOSITORIES), _reopening(audit, live.reload),
                            role.watchdog).setServiceParent(front)
     return top
