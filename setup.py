@@ -27,7 +27,8 @@ setup(
         "tracing": ["opentelemetry-sdk>=1.25", "opentelemetry-exporter-otlp-proto-http>=1.25"],
         "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff", "mypy", "mypy-zope",
                  "playwright>=1.46", "moto[server]>=5.0",
-                 "opentelemetry-sdk>=1.25", "opentelemetry-exporter-otlp-proto-http>=1.25", "opentelemetry-proto>=1.25"],
+                 "opentelemetry-sdk>=1.25", "opentelemetry-exporter-otlp-proto-http>=1.25", "opentelemetry-proto>=1.25",
+                 "pyyaml"],
     },
     entry_points={"console_scripts": ["angosd = angosd.commands.main:main"]},
 )

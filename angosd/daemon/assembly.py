@@ -223,6 +223,8 @@ def build_application(config: Config, reactor: Any, live: LiveConfig, registry: 
     the caller puts ``events`` and ``drain`` in its service tree and ``site`` behind a listener
     (or an in-memory transport)."""
     metrics.watch_uploads(lambda: registry.uploads.writing)
+    if config.blob_store_s3 is None:
+        metrics.watch_filesystem(lambda: os.path.abspath(config.blob_store.root_dir))
     tls = config.server.tls
     if tls is not None:
         metrics.watch_certificates(lambda: {"server": tls.server_certificate_bundle,

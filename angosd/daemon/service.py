@@ -41,6 +41,7 @@ from angosd.daemon.workers.rundir import RunDirectory
 from angosd.daemon.workers.supervisor import HEARTBEAT
 from angosd.observability.audit import AuditLog
 from angosd.observability.metrics import Metrics
+from angosd.observability.reactor_lag import ReactorLag
 from angosd.registry.gc import collector_service
 from angosd.registry.paths import REPOSITORIES
 from angosd.registry.pulls import PullTimeFlusher
@@ -155,9 +156,13 @@ def _daemon(config: Config, reactor: Any, paths: Sequence[str], overrides: Overr
     PullTimeFlusher(registry.pulls, reactor).setServiceParent(back)  # flushes every few seconds and at stop
     if role.collect_garbage:
         collector_service(registry.driver, registry.blobs, reactor,  # online garbage collection
-                          lambda: live.config.global_.gc_grace_secs).setServiceParent(back)
+                          lambda: live.config.global_.gc_grace_secs,
+                          lambda report, failure: metrics.gc.observe(report, failure, time.time())
+                          ).setServiceParent(back)
     front = MultiService()  # stops first: stop accepting, drain requests in flight
     front.setServiceParent(top)
+    metrics.worker_starts.inc()
+    ReactorLag(reactor, metrics.reactor_lag.observe).setServiceParent(front)
     if paths:
         timer(RELOAD_INTERVAL, live.poll, reactor).setServiceParent(front)
     if metrics.multiprocess:

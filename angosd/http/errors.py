@@ -49,6 +49,7 @@ def unexpected(request: IRequest, failure: Failure, realm: str) -> bytes | None:
     error = storage_failure(failure.value)
     if error is not None:
         _log.failure("storage failure on {method} {path}", failure, method=request.method, path=request.path)
+        request.storage_error = "out_of_space" if error.status == 507 else "error"  # type: ignore[attr-defined]
         return error_response(request, error, realm)
     _log.failure("unhandled error on {method} {path}", failure, method=request.method, path=request.path)
     return error_response(request, OciError("internal error"), realm)

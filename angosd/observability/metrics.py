@@ -39,7 +39,20 @@ Other:
   each attempt; ``angosd_webhook_queue_depth`` async event deliveries pending;
   ``angosd_webhook_dropped_total{webhook,reason}`` async events never delivered (``reason``:
   ``full`` queue, ``failed`` after the retries, ``shutdown`` drain timed out).
-- Certificates (`angosd.observability.certificates`, given to `Metrics.watch_certificates`):
+- ``angosd_storage_errors_total{kind}``: requests answered with a storage failure
+  (``out_of_space``: 507, ``error``: 503).
+- Garbage collection (`GcMetrics`, as ``Metrics.gc``, fed by the online collector):
+  ``angosd_gc_runs_total{result}`` (``success``, ``failure``), ``angosd_gc_running``,
+  ``angosd_gc_last_success_timestamp_seconds``, ``angosd_gc_reclaimed_blobs_total``,
+  ``angosd_gc_reclaimed_bytes_total``. With worker processes the collector runs in the
+  supervisor, which records no metrics: these series then stay at their initial values.
+- ``angosd_reactor_lag_seconds``: histogram of how late a once-a-second timer ran (a busy
+  event loop delays every request).
+- ``angosd_worker_starts_total``: serving processes started; it grows after the start only
+  when a worker is replaced.
+- ``angosd_storage_filesystem_size_bytes`` / ``angosd_storage_filesystem_avail_bytes``: the
+  filesystem of a ``[blob_store.fs]`` root (``statvfs`` at each scrape).
+- Certificates (`angosd.observability.file_metrics`, given to `Metrics.watch_certificates`):
   ``angosd_tls_certificate_expiry_timestamp_seconds{certificate}`` the ``notAfter`` (epoch
   seconds) of the first certificate of the ``server`` bundle and the earliest of the
   ``client_ca`` bundle, read from the files at each scrape.
@@ -70,6 +83,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable, Mapping
+from typing import Any
 
 from prometheus_client import (
     CollectorRegistry,
@@ -111,6 +125,10 @@ AUTH_METHODS = ("certificate", "bearer", "basic", "oidc-basic", "anonymous")
 AUTH_RESULTS = ("success", "failure")
 
 
+#: ``kind`` label values of ``angosd_storage_errors_total``: a full store (507), any other failure (503).
+STORAGE_ERROR_KINDS = ("out_of_space", "error")
+#: Histogram buckets (seconds) of the reactor's lateness.
+LAG_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
 #: Histogram buckets (seconds) of webhook calls.
 WEBHOOK_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
 #: ``result`` label values of ``angosd_webhook_deliveries_total``.
@@ -140,6 +158,14 @@ class HttpMetrics:
                                 ("action",), registry=registry)
         self.sent = Counter("angosd_http_response_bytes", "Response body bytes sent, by route action.",
                             ("action",), registry=registry)
+        self.storage_errors = Counter("angosd_storage_errors", "Requests answered with a storage failure, by kind.",
+                                      ("kind",), registry=registry)
+        for kind in STORAGE_ERROR_KINDS:
+            self.storage_errors.labels(kind)
+
+    def storage_error(self, kind: str) -> None:
+        """One request failed on the store (``kind``: one of `STORAGE_ERROR_KINDS`)."""
+        self.storage_errors.labels(kind).inc()
 
     def began(self) -> None:
         """One more request in flight."""
@@ -223,11 +249,45 @@ class WebhookMetrics:
     def declare(self, kinds_and_names: Iterable[tuple[str, str]]) -> None:
         """Make the series of the configured webhooks exist (at 0) before any call."""
         for kind, name in kinds_and_names:
+            self.duration.labels(kind, name)
             for result in WEBHOOK_RESULTS:
                 self.deliveries.labels(kind, name, result)
             if kind == "event":
                 for reason in WEBHOOK_DROP_REASONS:
                     self.drops.labels(name, reason)
+
+
+class GcMetrics:
+    """The online garbage collector's passes (see the module docstring)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.passes = Counter("angosd_gc_runs", "Online garbage collection passes, by result.", ("result",),
+                              registry=registry)
+        for result in ("success", "failure"):
+            self.passes.labels(result)
+        self.running = Gauge("angosd_gc_running", "1 while an online garbage collection pass runs.",
+                             registry=registry, multiprocess_mode="livemax")
+        self.last_success = Gauge("angosd_gc_last_success_timestamp_seconds",
+                                  "When the last successful garbage collection pass ended (epoch seconds).",
+                                  registry=registry, multiprocess_mode="max")
+        self.reclaimed = Counter("angosd_gc_reclaimed_blobs", "Blobs deleted by garbage collection.",
+                                 registry=registry)
+        self.reclaimed_bytes = Counter("angosd_gc_reclaimed_bytes", "Bytes deleted by garbage collection.",
+                                       registry=registry)
+
+    def observe(self, report: Any, failure: Any, now: float) -> None:
+        """A pass started (both None), ended with ``report``, or failed with ``failure``."""
+        if report is None and failure is None:
+            self.running.set(1)
+            return
+        self.running.set(0)
+        if failure is not None:
+            self.passes.labels("failure").inc()
+            return
+        self.passes.labels("success").inc()
+        self.last_success.set(now)
+        self.reclaimed.inc(report.reclaimed)
+        self.reclaimed_bytes.inc(report.reclaimed_bytes)
 
 
 class Metrics:
@@ -268,6 +328,12 @@ class Metrics:
         self.http = HttpMetrics(recording)
         self.pull_through = PullThroughMetrics(recording)
         self.webhooks = WebhookMetrics(recording)
+        self.gc = GcMetrics(recording)
+        self.reactor_lag = Histogram("angosd_reactor_lag_seconds",
+                                     "How late the reactor ran a timer due every second (event loop saturation).",
+                                     buckets=LAG_BUCKETS, registry=recording)
+        self.worker_starts = Counter("angosd_worker_starts", "Serving processes started (a replaced worker counts).",
+                                     registry=recording)
         self.auth_attempts = Counter("angosd_auth_attempts", "Authentications by credential method and result.",
                                      ("method", "result"), registry=recording)
         for method in AUTH_METHODS:
@@ -288,9 +354,15 @@ class Metrics:
     def watch_certificates(self, bundles: Callable[[], Mapping[str, str | None]]) -> None:
         """Report the expiry of the certificate files ``bundles()`` names (``server``,
         ``client_ca``), read at each scrape (see the module docstring)."""
-        from angosd.observability.certificates import CertificateExpiry
+        from angosd.observability.file_metrics import CertificateExpiry
 
         self.registry.register(CertificateExpiry(bundles))
+
+    def watch_filesystem(self, root: Callable[[], str]) -> None:
+        """Report the size and free space of the filesystem holding ``root()`` (the store)."""
+        from angosd.observability.file_metrics import FilesystemUsage
+
+        self.registry.register(FilesystemUsage(root))
 
     def watch_uploads(self, writing: Callable[[], int]) -> None:
         """Report ``writing()`` (sessions being written right now) as ``angosd_uploads_in_progress``:
