@@ -229,6 +229,7 @@ def build_application(config: Config, reactor: Any, live: LiveConfig, registry: 
     if tls is not None:
         metrics.watch_certificates(lambda: {"server": tls.server_certificate_bundle,
                                             "client_ca": tls.client_ca_bundle})
+    metrics.pull_through.declare(r.name for r in config.repositories if r.is_pull_through)
     metrics.webhooks.declare([("event", webhook.name) for webhook in config.event_webhooks]
                              + [("authorization", webhook.name) for webhook in config.auth.webhooks])
     prefetcher = Prefetcher(registry, reactor)  # [repository] prefetch_platforms
