@@ -162,7 +162,7 @@ def _registry(config: Config, reactor: Any, namespace_allowed: Callable[[str], b
     limits = Limits(config.global_.max_manifest_size, config.global_.max_blob_size)
     store = driver if driver is not None else build_driver(config, reactor, tracing)
     if tracing is not None:
-        store = TracedDriver(store, tracing.around)
+        store = TracedDriver(store, tracing.around, parent=config.blob_store_s3 is not None and driver is None)
     registry = Registry(store, reactor, limits, namespace_allowed, immutable,
                         update_pull_time=update_pull_time)
     registry.uploads.coordination = coordination

@@ -22,7 +22,7 @@ from angosd.observability.audit import AuditLog
 
 _log = Logger()
 #: Settings that only take effect at start: a reload that changes them says so.
-_RESTART_ONLY = ("server", "blob_store")
+_RESTART_ONLY = ("server", "blob_store", "observability")
 
 
 @lru_cache(maxsize=1024)

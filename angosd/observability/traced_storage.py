@@ -17,8 +17,8 @@ from angosd.storage.interface import IStorageDriver
 
 __all__ = ["TracedDriver"]
 
-#: ``around(name, call, attributes)``: ``call()`` in a span (`angosd.observability.tracing.Tracing.around`).
-Around = Callable[[str, Callable[[], Any], Mapping[str, Any]], Any]
+#: ``around(name, call, attributes, parent)``: ``call()`` in a span (`angosd.observability.tracing.Tracing.around`).
+Around = Callable[[str, Callable[[], Any], Mapping[str, Any], bool], Any]
 _TRACED = frozenset(IStorageDriver.names())
 
 
@@ -26,9 +26,12 @@ _TRACED = frozenset(IStorageDriver.names())
 class TracedDriver:
     """``driver`` with a span around each storage operation (see the module docstring)."""
 
-    def __init__(self, driver: Any, around: Around) -> None:
+    def __init__(self, driver: Any, around: Around, parent: bool = False) -> None:
+        """``parent``: each operation's span is the parent of what the driver starts in it
+        (the S3 driver's requests); a filesystem driver starts nothing traced."""
         self.wrapped = driver
         self._around = around
+        self._parent = parent
         alsoProvides(self, *providedBy(driver))  # e.g. IRedirectingDriver: presigned blob URLs
 
     def __getattr__(self, name: str) -> Any:
@@ -38,6 +41,7 @@ class TracedDriver:
 
         def traced(*args: Any, **kwargs: Any) -> Any:
             key = args[0] if args and isinstance(args[0], str) else ""
-            return self._around(f"storage.{name}", lambda: attribute(*args, **kwargs), {"angosd.storage.key": key})
+            return self._around(f"storage.{name}", lambda: attribute(*args, **kwargs), {"angosd.storage.key": key},
+                                self._parent)
 
         return traced

@@ -100,20 +100,39 @@ class Tracing:
 
     @contextlib.contextmanager
     def span(self, name: str, attributes: Mapping[str, Any] | None = None) -> Iterator[None]:
-        """A child of the current span around the block (nothing when none is recording)."""
+        """A child of the current span around the block, current inside it (nothing when no
+        span is recording)."""
         if not _current_recording():
             yield
             return
-        with self.tracer.start_as_current_span(name, attributes=dict(attributes or {})):
+        span = self.tracer.start_span(name, attributes=attributes)
+        token = otel_context.attach(trace.set_span_in_context(span))
+        try:
             yield
+        except BaseException as exc:
+            _fail(span, exc)
+            raise
+        finally:
+            otel_context.detach(token)
+            span.end()
 
-    def around(self, name: str, call: Callable[[], Any], attributes: Mapping[str, Any]) -> Any:
-        """``call()`` inside a child span that ends when its result (a Deferred or not) is ready."""
+    def around(self, name: str, call: Callable[[], Any], attributes: Mapping[str, Any],
+               parent: bool = False) -> Any:
+        """``call()`` inside a child span that ends when its result (a Deferred or not) is ready;
+        with ``parent`` the span is current while ``call`` starts (the parent of the S3
+        requests it makes)."""
         if not _current_recording():
             return call()
-        span = self.tracer.start_span(name, attributes=dict(attributes))
+        span = self.tracer.start_span(name, attributes=attributes)
         try:
-            result = call()
+            if parent:
+                token = otel_context.attach(trace.set_span_in_context(span))
+                try:
+                    result = call()
+                finally:
+                    otel_context.detach(token)
+            else:
+                result = call()
         except BaseException as exc:
             _fail(span, exc)
             span.end()

@@ -287,3 +287,37 @@ scrape_configs:
             process.kill()
             process.wait()
         log.close()
+
+
+def test_s3_requests_are_spans_below_the_storage_operations(tmp_path: Path) -> None:
+    """Tracing turned on by the standard OTEL_* variables alone, on an S3 store."""
+    from tests.s3_server import s3_config, shared_s3
+
+    server = shared_s3()
+    receiver = OtlpReceiver()
+    config = tmp_path / "s3.toml"
+    config.write_text(s3_config(server, server.new_bucket("traced")))
+    daemon = Daemon(str(tmp_path / "work"), str(tmp_path / "unused"), configs=(str(config),), workers=1,
+                    env={"OTEL_EXPORTER_OTLP_ENDPOINT": receiver.url, "OTEL_TRACES_SAMPLER_ARG": "1",
+                         "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_SERVICE_NAME": "angosd-s3"})
+    daemon.start()
+    try:
+        data = os.urandom(2048)
+        trace_id = "6bf92f3577b34da6a3ce929d0e0e4738"
+        response = daemon.request("POST", f"/v2/s3/app/blobs/uploads/?digest={digest(data)}", data,
+                                  {"Content-Type": "application/octet-stream",
+                                   "traceparent": f"00-{trace_id}-20f067aa0ba902b9-01"})
+        assert response.status == 201, response.body
+        spans = receiver.wait_for(lambda spans: any(s.trace_id == trace_id and s.kind == SERVER for s in spans)
+                                  and any(s.trace_id == trace_id and s.kind == CLIENT for s in spans))
+    finally:
+        daemon.stop()
+        receiver.close()
+    mine = [span for span in spans if span.trace_id == trace_id]
+    request = [span for span in mine if span.kind == SERVER]
+    assert len(request) == 1 and request[0].service == "angosd-s3"
+    storage = {span.span_id: span for span in mine if span.name.startswith("storage.")}
+    assert storage and all(span.parent_id == request[0].span_id for span in storage.values())
+    s3_calls = [span for span in mine if span.kind == CLIENT and span.attributes.get("angosd.outbound") == "s3"]
+    assert s3_calls and all(span.parent_id in storage for span in s3_calls)
+    assert any(span.name == "s3 PUT" for span in s3_calls), [span.name for span in s3_calls]
