@@ -17,6 +17,7 @@ from twisted.application.internet import StreamServerEndpointService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred
 from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 
 from angosd.config import Config
 from angosd.coordination.interface import Coordination
@@ -50,6 +51,8 @@ from angosd.tls.server import listening_factory
 if TYPE_CHECKING:
     from angosd.observability.tracing import Tracing
 
+_log = Logger()
+
 
 def worker_count(config: Config) -> int:
     """How many worker processes ``config`` asks for: ``[server] workers``, else one per usable core."""
@@ -74,6 +77,28 @@ class _Role:
     metrics: Metrics
     coordination: Coordination | None
     collect_garbage: bool  # the store's online collector runs here (once per store, not per worker)
+
+
+def gc_observer(metrics: Metrics, audit: AuditLog | None,
+                wall: Callable[[], float] = time.time) -> Callable[[Any, Any], None]:
+    """What hears of each online garbage collection pass: the metrics, and the audit log for
+    a pass that deleted blobs or failed (one line each)."""
+
+    def observe(report: Any, failure: Any) -> None:
+        metrics.gc.observe(report, failure, wall())
+        if audit is None or (report is None and failure is None) or (report is not None and not report.reclaimed):
+            return
+        try:
+            if failure is not None:
+                audit.record("daemon", "gc", "failure", identity={"kind": "local"},
+                             reason=type(getattr(failure, "value", failure)).__name__)
+            else:
+                audit.record("daemon", "gc", "success", identity={"kind": "local"},
+                             reclaimed_blobs=report.reclaimed, reclaimed_bytes=report.reclaimed_bytes)
+        except OSError as exc:
+            _log.error("audit log {path}: {error}", path=audit.path, error=str(exc))
+
+    return observe
 
 
 def _reopening(audit: AuditLog | None, reload: Callable[[], bool]) -> Callable[[], bool]:
@@ -156,8 +181,7 @@ def _daemon(config: Config, reactor: Any, paths: Sequence[str], overrides: Overr
     PullTimeFlusher(registry.pulls, reactor).setServiceParent(back)  # flushes every few seconds and at stop
     if role.collect_garbage:
         collector_service(registry.driver, registry.blobs, reactor,  # online garbage collection
-                          lambda: live.config.global_.gc_grace_secs,
-                          lambda report, failure: metrics.gc.observe(report, failure, time.time())
+                          lambda: live.config.global_.gc_grace_secs, gc_observer(metrics, audit)
                           ).setServiceParent(back)
     front = MultiService()  # stops first: stop accepting, drain requests in flight
     front.setServiceParent(top)

@@ -8,7 +8,8 @@ Each line is a JSON object with (absent values omitted)::
      "digest": "sha256:...", "pid": 1234, "prev": "<64 hex>", "hash": "<64 hex>"}
 
 - ``via``: ``api`` (registry and extension API), ``ui`` (the web interface), ``cli`` (a
-  maintenance command), ``config`` (a configuration reload);
+  maintenance command), ``config`` (a configuration reload), ``daemon`` (an online garbage
+  collection pass that deleted blobs, or failed);
 - ``result``: ``success``, ``failure``, ``denied`` (403), ``unauthenticated`` (401),
   ``interrupted`` (a command stopped by a signal);
 - ``identity.kind``: ``basic``, ``oidc``, ``certificate``, ``anonymous``, ``none`` (not

@@ -148,3 +148,23 @@ def test_verify_command(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
     assert main(["audit", "verify", str(path)]) == 1
     assert "line 2: prev is not the hash of line 1" in capsys.readouterr().out
     assert main(["audit", "verify", str(tmp_path / "missing.log")]) == 2
+
+
+def test_online_garbage_collection_that_deletes_or_fails_is_one_line(tmp_path: Path) -> None:
+    from prometheus_client import CollectorRegistry
+
+    from angosd.daemon.service import gc_observer
+    from angosd.observability.metrics import Metrics
+    from angosd.registry.gc import GcReport
+
+    log = chained(tmp_path / "audit.log")
+    observe = gc_observer(Metrics(lambda: 0.0, CollectorRegistry()), log, lambda: 50.0)
+    for report, failure in [(None, None), (GcReport(blobs=4, live=4), None),  # nothing deleted: no line
+                            (None, None), (GcReport(reclaimed=2, reclaimed_bytes=2048), None),
+                            (None, None), (None, RuntimeError("disk gone"))]:
+        observe(report, failure)
+    records = [json.loads(line) for line in lines_of(tmp_path / "audit.log")]
+    assert [(r["via"], r["action"], r["result"]) for r in records] == [("daemon", "gc", "success"),
+                                                                     ("daemon", "gc", "failure")]
+    assert (records[0]["reclaimed_blobs"], records[0]["reclaimed_bytes"]) == (2, 2048)
+    assert records[1]["reason"] == "RuntimeError"
