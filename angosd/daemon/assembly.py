@@ -22,7 +22,7 @@ from angosd.auth.authenticator import Authenticator, AuthRecorder, TokenValidato
 from angosd.auth.authorizer import PolicyAuthorizer, SecurityState
 from angosd.auth.basic import PasswordUsers
 from angosd.auth.oidc import OidcProviders, make_http_client
-from angosd.config import Config
+from angosd.config import Config, ConfigError
 from angosd.coordination.files import FileCoordination
 from angosd.coordination.interface import Coordination
 from angosd.coordination.redis import RedisCoordination
@@ -64,17 +64,35 @@ def build_tracing(config: Config, environ: Mapping[str, str] | None = None) -> T
     environ = os.environ if environ is None else environ
     if not tracing_enabled(config.observability.tracing, environ):
         return None
-    from angosd.observability.tracing import Tracing
-
+    try:
+        from angosd.observability.tracing import Tracing
+    except ImportError as exc:
+        raise ConfigError(f"[observability.tracing] needs the OpenTelemetry SDK (pip install 'angosd[tracing]'): "
+                          f"{exc}") from None
     return Tracing(config.observability.tracing, environ)
 
 
 def build_audit(config: Config, wall: Callable[[], float] = time.time) -> AuditLog | None:
-    """The audit log of ``[observability.audit]``, None when it has no ``path``; raises `OSError`
-    when the file cannot be opened."""
+    """The audit log of ``[observability.audit]``, None when it has no ``path``; raises
+    `ConfigError` when the file cannot be opened."""
     if config.observability.audit.path is None:
         return None
-    return AuditLog(config.observability.audit, wall)
+    try:
+        return AuditLog(config.observability.audit, wall)
+    except OSError as exc:
+        raise ConfigError(f"observability.audit.path: cannot open {config.observability.audit.path}: "
+                          f"{exc.strerror or exc}") from None
+
+
+def check_observability(config: Config) -> None:
+    """Raise `ConfigError` when a process serving ``config`` could not start its tracing or
+    its audit log (the supervisor checks before starting workers)."""
+    tracing = build_tracing(config)
+    if tracing is not None:
+        tracing.shutdown()
+    audit = build_audit(config)
+    if audit is not None:
+        audit.close()
 
 
 @functools.lru_cache(maxsize=16)

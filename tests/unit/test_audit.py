@@ -168,3 +168,16 @@ def test_online_garbage_collection_that_deletes_or_fails_is_one_line(tmp_path: P
                                                                      ("daemon", "gc", "failure")]
     assert (records[0]["reclaimed_blobs"], records[0]["reclaimed_bytes"]) == (2, 2048)
     assert records[1]["reason"] == "RuntimeError"
+
+
+def test_an_audit_log_that_cannot_be_opened_is_a_configuration_error(tmp_path: Path) -> None:
+    from angosd.config import ConfigError, ObservabilityConfig
+    from angosd.daemon.assembly import build_audit, check_observability
+
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    config = Config(observability=ObservabilityConfig(audit=AuditConfig(path=str(blocker / "audit.log"))))
+    with pytest.raises(ConfigError, match="observability.audit.path: cannot open"):
+        build_audit(config)
+    with pytest.raises(ConfigError, match="observability.audit.path"):
+        check_observability(config)

@@ -60,9 +60,16 @@ def build_supervisor_service(config: Config, reactor: Any, count: int, listen: s
     stops the start once with the single daemon's message: `PolicyError`, `TlsError`,
     `ListenError`.
     """
-    from angosd.daemon.assembly import RELOAD_INTERVAL, StagedService, build_driver, build_security
+    from angosd.daemon.assembly import (
+        RELOAD_INTERVAL,
+        StagedService,
+        build_driver,
+        build_security,
+        check_observability,
+    )
 
     security = build_security(config, reactor)
+    check_observability(config)  # ConfigError: tracing without its SDK, an audit log that cannot be opened
     if config.server.tls is not None:
         ReloadingServerTLS(config.server.tls)  # raises TlsError for unusable files
     endpoint = systemd.listen_endpoint(reactor, listen)
