@@ -177,7 +177,7 @@ def test_an_audit_log_that_cannot_be_opened_is_a_configuration_error(tmp_path: P
     blocker = tmp_path / "file"
     blocker.write_text("")
     config = Config(observability=ObservabilityConfig(audit=AuditConfig(path=str(blocker / "audit.log"))))
-    with pytest.raises(ConfigError, match="observability.audit.path: cannot open"):
+    with pytest.raises(ConfigError, match=r"observability\.audit\.path: cannot open"):
         build_audit(config)
-    with pytest.raises(ConfigError, match="observability.audit.path"):
+    with pytest.raises(ConfigError, match=r"observability\.audit\.path"):
         check_observability(config)
