@@ -30,7 +30,7 @@ import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.internet.address import IPv4Address
 from twisted.internet.error import ConnectionDone
@@ -39,14 +39,19 @@ from twisted.logger import ILogObserver, LogEvent, formatEventAsClassicLogText, 
 from twisted.python.failure import Failure
 from zope.interface import provider
 
+from angosd.auth.authorizer import SecurityState
 from angosd.config import Config, load_config
 from angosd.daemon.assembly import Application, build_application, build_registry, build_security
 from angosd.daemon.live import LiveConfig
+from angosd.observability.audit import AuditLog
 from angosd.observability.metrics import Metrics
 from angosd.storage.interface import IStorageDriver
 from angosd.storage.memory import MemoryDriver
 from angosd.storage.pools import BoundedPool, Pools
 from tests.daemon import Response
+
+if TYPE_CHECKING:
+    from angosd.observability.tracing import Tracing
 
 #: Body bytes handed to the channel per `dataReceived` (a socket read's worth).
 READ_SIZE = 64 * 1024
@@ -353,10 +358,11 @@ class InMemoryDaemon:
     defaults). The store is a `MemoryDriver` (`driver`), or the filesystem store at ``root``
     when given. ``patience``: seconds of fake time a request may wait on a timer;
     ``thread_grace``: real seconds a stalled request waits for a result from a real thread
-    (none comes from `InlineThreadPool`: this only delays reporting a stuck request)."""
+    (none comes from `InlineThreadPool`: this only delays reporting a stuck request).
+    ``tracing``: the application's tracer, ``audit`` its audit log (None: off)."""
 
     def __init__(self, config: str = "", root: str | None = None, patience: float = 1.0,
-                 thread_grace: float = 2.0) -> None:
+                 thread_grace: float = 2.0, tracing: Tracing | None = None, audit: AuditLog | None = None) -> None:
         self.reactor = InlineReactor()
         self.reactor.advance(EPOCH)
         self.root = root
@@ -368,11 +374,14 @@ class InMemoryDaemon:
         self.pools = Pools(*(BoundedPool(name, self.reactor, 4, 64, threadpool=InlineThreadPool())
                              for name in ("io", "cpu")))
         self.pools.start_until_shutdown(self.reactor)
-        live = LiveConfig([], build_security(self.config, self.reactor, self.pools, self.metrics.auth_attempt),
-                          lambda new: build_security(new, self.reactor, self.pools, self.metrics.auth_attempt),
-                          lambda c: c)
-        registry = build_registry(live, self.reactor, self.pools, driver=self.driver)
-        self.app: Application = build_application(self.config, self.reactor, live, registry, self.metrics)
+
+        def security(config: Config) -> SecurityState:
+            return build_security(config, self.reactor, self.pools, self.metrics.auth_attempt, tracing, self.metrics)
+
+        live = LiveConfig([], security(self.config), security, lambda c: c)
+        registry = build_registry(live, self.reactor, self.pools, driver=self.driver, tracing=tracing)
+        self.app: Application = build_application(self.config, self.reactor, live, registry, self.metrics, tracing,
+                                                  audit)
         self.app.site.reactor = self.reactor  # the channels' timeouts run on the fake clock
 
     def request(self, method: str, path: str, body: bytes | Iterable[bytes] | None = None,

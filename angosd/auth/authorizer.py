@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any, Protocol
 
 from twisted.logger import Logger
@@ -18,6 +20,8 @@ from angosd.oci.errors import Denied, Unauthorized
 #: Actions that are never behind authentication (probes must work under default-deny).
 UNAUTHENTICATED_ACTIONS = frozenset({Action.HEALTHZ, Action.READYZ})
 _log = Logger()
+#: Opens a tracing span named by its argument around a block (`angosd.observability.tracing`).
+Spans = Callable[[str], AbstractContextManager[object]]
 
 
 class Authorizer(Protocol):
@@ -64,8 +68,10 @@ class PolicyAuthorizer:
     so clients retry with credentials); a denied authenticated caller gets 403.
     """
 
-    def __init__(self, state: Callable[[], SecurityState]) -> None:
+    def __init__(self, state: Callable[[], SecurityState], spans: Spans | None = None) -> None:
+        """``spans`` opens a tracing span around authentication and policy evaluation."""
         self._state = state
+        self._spans = spans
 
     async def authorize(self, request: IRequest, route: Route) -> None:
         if route.action in UNAUTHENTICATED_ACTIONS:
@@ -73,8 +79,25 @@ class PolicyAuthorizer:
         state = self._state()
         identity: Identity | None = getattr(request, "identity", None)
         if identity is None:
-            identity = await state.authenticator.authenticate(request)
+            with self._span("authenticate"):
+                identity = await state.authenticator.authenticate(request)
             request.identity = identity  # type: ignore[attr-defined]
+        with self._span("authorize"):
+            decision = await self._decide(state, identity, route, request)
+        if decision.allowed:
+            return
+        request.denial = decision.reason  # type: ignore[attr-defined]  # for the audit log
+        _log.info("denied {action} on {namespace} for {who}: {reason}", action=route.action,
+                  namespace=route.namespace, who=identity.describe(), reason=decision.reason)
+        if not identity.authenticated:
+            raise Unauthorized("authentication required")
+        raise Denied(f"{route.action} is not allowed for {identity.describe()}")
+
+    def _span(self, name: str) -> AbstractContextManager[object]:
+        return self._spans(name) if self._spans is not None else contextlib.nullcontext()
+
+    @staticmethod
+    async def _decide(state: SecurityState, identity: Identity, route: Route, request: IRequest) -> Decision:
         variables = {"identity": identity.to_cel(), "request": request_variables(route)}
         decision = state.global_policy.decide(variables)
         repository = state.config.repository_for(route.namespace) if route.namespace is not None else None
@@ -86,13 +109,7 @@ class PolicyAuthorizer:
             if decision.allowed and webhook and state.webhooks is not None and \
                     not await state.webhooks.allows(webhook, identity, route, request):
                 decision = Decision(False, f"authorization webhook {webhook!r} denied")
-        if decision.allowed:
-            return
-        _log.info("denied {action} on {namespace} for {who}: {reason}", action=route.action,
-                  namespace=route.namespace, who=identity.describe(), reason=decision.reason)
-        if not identity.authenticated:
-            raise Unauthorized("authentication required")
-        raise Denied(f"{route.action} is not allowed for {identity.describe()}")
+        return decision
 
 
 class WebhookCheck(Protocol):

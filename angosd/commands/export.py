@@ -81,7 +81,7 @@ def register(commands: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     progress = Progress()
     return run_async("export", progress, lambda reactor: _export(reactor, args, progress),
-                     interrupted="interrupted; no archive was written")
+                     interrupted="interrupted; no archive was written", args=args)
 
 
 @dataclass

@@ -93,7 +93,7 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     progress = Progress()
-    return run_async("import", progress, lambda reactor: _import(reactor, args, progress))
+    return run_async("import", progress, lambda reactor: _import(reactor, args, progress), args=args)
 
 
 @dataclass

@@ -15,6 +15,7 @@ COMMANDS = (
     "mirror", "export", "import_", "state", "keygen",
     "prune", "scrub",
     "migrate",
+    "audit",
 )
 
 

@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import functools
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -49,7 +50,7 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     progress = Progress()
-    return run_async("mirror", progress, lambda reactor: _mirror(reactor, args, progress))
+    return run_async("mirror", progress, lambda reactor: _mirror(reactor, args, progress), args=args)
 
 
 async def _mirror(reactor: Any, args: argparse.Namespace, progress: Progress) -> int:
@@ -226,13 +227,48 @@ def start_logging(progress: Progress) -> None:
 
 
 def run_async(name: str, progress: Progress, work: Callable[[Any], Awaitable[int]],
-              interrupted: str = "interrupted; run it again to resume") -> int:
+              interrupted: str = "interrupted; run it again to resume", args: argparse.Namespace | None = None) -> int:
     """Run ``work(reactor)`` under `twisted.internet.task.react` and return its exit status.
 
     An expected failure (configuration, OCI, upstream, storage, archive, I/O) is printed
     as ``angosd NAME: reason`` and gives 1; an interruption (SIGINT/SIGTERM) prints
     ``interrupted`` and gives 130; anything else is printed with its type and gives 1.
+    With ``args`` (the command line), the run is one line of the configuration's audit log.
     """
+    status = _run_async(name, progress, work, interrupted)
+    if args is not None:
+        audit_command(name, args, status, progress)
+    return status
+
+
+def audit_command(name: str, args: argparse.Namespace, status: int, progress: Progress) -> None:
+    """Append the run of command ``name`` (exit ``status``) to ``[observability.audit]`` of
+    its configuration, if any; a configuration that does not load has nothing to record."""
+    import getpass
+
+    from angosd.observability.audit import AuditLog
+
+    try:
+        config = load_config(args.configs) if getattr(args, "configs", None) else default_config()
+    except Exception:
+        return
+    if config.observability.audit.path is None:
+        return
+    result = {0: "success", 130: "interrupted"}.get(status, "failure")
+    options = {key: value for key, value in sorted(vars(args).items())
+               if key not in ("run", "command", "configs") and isinstance(value, str | int | float | bool | None)}
+    try:
+        log = AuditLog(config.observability.audit, time.time)
+        try:
+            log.record("cli", name, result, status=status, identity={"kind": "local", "id": getpass.getuser()},
+                       options=options)
+        finally:
+            log.close()
+    except OSError as exc:
+        progress.note(f"angosd {name}: audit log: {one_line(exc)}")
+
+
+def _run_async(name: str, progress: Progress, work: Callable[[Any], Awaitable[int]], interrupted: str) -> int:
     from twisted.internet.defer import Deferred
     from twisted.internet.task import react
 

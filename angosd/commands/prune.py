@@ -47,7 +47,7 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     progress = Progress()
-    return run_async("prune", progress, lambda reactor: _prune(reactor, args, progress))
+    return run_async("prune", progress, lambda reactor: _prune(reactor, args, progress), args=args)
 
 
 def build_policy(config: Config) -> RetentionPolicy:

@@ -36,7 +36,7 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     progress = Progress()
-    return run_async("scrub", progress, lambda reactor: _scrub(reactor, args, progress))
+    return run_async("scrub", progress, lambda reactor: _scrub(reactor, args, progress), args=args)
 
 
 async def _scrub(reactor: Any, args: argparse.Namespace, progress: Progress) -> int:

@@ -9,7 +9,7 @@ problem found afterwards names that file and the dotted key path::
 
 Key names follow the reference product (Angos), so an Angos configuration loads:
 sections this build does not use yet (``auth``, ``cache``, ``metadata_store``,
-``event_webhook``, ``observability``, some ``server``/``global`` tuning keys) are
+``event_webhook``, some ``server``/``global`` tuning keys) are
 accepted silently; any other unknown key is reported once through ``warn`` and
 ignored.
 
@@ -22,6 +22,7 @@ table), `angosd.config.sections` (the section readers) and `angosd.config.load`
 from angosd.config.load import default_config, load_config, merge_tables
 from angosd.config.model import (
     AccessPolicyConfig,
+    AuditConfig,
     AuthConfig,
     AuthWebhookConfig,
     BundleConfig,
@@ -31,6 +32,7 @@ from angosd.config.model import (
     GlobalConfig,
     IdentityConfig,
     MirrorConfig,
+    ObservabilityConfig,
     OidcConfig,
     RedisConfig,
     RepositoryConfig,
@@ -38,6 +40,7 @@ from angosd.config.model import (
     S3StoreConfig,
     ServerConfig,
     TlsConfig,
+    TracingConfig,
     UiConfig,
     UpstreamConfig,
     WebhookTlsConfig,
@@ -48,6 +51,7 @@ __all__ = [
     "EVENTS",
     "MAX_WORKERS",
     "AccessPolicyConfig",
+    "AuditConfig",
     "AuthConfig",
     "AuthWebhookConfig",
     "BundleConfig",
@@ -58,6 +62,7 @@ __all__ = [
     "GlobalConfig",
     "IdentityConfig",
     "MirrorConfig",
+    "ObservabilityConfig",
     "OidcConfig",
     "RedisConfig",
     "RepositoryConfig",
@@ -65,6 +70,7 @@ __all__ = [
     "S3StoreConfig",
     "ServerConfig",
     "TlsConfig",
+    "TracingConfig",
     "UiConfig",
     "UpstreamConfig",
     "WebhookTlsConfig",

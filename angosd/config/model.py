@@ -17,6 +17,7 @@ from angosd.config.schema import (
     argon2_hash,
     basic_auth_table,
     claims_table,
+    fraction,
     http_url,
     int_range,
     ip_address,
@@ -332,6 +333,48 @@ class BundleConfig:
 
 
 # ---- end of [mirror] and [bundle] ----
+# --- [observability]: tracing and audit log ----------------------------------------------
+@dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """``[observability.tracing]``: OpenTelemetry traces exported over OTLP/HTTP (protobuf).
+
+    Tracing is on when ``endpoint`` is set, or when the standard ``OTEL_EXPORTER_OTLP_ENDPOINT``
+    / ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`` environment variables name a collector (and
+    ``OTEL_SDK_DISABLED`` is not ``true``). An ``endpoint`` without a path gets ``/v1/traces``.
+    ``sampling_rate`` is the ratio of new traces recorded (a sampled caller's ``traceparent``
+    is always followed); unset: ``OTEL_TRACES_SAMPLER_ARG``, else 1.
+    """
+
+    endpoint: str | None = field(default=None, metadata=parsed_by(http_url))
+    sampling_rate: float | None = field(default=None, metadata=parsed_by(fraction))
+    service_name: str = field(default="angosd", metadata=parsed_by(non_empty))
+
+
+@dataclass(frozen=True, slots=True)
+class AuditConfig:
+    """``[observability.audit]``: one JSON line per state change and per denial, in ``path``.
+
+    ``fsync = "always"`` makes each line durable before the operation is answered;
+    ``"never"`` leaves flushing to the OS. ``hash_chain`` makes each line carry the hash of
+    the previous one (checked by ``angosd audit verify``). The file is renamed to
+    ``PATH.1`` (``PATH.2`` ... up to ``keep``) once larger than ``max_size`` (0: never), and
+    reopened on SIGHUP (for an external rotation).
+    """
+
+    path: str | None = field(default=None, metadata=parsed_by(non_empty))
+    fsync: str = field(default="always", metadata=parsed_by(one_of("always", "never")))
+    hash_chain: bool = False
+    max_size: int = field(default=0, metadata=parsed_by(parse_size))
+    keep: int = field(default=5, metadata=parsed_by(int_range(1, 1000)))
+
+
+@dataclass(frozen=True, slots=True)
+class ObservabilityConfig:
+    """``[observability]``: traces and the audit log (metrics are always served)."""
+
+    tracing: TracingConfig = TracingConfig()
+    audit: AuditConfig = AuditConfig()
+# --- end of [observability] -----------------------------------------------------------
 
 
 @dataclass(frozen=True, slots=True)
@@ -363,6 +406,7 @@ class Config:
     def repository_for_ns(self, ns: str) -> RepositoryConfig | None:
         """The repository whose ``namespace`` is ``ns`` (the ``?ns=`` parameter), if any."""
         return next((r for r in self.repositories if r.namespace is not None and r.namespace == ns), None)
+    observability: ObservabilityConfig = ObservabilityConfig()  # [observability]
 
     def repository_for(self, namespace: str) -> RepositoryConfig | None:
         """The repository named ``namespace`` or its longest ``"name/"`` prefix, if any."""

@@ -125,6 +125,18 @@ def positive_float(value: object) -> float:
     return number
 
 
+# --- observability parsers (tracing, audit log) ---------------------------------------
+def fraction(value: object) -> float:
+    """A number from 0 to 1 inclusive (a sampling ratio), as a float."""
+    number = as_float(value)
+    if not (math.isfinite(number) and 0.0 <= number <= 1.0):
+        raise Invalid(f"must be a number from 0 to 1, got {number}")
+    return number
+
+
+# --- end of observability parsers -----------------------------------------------------
+
+
 def one_of(*options: str) -> Parser:
     """A parser for strings that must be one of ``options``."""
 

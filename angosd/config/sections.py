@@ -11,6 +11,7 @@ from typing import Any
 
 from angosd.config.model import (
     AccessPolicyConfig,
+    AuditConfig,
     AuthConfig,
     AuthWebhookConfig,
     BundleConfig,
@@ -20,6 +21,7 @@ from angosd.config.model import (
     GlobalConfig,
     IdentityConfig,
     MirrorConfig,
+    ObservabilityConfig,
     OidcConfig,
     RedisConfig,
     RepositoryConfig,
@@ -27,6 +29,7 @@ from angosd.config.model import (
     S3StoreConfig,
     ServerConfig,
     TlsConfig,
+    TracingConfig,
     UiConfig,
     UpstreamConfig,
     WebhookTlsConfig,
@@ -38,7 +41,7 @@ _REPOSITORY_NAME = re.compile(r"^[a-z0-9]+(?:(?:\.|_|__|-+)[a-z0-9]+)*(?:/[a-z0-
 
 _SERVER_EXTRAS: tuple[str, ...] = ()
 _GLOBAL_EXTRAS = ("enable_redirect",)  # read as the alias of enable_blob_redirect
-_ACCEPTED_SECTIONS = ("cache", "observability")
+_ACCEPTED_SECTIONS = ("cache",)
 # -- Angos keys accepted with no effect: each is warned about by name (`Table.no_effect`) --
 #: Manifests are always served inline; cache fills, replication and walks are not threads here.
 _GLOBAL_NO_EFFECT = ("enable_manifest_redirect", "max_concurrent_cache_jobs", "max_concurrent_replication_jobs",
@@ -227,6 +230,13 @@ def _air_gap(root: Table) -> tuple[MirrorConfig, BundleConfig]:
 
 
 # ---- end of [mirror] and [bundle] ----
+# --- [observability] ---------------------------------------------------------------------
+def _observability(table: Table) -> ObservabilityConfig:
+    """``[observability.tracing]`` and ``[observability.audit]``."""
+    tracing, audit = table.section("tracing"), table.section("audit")
+    table.finish()
+    return ObservabilityConfig(tracing=build(TracingConfig, tracing), audit=build(AuditConfig, audit))
+# --- end of [observability] --------------------------------------------------------------
 
 
 def read_config(root: Table) -> Config:
@@ -254,12 +264,13 @@ def read_config(root: Table) -> Config:
     event_section.finish()
     _check_webhook_references(root, global_, repositories, auth, events)
     mirror, bundle = _air_gap(root)
+    observability = _observability(root.section("observability"))
     root.finish()
     policy_configured = "access_policy" in global_section or any(r.access_policy is not None for r in repositories)
     return Config(server=server, blob_store=blob_store, blob_store_s3=blob_store_s3, redis=redis,
                   global_=global_, repositories=repositories, ui=ui,
                   auth=auth, event_webhooks=events, sources=root.context.sources,
-                  mirror=mirror, bundle=bundle,
+                  mirror=mirror, bundle=bundle, observability=observability,
                   access_policy_configured=policy_configured, metadata_store=metadata_store,
                   metadata_store_s3=metadata_store_s3)
 

@@ -18,10 +18,11 @@ from twisted.logger import Logger
 from angosd.auth.authorizer import SecurityState
 from angosd.auth.policy import PolicyError
 from angosd.config import Config, ConfigError, load_config
+from angosd.observability.audit import AuditLog
 
 _log = Logger()
 #: Settings that only take effect at start: a reload that changes them says so.
-_RESTART_ONLY = ("server", "blob_store")
+_RESTART_ONLY = ("server", "blob_store", "observability")
 
 
 @lru_cache(maxsize=1024)
@@ -48,7 +49,10 @@ class LiveConfig:
     """The current `SecurityState`, rebuilt from ``paths`` by `reload` when they change."""
 
     def __init__(self, paths: Sequence[str], security: SecurityState,
-                 build: Callable[[Config], SecurityState], adjust: Callable[[Config], Config]) -> None:
+                 build: Callable[[Config], SecurityState], adjust: Callable[[Config], Config],
+                 audit: AuditLog | None = None) -> None:
+        """``audit`` records each reload (applied or refused)."""
+        self._audit = audit
         self._paths = tuple(paths)
         self.security = security
         self._build = build
@@ -93,6 +97,7 @@ class LiveConfig:
             security = self._build(config)
         except (ConfigError, PolicyError) as exc:
             _log.error("configuration reload refused, the running configuration stays: {error}", error=str(exc))
+            self._record("failure", str(exc))
             return False
         for section in _RESTART_ONLY:
             if getattr(config, section) != getattr(self.security.config, section):
@@ -100,4 +105,14 @@ class LiveConfig:
                           section=section)
         self.security = security
         _log.info("configuration reloaded from {paths}", paths=", ".join(self._paths))
+        self._record("success", None)
         return True
+
+    def _record(self, result: str, reason: str | None) -> None:
+        if self._audit is None:
+            return
+        try:
+            self._audit.record("config", "reload", result, identity={"kind": "local"}, files=list(self._paths),
+                               reason=reason)
+        except OSError as exc:
+            _log.error("audit log {path}: {error}", path=self._audit.path, error=str(exc))

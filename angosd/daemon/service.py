@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService
+from twisted.application.service import MultiService, Service
+from twisted.internet.defer import Deferred
+from twisted.internet.threads import deferToThreadPool
+from twisted.logger import Logger
 
 from angosd.config import Config
 from angosd.coordination.interface import Coordination
@@ -25,10 +28,12 @@ from angosd.daemon.assembly import (
     RELOAD_INTERVAL,
     StagedService,
     build_application,
+    build_audit,
     build_coordination,
     build_pools,
     build_registry,
     build_security,
+    build_tracing,
     coordination_directory,
     timer,
 )
@@ -38,13 +43,20 @@ from angosd.daemon.overrides import Overrides
 from angosd.daemon.workers.cpus import usable_cpus
 from angosd.daemon.workers.rundir import RunDirectory
 from angosd.daemon.workers.supervisor import HEARTBEAT
+from angosd.observability.audit import AuditLog
 from angosd.observability.metrics import Metrics
 from angosd.observability.mirror import MirrorCollector, MirrorRecorder, status_file_reader
+from angosd.observability.reactor_lag import ReactorLag
 from angosd.registry.expiry import expiry_service
 from angosd.registry.gc import collector_service
 from angosd.registry.paths import REPOSITORIES
 from angosd.registry.pulls import PullTimeFlusher
 from angosd.tls.server import listening_factory
+
+if TYPE_CHECKING:
+    from angosd.observability.tracing import Tracing
+
+_log = Logger()
 
 
 def worker_count(config: Config) -> int:
@@ -70,6 +82,52 @@ class _Role:
     metrics: Metrics
     coordination: Coordination | None
     collect_garbage: bool  # the store's online collector runs here (once per store, not per worker)
+
+
+def gc_observer(metrics: Metrics, audit: AuditLog | None,
+                wall: Callable[[], float] = time.time) -> Callable[[Any, Any], None]:
+    """What hears of each online garbage collection pass: the metrics, and the audit log for
+    a pass that deleted blobs or failed (one line each)."""
+
+    def observe(report: Any, failure: Any) -> None:
+        metrics.gc.observe(report, failure, wall())
+        if audit is None or (report is None and failure is None) or (report is not None and not report.reclaimed):
+            return
+        try:
+            if failure is not None:
+                audit.record("daemon", "gc", "failure", identity={"kind": "local"},
+                             reason=type(getattr(failure, "value", failure)).__name__)
+            else:
+                audit.record("daemon", "gc", "success", identity={"kind": "local"},
+                             reclaimed_blobs=report.reclaimed, reclaimed_bytes=report.reclaimed_bytes)
+        except OSError as exc:
+            _log.error("audit log {path}: {error}", path=audit.path, error=str(exc))
+
+    return observe
+
+
+def _reopening(audit: AuditLog | None, reload: Callable[[], bool]) -> Callable[[], bool]:
+    """``reload``, after reopening the audit log (SIGHUP: after an external rotation)."""
+    if audit is None:
+        return reload
+
+    def reopen_and_reload() -> bool:
+        audit.reopen()
+        return reload()
+
+    return reopen_and_reload
+
+
+class TracingExport(Service):
+    """Exports the spans still buffered, in a thread, when the daemon stops."""
+
+    def __init__(self, tracing: Tracing, reactor: Any) -> None:
+        self._tracing = tracing
+        self._reactor = reactor
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        return deferToThreadPool(self._reactor, self._reactor.getThreadPool(), self._tracing.shutdown)
 
 
 def build_service(config: Config, reactor: Any, listen: str | None = None, paths: Sequence[str] = (),
@@ -114,9 +172,13 @@ def _daemon(config: Config, reactor: Any, paths: Sequence[str], overrides: Overr
     allocator.tune()  # this process serves: large buffers come and go all the time
     metrics = role.metrics
     pools = build_pools(config, reactor)  # sized at start: a reload does not resize them
-    live = LiveConfig(paths, build_security(config, reactor, pools, metrics.auth_attempt),
-                      lambda new: build_security(new, reactor, pools, metrics.auth_attempt), overrides.apply)
-    app = build_application(config, reactor, live, build_registry(live, reactor, pools, role.coordination), metrics)
+    tracing = build_tracing(config)  # None unless [observability.tracing] or OTEL_* variables ask for it
+    audit = build_audit(config)  # [observability.audit] path
+    live = LiveConfig(paths, build_security(config, reactor, pools, metrics.auth_attempt, tracing, metrics),
+                      lambda new: build_security(new, reactor, pools, metrics.auth_attempt, tracing, metrics),
+                      overrides.apply, audit)
+    registry = build_registry(live, reactor, pools, role.coordination, tracing=tracing)
+    app = build_application(config, reactor, live, registry, metrics, tracing, audit)
     metrics.watch_pools(pools)
     registry, events, drain = app.registry, app.events, app.drain
     top = StagedService()
@@ -124,10 +186,13 @@ def _daemon(config: Config, reactor: Any, paths: Sequence[str], overrides: Overr
     back = MultiService()  # stops second: still delivers events and flushes pull times from drained requests
     back.setServiceParent(top)
     events.setServiceParent(back)
+    if tracing is not None:
+        TracingExport(tracing, reactor).setServiceParent(back)  # sends the last spans at stop
     PullTimeFlusher(registry.pulls, reactor).setServiceParent(back)  # flushes every few seconds and at stop
     if role.collect_garbage:
         collector_service(registry.driver, registry.blobs, reactor,  # online garbage collection
-                          lambda: live.config.global_.gc_grace_secs).setServiceParent(back)
+                          lambda: live.config.global_.gc_grace_secs, gc_observer(metrics, audit)
+                          ).setServiceParent(back)
         recorder = MirrorRecorder()
         schedule = mirror_service(lambda: live.config, reactor, registry, app.cache, recorder)  # [mirror]
         if schedule is not None:
@@ -137,6 +202,8 @@ def _daemon(config: Config, reactor: Any, paths: Sequence[str], overrides: Overr
                        lambda: live.config.global_.upload_max_age_secs).setServiceParent(back)
     front = MultiService()  # stops first: stop accepting, drain requests in flight
     front.setServiceParent(top)
+    metrics.worker_starts.inc()
+    ReactorLag(reactor, metrics.reactor_lag.observe).setServiceParent(front)
     if paths:
         timer(RELOAD_INTERVAL, live.poll, reactor).setServiceParent(front)
     if metrics.multiprocess:
@@ -147,6 +214,6 @@ def _daemon(config: Config, reactor: Any, paths: Sequence[str], overrides: Overr
         service.setServiceParent(front)
     drain.setServiceParent(front)
     systemd.SystemdService(role.notifier, reactor, role.endpoint.listening,
-                           lambda: registry.driver.children(REPOSITORIES), live.reload,
+                           lambda: registry.driver.children(REPOSITORIES), _reopening(audit, live.reload),
                            role.watchdog).setServiceParent(front)
     return top

@@ -18,6 +18,8 @@ single line of JSON (newlines and control characters in the path are escaped)::
   before the response was complete.
 - ``bytes_sent`` counts response body bytes, ``bytes_received`` request body bytes.
 
+- ``trace_id`` (only when tracing is on): the request's OpenTelemetry trace id (32 hex digits).
+
 The event also carries the same fields under ``access`` for structured (JSON) observers.
 """
 
@@ -112,7 +114,7 @@ class AccessLog:
         if len(path) > MAX_PATH:
             path = path[:MAX_PATH] + "..."
         method = route.method if route is not None else "-"
-        return {
+        fields: dict[str, Any] = {
             "time": _timestamp(self._wall()),
             "client": client_address(request),
             "identity": _identity(request),
@@ -126,3 +128,8 @@ class AccessLog:
             "duration_ms": round(max(seconds, 0.0) * 1000, 3),
             "aborted": failed,
         }
+        trace = getattr(request, "trace", None)
+        trace_id = trace.trace_id if trace is not None else getattr(request, "trace_id", None)
+        if trace_id is not None:
+            fields["trace_id"] = trace_id
+        return fields

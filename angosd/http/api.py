@@ -65,6 +65,8 @@ class RegistryAPI:
         """Authorize the request, then let its endpoint refuse it or open the sink its body
         streams into (None: the body is discarded)."""
         route = request.route
+        if request.trace is not None:
+            request.trace.activate()
         await self.authorizer.authorize(request, route)
         endpoint = self._endpoints.get(route.action)
         if endpoint is None or not route.method_allowed:
@@ -76,6 +78,8 @@ class RegistryAPI:
     @app.route("/", branch=True, methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"])
     async def dispatch(self, request: RegistryRequest) -> bytes | None:
         route = request.route
+        if request.trace is not None:
+            request.trace.activate()
         request.check_admitted()
         if not route.method_allowed:
             raise MethodNotAllowed(f"{route.method} {route.path}")

@@ -52,6 +52,7 @@ def unexpected(request: IRequest, failure: Failure, realm: str) -> bytes | None:
         _log.error("storage failure on {method} {path}: {status} {error}", method=request.method.decode("latin-1"),
                    path=request.path.decode("latin-1")[:200], status=error.status,
                    error=f"{type(failure.value).__name__}: {failure.value}"[:300])
+        request.storage_error = "out_of_space" if error.status == 507 else "error"  # type: ignore[attr-defined]
         return error_response(request, error, realm)
     _log.failure("unhandled error on {method} {path}", failure, method=request.method, path=request.path)
     return error_response(request, OciError("internal error"), realm)

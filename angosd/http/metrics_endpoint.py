@@ -55,6 +55,9 @@ class RequestMetrics:
         if began is None:
             return
         action, method = _route(request)
+        storage_error = getattr(request, "storage_error", None)
+        if storage_error is not None:
+            self._metrics.storage_error(storage_error)
         self._metrics.ended(action, method, response_status(request, failed), self._clock() - began,
                             received_bytes(request), int(getattr(request, "sentLength", 0) or 0))
 

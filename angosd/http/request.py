@@ -101,6 +101,8 @@ class RegistryRequest(server.Request):
     refusal: Failure | None = None
     _sink_open = False
     received_bytes = 0  # body bytes read from the connection (metrics, access log)
+    trace: Any = None  # the request's span while it runs (`angosd.http.tracing`), None untraced
+    trace_id: str | None = None  # the trace id, once the request finished (access log)
 
     def gotLength(self, length: int | None) -> None:
         self.content = io.BytesIO()  # type: ignore[assignment]

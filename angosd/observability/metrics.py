@@ -35,6 +35,30 @@ Other:
 - Pull-through cache, by configured repository name (bounded by the configuration, never a
   namespace): ``angosd_pull_through_hits_total``, ``angosd_pull_through_misses_total``,
   ``angosd_pull_through_stale_served_total``, ``angosd_pull_through_upstream_errors_total``.
+- Webhooks (`WebhookMetrics`, as ``Metrics.webhooks``), ``kind`` is ``event`` or
+  ``authorization``, ``webhook`` the configured name: ``angosd_webhook_deliveries_total{kind,webhook,result}``
+  one per HTTP attempt (``result``: ``success`` for a 2xx, ``rejected`` for another answer,
+  ``error`` for no answer); ``angosd_webhook_duration_seconds{kind,webhook}`` the latency of
+  each attempt; ``angosd_webhook_queue_depth`` async event deliveries pending;
+  ``angosd_webhook_dropped_total{webhook,reason}`` async events never delivered (``reason``:
+  ``full`` queue, ``failed`` after the retries, ``shutdown`` drain timed out).
+- ``angosd_storage_errors_total{kind}``: requests answered with a storage failure
+  (``out_of_space``: 507, ``error``: 503).
+- Garbage collection (`GcMetrics`, as ``Metrics.gc``, fed by the online collector):
+  ``angosd_gc_runs_total{result}`` (``success``, ``failure``), ``angosd_gc_running``,
+  ``angosd_gc_last_success_timestamp_seconds``, ``angosd_gc_reclaimed_blobs_total``,
+  ``angosd_gc_reclaimed_bytes_total``. With worker processes the collector runs in the
+  supervisor, which records no metrics: these series then stay at their initial values.
+- ``angosd_reactor_lag_seconds``: histogram of how late a once-a-second timer ran (a busy
+  event loop delays every request).
+- ``angosd_worker_starts_total``: serving processes started; it grows after the start only
+  when a worker is replaced.
+- ``angosd_storage_filesystem_size_bytes`` / ``angosd_storage_filesystem_avail_bytes``: the
+  filesystem of a ``[blob_store.fs]`` root (``statvfs`` at each scrape).
+- Certificates (`angosd.observability.file_metrics`, given to `Metrics.watch_certificates`):
+  ``angosd_tls_certificate_expiry_timestamp_seconds{certificate}`` the ``notAfter`` (epoch
+  seconds) of the first certificate of the ``server`` bundle and the earliest of the
+  ``client_ca`` bundle, read from the files at each scrape.
 - The standard ``process_*``, ``python_gc_*`` and ``python_info`` collectors.
 
 With worker processes (`Metrics` given a ``multiprocess_dir``): every worker records into
@@ -63,8 +87,8 @@ from __future__ import annotations
 
 import functools
 import os
-from collections.abc import Callable, Iterable
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 from prometheus_client import (
     CollectorRegistry,
@@ -86,10 +110,13 @@ __all__ = [
     "AUTH_RESULTS",
     "DURATION_BUCKETS",
     "HTTP_METHODS",
+    "WEBHOOK_BUCKETS",
+    "WEBHOOK_RESULTS",
     "HttpMetrics",
     "Metrics",
     "PullThroughMetrics",
     "WatchedPool",
+    "WebhookMetrics",
     "method_label",
 ]
 
@@ -113,6 +140,16 @@ class WatchedPool(Protocol):
     def queued(self) -> int: ...
     @property
     def active(self) -> int: ...
+#: ``kind`` label values of ``angosd_storage_errors_total``: a full store (507), any other failure (503).
+STORAGE_ERROR_KINDS = ("out_of_space", "error")
+#: Histogram buckets (seconds) of the reactor's lateness.
+LAG_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10)
+#: Histogram buckets (seconds) of webhook calls.
+WEBHOOK_BUCKETS = (.005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60)
+#: ``result`` label values of ``angosd_webhook_deliveries_total``.
+WEBHOOK_RESULTS = ("success", "rejected", "error")
+#: ``reason`` label values of ``angosd_webhook_dropped_total``.
+WEBHOOK_DROP_REASONS = ("full", "failed", "shutdown")
 
 
 def method_label(method: str) -> str:
@@ -136,6 +173,14 @@ class HttpMetrics:
                                 ("action",), registry=registry)
         self.sent = Counter("angosd_http_response_bytes", "Response body bytes sent, by route action.",
                             ("action",), registry=registry)
+        self.storage_errors = Counter("angosd_storage_errors", "Requests answered with a storage failure, by kind.",
+                                      ("kind",), registry=registry)
+        for kind in STORAGE_ERROR_KINDS:
+            self.storage_errors.labels(kind)
+
+    def storage_error(self, kind: str) -> None:
+        """One request failed on the store (``kind``: one of `STORAGE_ERROR_KINDS`)."""
+        self.storage_errors.labels(kind).inc()
 
     def began(self) -> None:
         """One more request in flight."""
@@ -190,6 +235,76 @@ class PullThroughMetrics:
                 counter.labels(repository)
 
 
+class WebhookMetrics:
+    """Webhook calls, the async event queue and its drops (see the module docstring)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.deliveries = Counter("angosd_webhook_deliveries", "Webhook HTTP attempts by kind, webhook and result.",
+                                  ("kind", "webhook", "result"), registry=registry)
+        self.duration = Histogram("angosd_webhook_duration_seconds", "Duration of webhook HTTP attempts.",
+                                  ("kind", "webhook"), buckets=WEBHOOK_BUCKETS, registry=registry)
+        self.queue = Gauge("angosd_webhook_queue_depth", "Async event deliveries waiting or in flight.",
+                           registry=registry, multiprocess_mode="livesum")
+        self.drops = Counter("angosd_webhook_dropped", "Async events never delivered, by webhook and reason.",
+                             ("webhook", "reason"), registry=registry)
+
+    def delivered(self, kind: str, webhook: str, result: str, seconds: float) -> None:
+        """One attempt of ``webhook`` ended with ``result`` (one of `WEBHOOK_RESULTS`)."""
+        self.deliveries.labels(kind, webhook, result).inc()
+        self.duration.labels(kind, webhook).observe(max(seconds, 0.0))
+
+    def queue_depth(self, pending: int) -> None:
+        """``pending`` async deliveries are waiting or in flight."""
+        self.queue.set(pending)
+
+    def dropped(self, webhook: str, reason: str) -> None:
+        """One async event of ``webhook`` will never be delivered (``reason``: `WEBHOOK_DROP_REASONS`)."""
+        self.drops.labels(webhook, reason).inc()
+
+    def declare(self, kinds_and_names: Iterable[tuple[str, str]]) -> None:
+        """Make the series of the configured webhooks exist (at 0) before any call."""
+        for kind, name in kinds_and_names:
+            self.duration.labels(kind, name)
+            for result in WEBHOOK_RESULTS:
+                self.deliveries.labels(kind, name, result)
+            if kind == "event":
+                for reason in WEBHOOK_DROP_REASONS:
+                    self.drops.labels(name, reason)
+
+
+class GcMetrics:
+    """The online garbage collector's passes (see the module docstring)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.passes = Counter("angosd_gc_runs", "Online garbage collection passes, by result.", ("result",),
+                              registry=registry)
+        for result in ("success", "failure"):
+            self.passes.labels(result)
+        self.running = Gauge("angosd_gc_running", "1 while an online garbage collection pass runs.",
+                             registry=registry, multiprocess_mode="livemax")
+        self.last_success = Gauge("angosd_gc_last_success_timestamp_seconds",
+                                  "When the last successful garbage collection pass ended (epoch seconds).",
+                                  registry=registry, multiprocess_mode="max")
+        self.reclaimed = Counter("angosd_gc_reclaimed_blobs", "Blobs deleted by garbage collection.",
+                                 registry=registry)
+        self.reclaimed_bytes = Counter("angosd_gc_reclaimed_bytes", "Bytes deleted by garbage collection.",
+                                       registry=registry)
+
+    def observe(self, report: Any, failure: Any, now: float) -> None:
+        """A pass started (both None), ended with ``report``, or failed with ``failure``."""
+        if report is None and failure is None:
+            self.running.set(1)
+            return
+        self.running.set(0)
+        if failure is not None:
+            self.passes.labels("failure").inc()
+            return
+        self.passes.labels("success").inc()
+        self.last_success.set(now)
+        self.reclaimed.inc(report.reclaimed)
+        self.reclaimed_bytes.inc(report.reclaimed_bytes)
+
+
 class Metrics:
     """All of the daemon's metrics on one registry.
 
@@ -227,6 +342,13 @@ class Metrics:
         self.clock = clock
         self.http = HttpMetrics(recording)
         self.pull_through = PullThroughMetrics(recording)
+        self.webhooks = WebhookMetrics(recording)
+        self.gc = GcMetrics(recording)
+        self.reactor_lag = Histogram("angosd_reactor_lag_seconds",
+                                     "How late the reactor ran a timer due every second (event loop saturation).",
+                                     buckets=LAG_BUCKETS, registry=recording)
+        self.worker_starts = Counter("angosd_worker_starts", "Serving processes started (a replaced worker counts).",
+                                     registry=recording)
         self.auth_attempts = Counter("angosd_auth_attempts", "Authentications by credential method and result.",
                                      ("method", "result"), registry=recording)
         for method in AUTH_METHODS:
@@ -248,6 +370,19 @@ class Metrics:
         if method not in AUTH_METHODS or result not in AUTH_RESULTS:
             raise ValueError(f"unknown authentication method or result: {method!r}, {result!r}")
         self.auth_attempts.labels(method, result).inc()
+
+    def watch_certificates(self, bundles: Callable[[], Mapping[str, str | None]]) -> None:
+        """Report the expiry of the certificate files ``bundles()`` names (``server``,
+        ``client_ca``), read at each scrape (see the module docstring)."""
+        from angosd.observability.file_metrics import CertificateExpiry
+
+        self.registry.register(CertificateExpiry(bundles))
+
+    def watch_filesystem(self, root: Callable[[], str]) -> None:
+        """Report the size and free space of the filesystem holding ``root()`` (the store)."""
+        from angosd.observability.file_metrics import FilesystemUsage
+
+        self.registry.register(FilesystemUsage(root))
 
     def watch_uploads(self, writing: Callable[[], int]) -> None:
         """Report ``writing()`` (sessions being written right now) as ``angosd_uploads_in_progress``:

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Protocol
 
 import treq
 from treq.client import HTTPClient
 from twisted.internet import ssl
+from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent
-from twisted.web.iweb import UNKNOWN_LENGTH, IPolicyForHTTPS, IResponse
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
 from angosd.compat import quiet_connection_pool
@@ -40,16 +42,38 @@ class ClientTLS:
                                        clientCertificate=self._client)
 
 
+class OutboundHook(Protocol):
+    """Sees each outgoing request (tracing): makes it with ``agent``, possibly adding headers."""
+
+    def request(self, agent: Any, method: bytes, uri: bytes, headers: Headers | None,
+                body: Any) -> Deferred[IResponse]: ...
+
+
+@implementer(IAgent)
+class _HookedAgent:
+    def __init__(self, agent: Any, hook: OutboundHook) -> None:
+        self._agent = agent
+        self._hook = hook
+
+    def request(self, method: bytes, uri: bytes, headers: Headers | None = None,
+                bodyProducer: Any = None) -> Deferred[IResponse]:
+        return self._hook.request(self._agent, method, uri, headers, bodyProducer)
+
+
 def make_client(reactor: Any, tls: ClientTLS | None = None, connect_timeout: float = 30.0, max_redirects: int = 0,
-                pool: HTTPConnectionPool | None = None) -> tuple[HTTPClient, HTTPConnectionPool]:
+                pool: HTTPConnectionPool | None = None,
+                hook: OutboundHook | None = None) -> tuple[HTTPClient, HTTPConnectionPool]:
     """A treq client over its own pool (or ``pool``); redirects are followed only up to
     ``max_redirects``. Use it with ``allow_redirects=False``: redirects are this client's job.
+    ``hook`` sees every request (each redirect hop included).
     """
     if pool is None:
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 8
     quiet_connection_pool(pool)
     agent: Any = Agent(reactor, contextFactory=tls or ClientTLS(), pool=pool, connectTimeout=connect_timeout)
+    if hook is not None:
+        agent = _HookedAgent(agent, hook)
     if max_redirects:
         agent = RedirectAgent(agent, redirectLimit=max_redirects)
     return HTTPClient(agent), pool

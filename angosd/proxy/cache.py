@@ -39,6 +39,7 @@ from angosd.oci.digest import Digest
 from angosd.oci.errors import BlobUnknown, ManifestUnknown, NameUnknown, OciError
 from angosd.oci.manifest import Descriptor, parse_manifest
 from angosd.oci.names import Reference
+from angosd.outbound.client import OutboundHook
 from angosd.proxy.upstream import Upstream, UpstreamError, UpstreamNotFound
 from angosd.registry.manifests import StoredManifest
 from angosd.registry.registry import Registry
@@ -118,9 +119,11 @@ class PullThroughCache:
 
     def __init__(self, registry: Registry, repository_for: Callable[[str], RepositoryConfig | None],
                  tag_immutable: Callable[[str, str], bool], reactor: Any, metrics: CacheMetrics | None = None,
-                 on_manifest_fetched: ManifestFetched | None = None) -> None:
+                 on_manifest_fetched: ManifestFetched | None = None, outbound: OutboundHook | None = None) -> None:
         """``on_manifest_fetched`` hears of each manifest answered after asking upstream (the
-        daemon's background prefetch); its failures are logged, never raised."""
+        daemon's background prefetch); its failures are logged, never raised. ``outbound``
+        sees every upstream request (tracing)."""
+        self._outbound = outbound
         self._registry = registry
         self._on_manifest_fetched = on_manifest_fetched
         self._repository_for = repository_for
@@ -137,7 +140,8 @@ class PullThroughCache:
         return repository if repository is not None and repository.is_pull_through else None
 
     def _upstreams(self, repository: RepositoryConfig) -> list[Upstream]:
-        return [self._clients.setdefault(config, Upstream(config, self._reactor)) for config in repository.upstreams]
+        return [self._clients.setdefault(config, Upstream(config, self._reactor, hook=self._outbound))
+                for config in repository.upstreams]
 
     @staticmethod
     def _remote_name(repository: RepositoryConfig, namespace: str) -> str:

@@ -27,7 +27,7 @@ from angosd.config import UpstreamConfig
 from angosd.oci import media_types as mt
 from angosd.oci.digest import Digest
 from angosd.oci.errors import OciError
-from angosd.outbound.client import BodyTooLarge, ClientTLS, make_client, read_bounded
+from angosd.outbound.client import BodyTooLarge, ClientTLS, OutboundHook, make_client, read_bounded
 
 MANIFEST_ACCEPT = ", ".join([mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST])
 MAX_JSON = 4 * 1024 * 1024
@@ -58,14 +58,16 @@ def parse_challenge(header: str) -> tuple[str, dict[str, str]]:
 class Upstream:
     """One configured upstream registry. ``name`` arguments are upstream repository names."""
 
-    def __init__(self, config: UpstreamConfig, reactor: Any, http: HTTPClient | None = None) -> None:
+    def __init__(self, config: UpstreamConfig, reactor: Any, http: HTTPClient | None = None,
+                 hook: OutboundHook | None = None) -> None:
         self.config = config
         self.url = config.url.rstrip("/")
         self._clock: IReactorTime = reactor
         self._pool: HTTPConnectionPool | None = None
         if http is None:
             tls = ClientTLS(config.server_ca_bundle, config.client_certificate, config.client_private_key)
-            http, self._pool = make_client(reactor, tls, config.connect_timeout_secs, config.max_redirect)
+            http, self._pool = make_client(reactor, tls, config.connect_timeout_secs, config.max_redirect,
+                                           hook=hook)
         self._http = http
         self._tokens: dict[str, tuple[str, float]] = {}
 

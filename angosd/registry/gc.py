@@ -89,11 +89,18 @@ def reactor_cooperator(clock: IReactorTime) -> Cooperate:
     return cooperate
 
 
+#: Hears of each online pass: (report, None) when it completed, (None, failure) when it failed,
+#: and (None, None) when it starts.
+PassObserver = Callable[["GcReport | None", Any], None]
+
+
 def collector_service(driver: IStorageDriver, blobs: BlobStore, clock: IReactorTime,
-                      grace: Callable[[], int]) -> TimerService:
+                      grace: Callable[[], int], observe: PassObserver | None = None) -> TimerService:
     """The daemon's online collector: a pass now and every `interval_for` the grace period
-    (as configured at start) seconds, yielding to the reactor as it goes."""
+    (as configured at start) seconds, yielding to the reactor as it goes. ``observe`` hears
+    of each pass (metrics)."""
     collector = GarbageCollector(driver, blobs, clock, grace, reactor_cooperator(clock))
+    collector.observe = observe
     service = TimerService(interval_for(grace()), collector.collect_logged)
     service.clock = clock
     return service
@@ -271,6 +278,7 @@ class GarbageCollector:
         self._memory_marks: dict[Digest, Mark] = {}
         self._references: dict[Digest, frozenset[Digest]] = {}
         self._running = False
+        self.observe: PassObserver | None = None
         self._steps = 0
         blobs.touch_listeners.append(self._touched)
 
@@ -296,13 +304,22 @@ class GarbageCollector:
             self._running = False
 
     def collect_logged(self) -> Deferred[None]:
-        """A pass whose failure is logged, never raised (for a `TimerService`)."""
+        """A pass whose failure is logged, never raised (for a `TimerService`); ``observe``
+        (when set) hears of its start and of its report or failure."""
+        observe = self.observe
+        if observe is not None:
+            observe(None, None)
+
         def done(report: GcReport) -> None:
             if report.reclaimed or report.restored or report.unreadable:
                 _log.info("garbage collection: {summary}", summary=report.summary())
+            if observe is not None:
+                observe(report, None)
 
         def failed(failure: Any) -> None:
             _log.failure("garbage collection pass failed", failure)
+            if observe is not None:
+                observe(None, failure)
 
         return ensureDeferred(self.collect()).addCallbacks(done, failed)
 

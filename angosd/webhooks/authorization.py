@@ -21,15 +21,21 @@ from twisted.web.iweb import IRequest
 from angosd.actions import Route
 from angosd.auth.identity import Identity
 from angosd.config import AuthWebhookConfig
+from angosd.observability.metrics import WebhookMetrics
+from angosd.outbound.client import OutboundHook
 from angosd.webhooks.client import header_value, webhook_client
 
 _log = Logger()
 
 
 class AuthorizationWebhooks:
-    def __init__(self, configs: Sequence[AuthWebhookConfig], reactor: Any) -> None:
+    def __init__(self, configs: Sequence[AuthWebhookConfig], reactor: Any, metrics: WebhookMetrics | None = None,
+                 outbound: OutboundHook | None = None) -> None:
+        """``metrics`` counts the calls made (cached answers are not calls) and their latency;
+        ``outbound`` sees each request (tracing)."""
+        self._metrics = metrics
         self._configs = {config.name: config for config in configs}
-        self._clients = {config.name: webhook_client(reactor, config.tls) for config in configs}
+        self._clients = {config.name: webhook_client(reactor, config.tls, outbound) for config in configs}
         self._clock: IReactorTime = reactor
         self._cache: dict[tuple[str, str], tuple[bool, float]] = {}
 
@@ -51,13 +57,19 @@ class AuthorizationWebhooks:
             await treq.content(response)
         except Exception as exc:
             _log.warn("authorization webhook {name} failed: {error}", name=name, error=f"{type(exc).__name__}")
+            self._record(name, "error", now)
             return False
         allowed = 200 <= response.code < 300
+        self._record(name, "success" if allowed else "rejected", now)
         if (allowed or response.code in (401, 403)) and config.cache_ttl:
             self._cache[key] = (allowed, now + config.cache_ttl)
             if len(self._cache) > 10_000:
                 self._cache.clear()
         return allowed
+
+    def _record(self, name: str, result: str, began: float) -> None:
+        if self._metrics is not None:
+            self._metrics.delivered("authorization", name, result, self._clock.seconds() - began)
 
     @staticmethod
     def _headers(config: AuthWebhookConfig, identity: Identity, route: Route, request: IRequest) -> Any:

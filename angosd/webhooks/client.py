@@ -8,14 +8,15 @@ from treq.client import HTTPClient
 from twisted.logger import Logger
 
 from angosd.config import WebhookTlsConfig
-from angosd.outbound.client import ClientTLS, make_client
+from angosd.outbound.client import ClientTLS, OutboundHook, make_client
 
 _log = Logger()
 
 
-def webhook_client(reactor: Any, tls: WebhookTlsConfig) -> HTTPClient:
+def webhook_client(reactor: Any, tls: WebhookTlsConfig, hook: OutboundHook | None = None) -> HTTPClient:
+    """A client for webhook calls; ``hook`` sees each request (tracing)."""
     client, _pool = make_client(reactor, ClientTLS(tls.server_ca_bundle, tls.client_certificate_bundle,
-                                                   tls.client_private_key), connect_timeout=10.0)
+                                                   tls.client_private_key), connect_timeout=10.0, hook=hook)
     return client
 
 

@@ -25,15 +25,19 @@ from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from angosd.auth.identity import Identity
 from angosd.config import Config, EventWebhookConfig, WebhookTlsConfig
+from angosd.observability.metrics import WebhookMetrics
 from angosd.oci.errors import OciError
+from angosd.outbound.client import OutboundHook
 from angosd.webhooks.client import webhook_client
 
 _log = Logger()
 
-
+#: Async deliveries waiting or in flight at most; an event beyond is dropped (and counted).
+MAX_PENDING = 1000
 
 
 class EventRejected(OciError):
@@ -79,7 +83,14 @@ def actor(identity: Identity | None, internal: str | None = None) -> dict[str, A
 class EventBus(Service):
     """Publishes events to the webhooks the current configuration enables for a namespace."""
 
-    def __init__(self, config: Callable[[], Config], reactor: Any, drain_seconds: float = 10.0) -> None:
+    def __init__(self, config: Callable[[], Config], reactor: Any, drain_seconds: float = 10.0,
+                 metrics: WebhookMetrics | None = None, outbound: OutboundHook | None = None,
+                 max_pending: int = MAX_PENDING) -> None:
+        """``metrics`` counts deliveries, their latency, the async queue and drops; ``outbound``
+        sees each POST (tracing); at most ``max_pending`` async deliveries are kept."""
+        self._metrics = metrics
+        self._outbound = outbound
+        self._max_pending = max_pending
         self._config = config
         self._reactor = reactor
         self._clock: IReactorTime = reactor
@@ -117,22 +128,42 @@ class EventBus(Service):
         for webhook in webhooks:
             body = event.body(self._clock)
             if webhook.policy == "async":
-                self._background(self._deliver(webhook, kind, body))
+                if len(self._pending) >= self._max_pending:
+                    _log.warn("event webhook {name}: {n} deliveries pending, {kind} dropped", name=webhook.name,
+                              n=len(self._pending), kind=kind)
+                    self._dropped(webhook.name, "full")
+                    continue
+                self._background(webhook.name, self._deliver(webhook, kind, body))
                 continue
             delivered = await self._deliver(webhook, kind, body)
             if not delivered and webhook.policy == "required":
                 raise EventRejected(f"event webhook {webhook.name!r} did not accept {kind} for {namespace}")
 
-    def _background(self, delivery: Any) -> None:
-        pending: Deferred[None] = ensureDeferred(delivery).addBoth(lambda _result: None)
+    def _dropped(self, name: str, reason: str) -> None:
+        if self._metrics is not None:
+            self._metrics.dropped(name, reason)
+
+    def _background(self, name: str, delivery: Any) -> None:
+        def outcome(result: object) -> None:
+            if result is not True:  # failed after its retries, or cancelled at shutdown
+                self._dropped(name, "shutdown" if isinstance(result, Failure) else "failed")
+
+        pending: Deferred[None] = ensureDeferred(delivery).addBoth(outcome)
         self._pending.add(pending)
-        pending.addBoth(lambda _result: self._pending.discard(pending))
+        pending.addBoth(lambda _result: self._forget(pending))
+        if self._metrics is not None:
+            self._metrics.queue_depth(len(self._pending))
+
+    def _forget(self, pending: Deferred[None]) -> None:
+        self._pending.discard(pending)
+        if self._metrics is not None:
+            self._metrics.queue_depth(len(self._pending))
 
     async def _deliver(self, webhook: EventWebhookConfig, kind: str, body: bytes) -> bool:
         key = (webhook.name, webhook.tls)
         client = self._clients.get(key)
         if client is None:
-            client = self._clients[key] = webhook_client(self._reactor, webhook.tls)
+            client = self._clients[key] = webhook_client(self._reactor, webhook.tls, self._outbound)
         headers: dict[str | bytes, str | bytes] = {"Content-Type": "application/json", "X-Registry-Event": kind}
         if webhook.token:
             signature = hmac.new(webhook.token.encode(), body, hashlib.sha256).hexdigest()
@@ -141,18 +172,26 @@ class EventBus(Service):
         for attempt in range(webhook.retries + 1):
             if attempt:
                 await deferLater(self._clock, min(0.1 * 2 ** (attempt - 1), 10.0), lambda: None)
+            began = self._clock.seconds()
             try:
                 response = await client.post(webhook.url, data=body, headers=headers, allow_redirects=False,
                                              timeout=webhook.timeout_ms / 1000)
                 await treq.content(response)
                 if 200 <= response.code < 300:
+                    self._attempt(webhook.name, "success", began)
                     return True
                 problem = f"answered {response.code}"
+                self._attempt(webhook.name, "rejected", began)
             except Exception as exc:
                 problem = type(exc).__name__
+                self._attempt(webhook.name, "error", began)
             _log.warn("event webhook {name} ({kind}) attempt {n}: {problem}", name=webhook.name, kind=kind,
                       n=attempt + 1, problem=problem)
         return False
+
+    def _attempt(self, name: str, result: str, began: float) -> None:
+        if self._metrics is not None:
+            self._metrics.delivered("event", name, result, self._clock.seconds() - began)
 
     def stopService(self) -> Deferred[None]:
         """Wait (bounded) for async deliveries still in flight."""

@@ -6,6 +6,7 @@ import dataclasses
 import datetime
 import json
 import math
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from hypothesis import strategies as st
 
 from angosd.config import (
     AccessPolicyConfig,
+    AuditConfig,
     Config,
     ConfigError,
     FsStoreConfig,
@@ -26,6 +28,7 @@ from angosd.config import (
     S3StoreConfig,
     ServerConfig,
     TlsConfig,
+    TracingConfig,
     UiConfig,
     UpstreamConfig,
     default_config,
@@ -214,6 +217,7 @@ def test_full_angos_style_file_loads_warning_only_about_keys_without_effect(tmp_
         gc_grace_secs=60, shutdown_drain_secs=5, authorization_webhook="authz", event_webhooks=("audit",),
         max_concurrent_requests=64, trusted_proxies=("10.0.0.0/8",),
     )
+    assert config.observability.tracing == TracingConfig(endpoint="http://otel:4317", sampling_rate=0.5)
     hub, app = config.repositories
     assert hub == RepositoryConfig(
         name="docker-io", immutable_tags=True, immutable_tags_exclusions=("^latest$",), authorization_webhook="",
@@ -908,3 +912,33 @@ def test_example_file_documents_prefetch_platforms(tmp_path: Path) -> None:
     assert warnings == []
     hub_config = config.repository_for("hub/library/alpine")
     assert hub_config is not None and hub_config.prefetch_platforms == ("linux/amd64", "linux/arm64")
+
+
+# --- [observability] ------------------------------------------------------------------------
+
+
+def test_observability_tables(tmp_path: Path) -> None:
+    path = tmp_path / "o.toml"
+    path.write_text('[observability.tracing]\nendpoint = "http://collector:4318"\nsampling_rate = 0.1\n'
+                    'service_name = "registry-eu"\n[observability.audit]\npath = "/var/log/angosd/audit.log"\n'
+                    'fsync = "never"\nhash_chain = true\nmax_size = "64MiB"\nkeep = 9\n'
+                    '[global]\ntrusted_proxies = ["10.0.0.0/8", "::1"]\n')
+    config, warnings = load(str(path))
+    assert warnings == []
+    assert config.observability.tracing == TracingConfig("http://collector:4318", 0.1, "registry-eu")
+    assert config.observability.audit == AuditConfig("/var/log/angosd/audit.log", "never", True, 64 * 2**20, 9)
+    assert config.global_.trusted_proxies == ("10.0.0.0/8", "::1/128")  # normalized
+    assert Config().observability.audit.path is None and Config().observability.tracing.endpoint is None
+
+
+@pytest.mark.parametrize(("text", "key"), [
+    ('[observability.tracing]\nsampling_rate = 1.5\n', "observability.tracing.sampling_rate"),
+    ('[observability.tracing]\nendpoint = "collector:4318"\n', "observability.tracing.endpoint"),
+    ('[observability.audit]\nfsync = "sometimes"\n', "observability.audit.fsync"),
+    ('[global]\ntrusted_proxies = ["10.0.0.300/8"]\n', "global.trusted_proxies[0]"),
+])
+def test_observability_mistakes_name_the_key(tmp_path: Path, text: str, key: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        load_config([str(path)])

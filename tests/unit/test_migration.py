@@ -373,7 +373,8 @@ def test_tagging_a_stored_revision() -> None:
     registry = Registry(MemoryDriver(), Clock(), Limits(), tag_immutable=lambda _name, tag: tag == "fixed")
     body = json.dumps({"schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
                        "manifests": []}).encode()
-    digest = run(registry.manifests.put("app", Reference(digest=Digest.of(body)), "application/vnd.oci.image.index.v1+json", body)).digest
+    media_type = "application/vnd.oci.image.index.v1+json"
+    digest = run(registry.manifests.put("app", Reference(digest=Digest.of(body)), media_type, body)).digest
     other = Digest.of(b"not stored")
     run(registry.manifests.tag("app", "v1", digest))
     assert run(registry.manifests.get("app", Reference(tag="v1"))).body == body

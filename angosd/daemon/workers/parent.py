@@ -69,11 +69,13 @@ def build_supervisor_service(config: Config, reactor: Any, count: int, listen: s
         build_driver,
         build_pools,
         build_security,
+        check_observability,
         coordination_directory,
     )
 
     pools = build_pools(config, reactor)  # the garbage collector's storage work, policy checks
     security = build_security(config, reactor, pools)
+    check_observability(config)  # ConfigError: tracing without its SDK, an audit log that cannot be opened
     if config.server.tls is not None:
         ReloadingServerTLS(config.server.tls)  # raises TlsError for unusable files
     endpoint = systemd.listen_endpoint(reactor, listen)

@@ -483,7 +483,7 @@ async function deleteManifest(namespace, reference, description) {
     isTag ? "Delete tag" : "Delete manifest");
   if (!confirmed) return false;
   try {
-    await request(`/v2/${namespace}/manifests/${reference}`, { method: "DELETE" });
+    await request(`/v2/${namespace}/manifests/${reference}`, { method: "DELETE", headers: { "X-Angosd-Browse": "1" } });
   } catch (error) {
     toast(`${describeError(error, "delete").title}: ${error.code || error}`, true);
     return false;
@@ -499,7 +499,7 @@ async function cancelUpload(namespace, uuid) {
     "Cancel upload");
   if (!confirmed) return false;
   try {
-    await request(`/v2/${namespace}/blobs/uploads/${uuid}`, { method: "DELETE" });
+    await request(`/v2/${namespace}/blobs/uploads/${uuid}`, { method: "DELETE", headers: { "X-Angosd-Browse": "1" } });
   } catch (error) {
     toast(`${describeError(error, "cancel").title}: ${error.code || error}`, true);
     return false;
