@@ -18,7 +18,7 @@ from pathlib import Path
 
 #: The layers, lowest first: the one place the allowed order is written.
 LAYERS: list[set[str]] = [
-    {"__init__", "oci", "actions", "config", "compat", "expressions", "version"},
+    {"__init__", "oci", "actions", "config", "compat", "expressions"},
     {"storage", "outbound", "tls"},
     {"coordination"},
     {"registry", "archive"},
