@@ -34,9 +34,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IConsumer
-from zope.interface import implementer
-
 from angosd.archive.bundle import (
     CONTENTS_MEMBER,
     MAX_DOCUMENT,
@@ -55,6 +52,7 @@ from angosd.archive.bundle import (
 )
 from angosd.archive.layout import REF_NAME, ArchiveReader, ArchiveWriter, LayoutError, index_file, layout_file
 from angosd.commands.mirror import CommandFailed
+from angosd.commands.progress import CountingConsumer
 from angosd.oci.digest import Digest, new_hasher
 from angosd.oci.errors import ManifestUnknown, OciError
 from angosd.oci.manifest import Descriptor, parse_manifest
@@ -71,8 +69,6 @@ Advance = Callable[[int], None]
 #: grants it to its namespaces (not a namespace: nothing can read through it; scrub removes a
 #: marker left by an import never finished).
 STAGING_OWNER = "_bundle-import"
-#: Bytes streamed between two yields to the reactor while writing a volume.
-YIELD_EVERY = 8 * 1024 * 1024
 #: Deepest nesting followed (indexes in indexes, referrers of referrers).
 MAX_DEPTH = 16
 #: Tar bytes a blob costs beyond its content (PAX header + name + padding), for volume sizing.
@@ -258,7 +254,7 @@ async def write_bundle(registry: Registry, walk: Walk, contents: BundleContents,
                         raise CommandFailed(f"blob {digest} changed size while exporting")
                     entry = writer.begin_blob(digest, size)
                     if size:
-                        await handle.write_to(_Hashing(entry, None, advance, clock), 0, size - 1)
+                        await handle.write_to(CountingConsumer(entry, None, advance, clock), 0, size - 1)
                     else:
                         handle.close()
                     entry.finish()
@@ -479,7 +475,8 @@ async def _stage_blob(registry: Registry, reader: ArchiveReader, namespace: str,
     try:
         sink = await uploads.open_sink(namespace, session, 0)
         try:
-            await FileRangeProducer(reader.open_blob(blob.digest), blob.size, _Hashing(sink, hasher, advance)).start()
+            consumer = CountingConsumer(sink, hasher, advance)
+            await FileRangeProducer(reader.open_blob(blob.digest), blob.size, consumer).start()
         except BaseException:
             sink.abort()
             raise
@@ -493,40 +490,6 @@ async def _stage_blob(registry: Registry, reader: ArchiveReader, namespace: str,
         await registry.driver.move(paths.upload_data(namespace, session), paths.blob_data(blob.digest))
     finally:
         await uploads.cancel(namespace, session)
-
-
-@implementer(IConsumer)
-class _Hashing:
-    """Forwards to a consumer (backpressure included), counting and (given a hasher) hashing each
-    chunk; with a ``clock``, pauses its producer every `YIELD_EVERY` bytes until the next reactor
-    turn (so a signal is handled during a large blob)."""
-
-    def __init__(self, sink: Any, hasher: Any, advance: Advance, clock: Any = None) -> None:
-        self._sink = sink
-        self._hasher = hasher
-        self._advance = advance
-        self._clock = clock
-        self._producer: Any = None
-        self._since_yield = 0
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self._producer = producer
-        self._sink.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        self._producer = None
-        self._sink.unregisterProducer()
-
-    def write(self, data: bytes) -> None:
-        self._sink.write(data)
-        if self._hasher is not None:
-            self._hasher.update(data)
-        self._advance(len(data))
-        self._since_yield += len(data)
-        if self._clock is not None and self._producer is not None and self._since_yield >= YIELD_EVERY:
-            self._since_yield = 0
-            self._producer.pauseProducing()
-            self._clock.callLater(0, self._producer.resumeProducing)
 
 
 def hash_volume(reader: ArchiveReader, blobs: dict[Digest, int], advance: Advance) -> list[str]:

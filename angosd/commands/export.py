@@ -27,8 +27,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IConsumer, IReactorTime
-from zope.interface import implementer
+from twisted.internet.interfaces import IReactorTime
 
 from angosd.archive.layout import NAMESPACE_ANNOTATION, REF_NAME, ArchiveWriter, index_file, layout_file, parse_ref_name
 from angosd.commands.mirror import (
@@ -39,7 +38,7 @@ from angosd.commands.mirror import (
     run_async,
     start_logging,
 )
-from angosd.commands.progress import Progress, human_size
+from angosd.commands.progress import CountingConsumer, Progress, human_size
 from angosd.oci.digest import Digest
 from angosd.oci.errors import BlobUnknown, ManifestUnknown
 from angosd.oci.manifest import Descriptor, parse_manifest
@@ -50,8 +49,6 @@ if TYPE_CHECKING:
     from angosd.registry.registry import Registry
 
 Advance = Callable[[int], None]
-#: Bytes streamed between two yields to the reactor.
-YIELD_EVERY = 8 * 1024 * 1024
 
 
 def register(commands: Any) -> None:
@@ -277,7 +274,7 @@ async def write_archive(registry: Registry, plan: ExportPlan, out: IO[bytes], ad
             handle.close()
             raise CommandFailed(f"{namespace}: blob {digest} changed size while exporting")
         entry = writer.begin_blob(digest, size)
-        counting = _Counting(entry, advance, clock)
+        counting = CountingConsumer(entry, None, advance, clock)
         if size:
             await handle.write_to(counting, 0, size - 1)
         else:
@@ -286,31 +283,3 @@ async def write_archive(registry: Registry, plan: ExportPlan, out: IO[bytes], ad
     writer.close()
 
 
-@implementer(IConsumer)
-class _Counting:
-    """A consumer that forwards to ``target``, reports each chunk's size, and (with a
-    ``clock``) pauses its producer every `YIELD_EVERY` bytes until the next reactor turn."""
-
-    def __init__(self, target: Any, advance: Advance, clock: IReactorTime | None) -> None:
-        self._target = target
-        self._advance = advance
-        self._clock = clock
-        self._producer: Any = None
-        self._since_yield = 0
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self._producer = producer
-        self._target.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        self._producer = None
-        self._target.unregisterProducer()
-
-    def write(self, data: bytes) -> None:
-        self._target.write(data)
-        self._advance(len(data))
-        self._since_yield += len(data)
-        if self._clock is not None and self._producer is not None and self._since_yield >= YIELD_EVERY:
-            self._since_yield = 0
-            self._producer.pauseProducing()
-            self._clock.callLater(0, self._producer.resumeProducing)

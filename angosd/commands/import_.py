@@ -38,9 +38,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.interfaces import IConsumer
-from zope.interface import implementer
-
 from angosd.archive.layout import (
     MAX_INDEX_SIZE,
     NAMESPACE_ANNOTATION,
@@ -52,7 +49,7 @@ from angosd.archive.layout import (
 )
 from angosd.commands.bundles import is_bundle
 from angosd.commands.mirror import CommandFailed, add_store_arguments, load_store_config, run_async, start_logging
-from angosd.commands.progress import Progress, human_size
+from angosd.commands.progress import CountingConsumer, Progress, human_size
 from angosd.oci.digest import Digest
 from angosd.oci.errors import DigestInvalid, ManifestUnknown, OciError
 from angosd.oci.manifest import Descriptor, parse_manifest
@@ -362,7 +359,7 @@ async def _stream_blob(registry: Registry, archive: ArchiveReader, namespace: st
     try:
         sink = await uploads.open_sink(namespace, session, 0)
         try:
-            await FileRangeProducer(archive.open_blob(digest), size, _Counting(sink, advance)).start()
+            await FileRangeProducer(archive.open_blob(digest), size, CountingConsumer(sink, None, advance)).start()
         except BaseException:
             sink.abort()
             raise
@@ -377,20 +374,3 @@ async def _stream_blob(registry: Registry, archive: ArchiveReader, namespace: st
         raise
 
 
-@implementer(IConsumer)
-class _Counting:
-    """Forwards to an upload sink (backpressure included) and reports each chunk's size."""
-
-    def __init__(self, sink: Any, advance: Advance) -> None:
-        self._sink = sink
-        self._advance = advance
-
-    def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self._sink.registerProducer(producer, streaming)
-
-    def unregisterProducer(self) -> None:
-        self._sink.unregisterProducer()
-
-    def write(self, data: bytes) -> None:
-        self._sink.write(data)
-        self._advance(len(data))

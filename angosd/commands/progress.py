@@ -18,7 +18,10 @@ import shutil
 import sys
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import Any, TextIO
+
+from twisted.internet.interfaces import IConsumer
+from zope.interface import implementer
 
 _UNITS = ("B", "KiB", "MiB", "GiB", "TiB", "PiB")
 
@@ -139,3 +142,43 @@ def _isatty(stream: TextIO) -> bool:
         return stream.isatty()
     except (AttributeError, ValueError):
         return False
+
+
+#: A copy pauses its producer for one reactor turn every this many bytes (`CountingConsumer`).
+YIELD_EVERY = 8 * 1024 * 1024
+#: Reports how many more bytes were done.
+Advance = Callable[[int], None]
+
+
+@implementer(IConsumer)
+class CountingConsumer:
+    """Forwards to a consumer (backpressure included), counting and (given a hasher) hashing each
+    chunk; with a ``clock``, pauses its producer every `YIELD_EVERY` bytes until the next reactor
+    turn (so a signal is handled during a large blob)."""
+
+    def __init__(self, sink: Any, hasher: Any, advance: Advance, clock: Any = None) -> None:
+        self._sink = sink
+        self._hasher = hasher
+        self._advance = advance
+        self._clock = clock
+        self._producer: Any = None
+        self._since_yield = 0
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self._producer = producer
+        self._sink.registerProducer(producer, streaming)
+
+    def unregisterProducer(self) -> None:
+        self._producer = None
+        self._sink.unregisterProducer()
+
+    def write(self, data: bytes) -> None:
+        self._sink.write(data)
+        if self._hasher is not None:
+            self._hasher.update(data)
+        self._advance(len(data))
+        self._since_yield += len(data)
+        if self._clock is not None and self._producer is not None and self._since_yield >= YIELD_EVERY:
+            self._since_yield = 0
+            self._producer.pauseProducing()
+            self._clock.callLater(0, self._producer.resumeProducing)
