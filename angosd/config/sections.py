@@ -18,6 +18,7 @@ from angosd.config.model import (
     FsStoreConfig,
     GlobalConfig,
     IdentityConfig,
+    LoginLimitsConfig,
     OidcConfig,
     RedisConfig,
     RepositoryConfig,
@@ -25,6 +26,7 @@ from angosd.config.model import (
     S3StoreConfig,
     ServerConfig,
     TlsConfig,
+    TokenServiceConfig,
     UiConfig,
     UpstreamConfig,
     WebhookTlsConfig,
@@ -39,7 +41,7 @@ _GLOBAL_EXTRAS = ("max_concurrent_requests", "max_concurrent_cache_jobs", "enabl
                   "enable_manifest_redirect", "allow_missing_manifest_references", "trusted_proxies")
 _REPOSITORY_EXTRAS = ("namespace",)
 _ACCEPTED_SECTIONS = ("metadata_store", "cache", "observability")
-_AUTH_EXTRAS = ("token_service",)
+_AUTH_EXTRAS: tuple[str, ...] = ()
 _TLS_KEYS = ("server_ca_bundle", "client_certificate_bundle", "client_private_key")
 _OIDC_EXTRAS = ("provider", "client_certificate_bundle", "client_private_key", "bearer_token_file",
                 "jwks_refresh_timeout_secs")
@@ -162,9 +164,24 @@ def _auth(table: Table) -> AuthConfig:
     webhooks = tuple(build(AuthWebhookConfig, entry, name=name, tls=_webhook_tls(entry))
                      for name, entry in _named_tables(webhook_section))
     webhook_section.finish()
+    # [auth.token_service] / [auth.login_limits]
+    token_table = table.table("token_service")
+    token_service = None if token_table is None else _token_service(token_table)
+    limits_table = table.table("login_limits")
+    login_limits = LoginLimitsConfig() if limits_table is None else build(LoginLimitsConfig, limits_table)
     table.accept(_AUTH_EXTRAS)
     table.finish()
-    return AuthConfig(identities=tuple(identities), oidc=tuple(providers), webhooks=webhooks)
+    return AuthConfig(identities=tuple(identities), oidc=tuple(providers), webhooks=webhooks,
+                      token_service=token_service, login_limits=login_limits)
+
+
+# --- [auth.token_service] ----------------------------------------------------------------
+def _token_service(table: Table) -> TokenServiceConfig:
+    service = build(TokenServiceConfig, table)
+    if service.signing_key is None and not service.secret_key:
+        raise table.error("signing_key", "set signing_key (a PEM private key file) or secret_key")
+    return service
+# --- end of [auth.token_service] ---------------------------------------------------------
 
 
 def _named_tables(section: Table) -> list[tuple[str, Table]]:

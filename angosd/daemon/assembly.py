@@ -18,10 +18,12 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 
+from angosd.actions import Action
 from angosd.auth.authenticator import Authenticator, AuthRecorder, TokenValidator
 from angosd.auth.authorizer import PolicyAuthorizer, SecurityState
 from angosd.auth.basic import PasswordUsers
 from angosd.auth.oidc import OidcProviders, make_http_client
+from angosd.auth.token_service import TokenService
 from angosd.config import Config
 from angosd.coordination.files import FileCoordination
 from angosd.coordination.interface import Coordination
@@ -30,6 +32,8 @@ from angosd.daemon.live import LiveConfig, tag_immutable
 from angosd.daemon.shutdown import DrainService
 from angosd.http.accesslog import AccessLog
 from angosd.http.api import RegistryAPI
+from angosd.http.endpoints import Endpoint, Handler
+from angosd.http.endpoints.token import TokenEndpoint
 from angosd.http.extensions import ExtensionAPI
 from angosd.http.metrics_endpoint import RequestMetrics, metrics_handlers
 from angosd.http.site import RegistrySite
@@ -65,8 +69,10 @@ def build_security(config: Config, reactor: Any, pools: Pools,
     if config.auth.oidc:
         oidc = OidcProviders(config.auth.oidc, {p.name: make_http_client(reactor, p) for p in config.auth.oidc},
                              reactor)
-    authenticator = Authenticator(PasswordUsers(config.auth.identities, pools.cpu, reactor), oidc, record_auth)
-    return SecurityState.build(config, authenticator, AuthorizationWebhooks(config.auth.webhooks, reactor))
+    tokens = TokenService.build(config.auth.token_service) if config.auth.token_service is not None else None
+    authenticator = Authenticator(PasswordUsers(config.auth.identities, pools.cpu, reactor), oidc, record_auth,
+                                  tokens=tokens.signer if tokens is not None else None, clock=reactor)
+    return SecurityState.build(config, authenticator, AuthorizationWebhooks(config.auth.webhooks, reactor), tokens)
 
 
 def build_registry(live: LiveConfig, reactor: Any, pools: Pools, coordination: Coordination | None = None,
@@ -191,8 +197,9 @@ def build_application(config: Config, reactor: Any, live: LiveConfig, registry: 
     cache = PullThroughCache(registry, lambda namespace: live.config.repository_for(namespace), live.tag_immutable,
                              reactor, metrics=metrics.pull_through, on_manifest_fetched=prefetcher.after_fill)
     events = EventBus(lambda: live.config, reactor, drain_seconds=config.global_.shutdown_drain_secs)
-    extensions = {**ExtensionAPI(registry, lambda: live.config).handlers(),
-                  **UserInterface(lambda: live.config.ui).handlers(), **metrics_handlers(metrics)}
+    extensions: dict[Action, Handler | Endpoint] = {**ExtensionAPI(registry, lambda: live.config).handlers(),
+                  **UserInterface(lambda: live.config.ui).handlers(), **metrics_handlers(metrics),
+                  Action.TOKEN: TokenEndpoint(lambda: live.security, reactor)}
     api = RegistryAPI(registry, PolicyAuthorizer(lambda: live.security), cache=cache, events=events,
                       extensions=extensions, blob_redirect=lambda: blob_redirect_ttl(live.config))
     drain = DrainService(lambda: live.config.global_.shutdown_drain_secs, reactor)

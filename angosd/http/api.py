@@ -45,7 +45,7 @@ class RegistryAPI:
     app.url_map.converters["path"] = _AnyPath  # before the branch route below compiles its rule
 
     def __init__(self, registry: Registry, authorizer: Authorizer, realm: str = "angosd",
-                 extensions: Mapping[Action, Handler] | None = None, cache: PullThroughCache | None = None,
+                 extensions: Mapping[Action, Handler | Endpoint] | None = None, cache: PullThroughCache | None = None,
                  events: EventBus | None = None, blob_redirect: Callable[[], int | None] = lambda: None) -> None:
         """``extensions`` adds or replaces handlers by action (extension API, UI, metrics);
         ``cache`` serves the namespaces of pull-through repositories; ``events`` publishes
