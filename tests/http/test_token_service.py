@@ -160,7 +160,8 @@ def test_rotation_keeps_tokens_of_the_previous_key(keys: dict[str, Path]) -> Non
 
 
 def test_hmac_secret_key_as_angos_configures_it() -> None:
-    daemon = InMemoryDaemon(POLICY.format(ci=CI_HASH) + '\n[auth.token_service]\nsecret_key = "a-secret-of-at-least-thirty-two-bytes"\n'
+    daemon = InMemoryDaemon(POLICY.format(ci=CI_HASH) + '\n[auth.token_service]\n'
+                            'secret_key = "a-secret-of-at-least-thirty-two-bytes"\n'
                             'realm = "https://registry.example/token"\nttl_secs = 600\n')
     challenge = daemon.request("GET", "/v2/").headers["www-authenticate"]
     assert challenge.startswith('Bearer realm="https://registry.example/token"')
