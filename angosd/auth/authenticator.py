@@ -14,10 +14,11 @@ from twisted.web.iweb import IRequest
 from angosd.auth.basic import PasswordUsers
 from angosd.auth.credentials import BasicCredentials, BearerToken, parse_authorization
 from angosd.auth.identity import CertificateIdentity, Identity, OidcIdentity
+from angosd.auth.limits import LoginLimiter
 from angosd.auth.mtls import certificate_identity
 from angosd.auth.oidc import InvalidToken
 from angosd.auth.tokens import InvalidRegistryToken, TokenSigner
-from angosd.oci.errors import Unauthorized
+from angosd.oci.errors import TooManyRequests, Unauthorized
 
 
 class TokenValidator(Protocol):
@@ -49,20 +50,26 @@ def _record_nothing(method: str, result: str) -> None:
 class Authenticator:
     def __init__(self, users: PasswordUsers, oidc: TokenValidator | None,
                  record: AuthRecorder | None = None, tokens: TokenSigner | None = None,
-                 clock: Any = None) -> None:
+                 clock: Any = None, limiter: LoginLimiter | None = None) -> None:
         """``tokens`` verifies the registry's own Bearer tokens (``[auth.token_service]``) on
-        ``clock``'s time; other Bearer tokens go to the OIDC providers."""
+        ``clock``'s time; other Bearer tokens go to the OIDC providers. ``limiter`` refuses
+        password checks (429) from addresses and for usernames that failed too often;
+        passwords verified recently pass without it."""
         self._users = users
         self._oidc = oidc
         self._record = record or _record_nothing
         self._tokens = tokens
         self._clock = clock
+        self._limiter = limiter
 
     async def authenticate(self, request: IRequest) -> Identity:
         """The caller's identity; raises `Unauthorized` for invalid credentials. Each call is
         recorded once as (`auth_method`, ``success`` or ``failure``)."""
         try:
             identity = await self._identify(request)
+        except TooManyRequests:
+            self._record(self.auth_method(request), "limited")
+            raise
         except Exception:
             self._record(self.auth_method(request), "failure")
             raise
@@ -108,6 +115,9 @@ class Authenticator:
         method = "oidc-basic" if self._oidc is not None and self._oidc.by_name(username) is not None else "basic"
         try:
             identity = await self._password(username, password, client_ip(request), peer_certificate(request))
+        except TooManyRequests:
+            self._record(method, "limited")
+            raise
         except Exception:
             self._record(method, "failure")
             raise
@@ -129,8 +139,14 @@ class Authenticator:
         if provider is not None:
             oidc = await self._token(password, provider)
             return Identity(client_ip=ip, certificate=certificate, oidc=oidc)
-        user_id = await self._users.check(username, password)
+        user_id = self._users.cached(username, password)
         if user_id is None:
+            if self._limiter is not None:
+                self._limiter.check(ip, username)
+            user_id = await self._users.check(username, password)
+        if user_id is None:
+            if self._limiter is not None:
+                self._limiter.failed(ip, username)
             raise Unauthorized("invalid username or password")
         return Identity(id=user_id, username=username, client_ip=ip, certificate=certificate)
 

@@ -51,6 +51,14 @@ class PasswordUsers:
     def __contains__(self, username: str) -> bool:
         return username in self._by_username
 
+    def cached(self, username: str, password: str) -> str | None:
+        """The identity id when this password was verified within `VERIFIED_TTL` (no hashing)."""
+        identity = self._by_username.get(username)
+        if identity is None:
+            return None
+        cached = self._verified.get(hashlib.sha256(f"{username}\0{password}\0{identity.password}".encode()).digest())
+        return cached[0] if cached is not None and cached[1] > self._clock.seconds() else None
+
     async def check(self, username: str, password: str) -> str | None:
         """The identity id when the password is right; None otherwise (unknown user included).
 

@@ -288,14 +288,12 @@ class TokenServiceConfig:
 
 @dataclass(frozen=True, slots=True)
 class LoginLimitsConfig:
-    """``[auth.login_limits]``: failed credential checks allowed per source address and per
-    username within ``window_secs`` before further attempts get 429; ``verified_ttl_secs`` is
-    how long a verified password skips its hash."""
+    """``[auth.login_limits]``: failed password checks allowed per source address and per
+    username within ``window_secs`` before further attempts get 429 (0: no limit)."""
 
     failures_per_address: int = field(default=20, metadata=parsed_by(int_range(0)))
     failures_per_username: int = field(default=10, metadata=parsed_by(int_range(0)))
     window_secs: int = field(default=60, metadata=parsed_by(int_range(1, 86400)))
-    verified_ttl_secs: int = field(default=60, metadata=parsed_by(int_range(0, 3600)))
 
 # --- end of [auth.token_service] ---------------------------------------------------------
 
