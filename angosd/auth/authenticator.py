@@ -142,11 +142,11 @@ class Authenticator:
         user_id = self._users.cached(username, password)
         if user_id is None:
             if self._limiter is not None:
-                self._limiter.check(ip, username)
+                self._limiter.begin(ip, username)  # counted as a failure until it succeeds
             user_id = await self._users.check(username, password)
+            if user_id is not None and self._limiter is not None:
+                self._limiter.succeeded(ip, username)
         if user_id is None:
-            if self._limiter is not None:
-                self._limiter.failed(ip, username)
             raise Unauthorized("invalid username or password")
         return Identity(id=user_id, username=username, client_ip=ip, certificate=certificate)
 

@@ -27,12 +27,18 @@ class Authorizer(Protocol):
         """Return when the request may proceed; raise `Unauthorized` or `Denied`
         otherwise. Runs on the headers only, before any body byte is read."""
 
+    def may_list(self, request: IRequest, namespace: str) -> bool:
+        """Whether the (authorized) caller of ``request`` may see ``namespace`` in listings."""
+
 
 class AllowAll:
     """Anonymous full access, without looking at credentials."""
 
     async def authorize(self, request: IRequest, route: Route) -> None:
         return None
+
+    def may_list(self, request: IRequest, namespace: str) -> bool:
+        return True
 
 
 def request_variables(route: Route) -> dict[str, Any]:
@@ -70,8 +76,8 @@ class PolicyAuthorizer:
         self._state = state
 
     async def authorize(self, request: IRequest, route: Route) -> None:
-        if route.action in UNAUTHENTICATED_ACTIONS:
-            return
+        if route.action in UNAUTHENTICATED_ACTIONS or route.path == "/v1" or route.path.startswith("/v1/"):
+            return  # the v1 API does not exist here: everyone gets the same 404
         state = self._state()
         try:
             await self._authorize(state, request, route)
@@ -82,6 +88,15 @@ class PolicyAuthorizer:
                     else None
                 exc.headers["WWW-Authenticate"] = state.tokens.challenge(request, route, error)
             raise
+
+    def may_list(self, request: IRequest, namespace: str) -> bool:
+        """The policies (global, then the namespace's repository) allow the caller
+        ``list-catalog`` with ``request.namespace`` set to ``namespace``."""
+        identity: Identity | None = getattr(request, "identity", None)
+        if identity is None:
+            return False
+        route = Route(Action.LIST_CATALOG, "GET", "/v2/_catalog", namespace)
+        return self._state().decide(identity, route).allowed
 
     async def _authorize(self, state: SecurityState, request: IRequest, route: Route) -> None:
         identity: Identity | None = getattr(request, "identity", None)

@@ -38,13 +38,13 @@ class _Windows:
             return None
         return max(1, math.ceil(entry[0] + self.window - now))
 
-    def failed(self, key: str, now: float) -> None:
+    def add(self, key: str, now: float, delta: int) -> None:
         if self.limit <= 0:
             return
         start, count = self._counts.pop(key, (now, 0))
         if start + self.window <= now:
             start, count = now, 0
-        self._counts[key] = (start, count + 1)
+        self._counts[key] = (start, max(0, count + delta))
         while len(self._counts) > MAX_KEYS:
             self._counts.popitem(last=False)
 
@@ -57,8 +57,10 @@ class LoginLimiter:
         self._addresses = _Windows(config.failures_per_address, config.window_secs)
         self._usernames = _Windows(config.failures_per_username, config.window_secs)
 
-    def check(self, address: str | None, username: str) -> None:
-        """Raise `TooManyRequests` when ``address`` or ``username`` has failed too often."""
+    def begin(self, address: str | None, username: str) -> None:
+        """Start a password check: raise `TooManyRequests` when ``address`` or ``username``
+        has failed too often, else count the check as a failure until `succeeded` says
+        otherwise (so a burst of concurrent checks cannot slip past the limit)."""
         now = self._clock.seconds()
         by_address = self._addresses.retry_after(address, now) if address is not None else None
         if by_address is not None:
@@ -66,10 +68,14 @@ class LoginLimiter:
         by_username = self._usernames.retry_after(username, now)
         if by_username is not None:
             raise TooManyRequests("too many failed logins for this username", retry_after=by_username)
+        self._add(address, username, 1)
 
-    def failed(self, address: str | None, username: str) -> None:
-        """Count one failed password check."""
+    def succeeded(self, address: str | None, username: str) -> None:
+        """The check `begin` counted was right after all: uncount it."""
+        self._add(address, username, -1)
+
+    def _add(self, address: str | None, username: str, delta: int) -> None:
         now = self._clock.seconds()
         if address is not None:
-            self._addresses.failed(address, now)
-        self._usernames.failed(username, now)
+            self._addresses.add(address, now, delta)
+        self._usernames.add(username, now, delta)

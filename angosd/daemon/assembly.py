@@ -199,10 +199,12 @@ def build_application(config: Config, reactor: Any, live: LiveConfig, registry: 
     cache = PullThroughCache(registry, lambda namespace: live.config.repository_for(namespace), live.tag_immutable,
                              reactor, metrics=metrics.pull_through, on_manifest_fetched=prefetcher.after_fill)
     events = EventBus(lambda: live.config, reactor, drain_seconds=config.global_.shutdown_drain_secs)
-    extensions: dict[Action, Handler | Endpoint] = {**ExtensionAPI(registry, lambda: live.config).handlers(),
-                  **UserInterface(lambda: live.config.ui).handlers(), **metrics_handlers(metrics),
-                  Action.TOKEN: TokenEndpoint(lambda: live.security, reactor)}
-    api = RegistryAPI(registry, PolicyAuthorizer(lambda: live.security), cache=cache, events=events,
+    authorizer = PolicyAuthorizer(lambda: live.security)
+    extensions: dict[Action, Handler | Endpoint] = {
+        **ExtensionAPI(registry, lambda: live.config, authorizer.may_list).handlers(),
+        **UserInterface(lambda: live.config.ui).handlers(), **metrics_handlers(metrics),
+        Action.TOKEN: TokenEndpoint(lambda: live.security, reactor)}
+    api = RegistryAPI(registry, authorizer, cache=cache, events=events,
                       extensions=extensions, blob_redirect=lambda: blob_redirect_ttl(live.config))
     drain = DrainService(lambda: live.config.global_.shutdown_drain_secs, reactor)
     access_log = [AccessLog(time.monotonic, reactor.seconds)] if config.server.access_log else []

@@ -18,6 +18,7 @@ from werkzeug.routing import PathConverter
 from angosd.actions import Action
 from angosd.auth.authorizer import Authorizer
 from angosd.http import errors
+from angosd.http.crossorigin import refuse_cross_site
 from angosd.http.endpoints import Context, Endpoint, Handler, endpoints
 from angosd.http.endpoints.sources import Sources
 from angosd.http.request import BodySink, RegistryRequest
@@ -65,6 +66,8 @@ class RegistryAPI:
         """Authorize the request, then let its endpoint refuse it or open the sink its body
         streams into (None: the body is discarded)."""
         route = request.route
+        request.setHeader("X-Content-Type-Options", "nosniff")  # no response is ever sniffed into a script
+        refuse_cross_site(request, route.method)
         await self.authorizer.authorize(request, route)
         endpoint = self._endpoints.get(route.action)
         if endpoint is None or not route.method_allowed:
