@@ -39,6 +39,7 @@ from angosd.http.extensions import ExtensionAPI
 from angosd.http.metrics_endpoint import RequestMetrics, metrics_handlers
 from angosd.http.site import RegistrySite
 from angosd.observability.metrics import Metrics
+from angosd.observability.tls_refusals import TlsRefusals
 from angosd.outbound.client import make_client
 from angosd.proxy.cache import PullThroughCache
 from angosd.proxy.prefetch import Prefetcher
@@ -209,6 +210,7 @@ def build_application(config: Config, reactor: Any, live: LiveConfig, registry: 
     drain = DrainService(lambda: live.config.global_.shutdown_drain_secs, reactor)
     access_log = [AccessLog(time.monotonic, reactor.seconds)] if config.server.access_log else []
     site = RegistrySite(api, observers=[drain, RequestMetrics(metrics.http, metrics.clock), *access_log])
+    site.tls_refused = TlsRefusals(reactor, lambda: metrics.auth_attempt("certificate", "failure")).refused
     return Application(registry, cache, events, api, drain, site)
 
 

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from urllib.parse import unquote_to_bytes
 
+from OpenSSL import SSL
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
 from twisted.web.resource import IResource, Resource
@@ -33,6 +37,16 @@ class RegistryChannel(HTTPChannel):
         super().connectionMade()
         if hasattr(self.transport, "bufferSize"):
             self.transport.bufferSize = _READ_SIZE  # type: ignore[union-attr]  # fewer, larger reads
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        # Under TLS, a handshake that fails ends the connection with an OpenSSL error
+        # before any request byte reached this channel.
+        if self._first_bytes and reason.check(SSL.Error) is not None:
+            refused = getattr(getattr(self, "site", None), "tls_refused", None)
+            if refused is not None:
+                peer = self.transport.getPeer() if self.transport is not None else None
+                refused(f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}", reason.value)
+        super().connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
         if self._first_bytes:
@@ -72,6 +86,8 @@ class RegistrySite(Site):
         super().__init__(_Utf8Paths(api.app.resource()), requestFactory=RegistryRequest)
         self.gate = api
         self.observers: list[RequestObserver] = list(observers or [])
+        #: Called with the peer ("host:port") and the error of each refused TLS handshake.
+        self.tls_refused: Callable[[str, BaseException], None] | None = None
         self.noisy = False
 
     def log(self, request: object) -> None:

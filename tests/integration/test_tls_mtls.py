@@ -346,3 +346,23 @@ def test_an_empty_client_ca_bundle_stops_the_start(tmp_path: Path, pki: Pki) -> 
                       empty, "required")
     line = configuration_error(twistd(tmp_path, "-c", config))
     assert line == f"angosd: configuration error: {empty}: client CA bundle file is empty"
+
+
+def auth_failures(daemon: Daemon, context: ssl.SSLContext) -> float:
+    status, body = https_get(daemon, context, "/metrics")
+    assert status == 200
+    line = next(line for line in body.decode().splitlines()
+                if line.startswith('angosd_auth_attempts_total{method="certificate",result="failure"}'))
+    return float(line.split()[-1])
+
+
+def test_refused_handshakes_are_logged_and_counted(pki: Pki, required: Daemon) -> None:
+    good = client_context(pki.ca_path, pki.client_files("counted", pki.ca.client("counted")))
+    before = auth_failures(required, good)
+    log_before = required.log().count("TLS handshake refused from 127.0.0.1:")
+    refused(required, client_context(pki.ca_path))  # no certificate
+    refused(required, client_context(pki.ca_path, pki.client_files("other-ca", bad_certificate(pki, "other-ca"))))
+    wait_for(lambda: auth_failures(required, good) == before + 2, what="two counted refusals")
+    lines = [line for line in required.log().splitlines() if "TLS handshake refused from 127.0.0.1:" in line]
+    assert len(lines) == log_before + 2, lines
+    assert "certificate" in lines[-2].lower(), lines[-2]
