@@ -24,7 +24,9 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff", "mypy", "mypy-zope",
-                 "playwright>=1.46", "moto[server]>=5.0"],
+                 "playwright>=1.46", "moto[server]>=5.0", "ldaptor>=21.2"],
+        # [auth.ldap]: LDAP / Active Directory users
+        "ldap": ["ldaptor>=21.2"],
     },
     entry_points={"console_scripts": ["angosd = angosd.commands.main:main"]},
 )

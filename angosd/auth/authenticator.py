@@ -14,6 +14,7 @@ from twisted.web.iweb import IRequest
 from angosd.auth.basic import PasswordUsers
 from angosd.auth.credentials import BasicCredentials, BearerToken, parse_authorization
 from angosd.auth.identity import CertificateIdentity, Identity, OidcIdentity
+from angosd.auth.ldap import LdapDirectory
 from angosd.auth.limits import LoginLimiter
 from angosd.auth.mtls import certificate_identity
 from angosd.auth.oidc import InvalidToken
@@ -50,7 +51,8 @@ def _record_nothing(method: str, result: str) -> None:
 class Authenticator:
     def __init__(self, users: PasswordUsers, oidc: TokenValidator | None,
                  record: AuthRecorder | None = None, tokens: TokenSigner | None = None,
-                 clock: Any = None, limiter: LoginLimiter | None = None) -> None:
+                 clock: Any = None, limiter: LoginLimiter | None = None,
+                 directory: LdapDirectory | None = None) -> None:
         """``tokens`` verifies the registry's own Bearer tokens (``[auth.token_service]``) on
         ``clock``'s time; other Bearer tokens go to the OIDC providers. ``limiter`` refuses
         password checks (429) from addresses and for usernames that failed too often;
@@ -61,6 +63,7 @@ class Authenticator:
         self._tokens = tokens
         self._clock = clock
         self._limiter = limiter
+        self._directory = directory  # [auth.ldap]: users not configured locally
 
     async def authenticate(self, request: IRequest) -> Identity:
         """The caller's identity; raises `Unauthorized` for invalid credentials. Each call is
@@ -139,6 +142,8 @@ class Authenticator:
         if provider is not None:
             oidc = await self._token(password, provider)
             return Identity(client_ip=ip, certificate=certificate, oidc=oidc)
+        if self._directory is not None and username not in self._users:
+            return await self._directory_user(username, password, ip, certificate)
         user_id = self._users.cached(username, password)
         if user_id is None:
             if self._limiter is not None:
@@ -149,6 +154,20 @@ class Authenticator:
         if user_id is None:
             raise Unauthorized("invalid username or password")
         return Identity(id=user_id, username=username, client_ip=ip, certificate=certificate)
+
+    async def _directory_user(self, username: str, password: str, ip: str | None,
+                              certificate: CertificateIdentity) -> Identity:
+        assert self._directory is not None
+        user = self._directory.cached(username, password)
+        if user is None:
+            if self._limiter is not None:
+                self._limiter.begin(ip, username)
+            user = await self._directory.check(username, password)  # DirectoryUnavailable: 503
+            if user is not None and self._limiter is not None:
+                self._limiter.succeeded(ip, username)
+        if user is None:
+            raise Unauthorized("invalid username or password")
+        return Identity(id=username, username=username, client_ip=ip, certificate=certificate, groups=user.groups)
 
     async def _token(self, token: str, provider: Any) -> OidcIdentity:
         if self._oidc is None:

@@ -21,6 +21,7 @@ from angosd.config.schema import (
     int_range,
     ip_address,
     jws_algorithms,
+    ldap_url,
     non_empty,
     one_of,
     parse_size,
@@ -295,6 +296,31 @@ class LoginLimitsConfig:
     failures_per_username: int = field(default=10, metadata=parsed_by(int_range(0)))
     window_secs: int = field(default=60, metadata=parsed_by(int_range(1, 86400)))
 
+
+
+@dataclass(frozen=True, slots=True)
+class LdapConfig:
+    """``[auth.ldap]``: Basic users checked against an LDAP / Active Directory directory.
+
+    The user is found under ``user_base_dn`` with ``user_filter`` (``{username}`` is replaced,
+    escaped), searching as ``bind_dn``; the password is checked by binding as the user. Groups
+    are the ``group_name_attribute`` of the entries ``group_filter`` finds under
+    ``group_base_dn`` (``{dn}``: the user's DN). ``ldaps://`` or ``start_tls`` with ``ca_file``.
+    """
+
+    url: str = field(metadata=parsed_by(ldap_url))
+    user_base_dn: str = field(metadata=parsed_by(non_empty))
+    user_filter: str = "(uid={username})"
+    bind_dn: str | None = None
+    bind_password: str | None = None
+    group_base_dn: str | None = None
+    group_filter: str = "(member={dn})"
+    group_name_attribute: str = "cn"
+    start_tls: bool = False
+    ca_file: str | None = None
+    timeout_secs: float = field(default=5.0, metadata=parsed_by(positive_float))
+    cache_ttl_secs: int = field(default=60, metadata=parsed_by(int_range(0, 86400)))
+
 # --- end of [auth.token_service] ---------------------------------------------------------
 
 
@@ -308,6 +334,7 @@ class AuthConfig:
     # [auth.token_service] / [auth.login_limits]
     token_service: TokenServiceConfig | None = None
     login_limits: LoginLimitsConfig = LoginLimitsConfig()
+    ldap: LdapConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

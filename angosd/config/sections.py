@@ -18,6 +18,7 @@ from angosd.config.model import (
     FsStoreConfig,
     GlobalConfig,
     IdentityConfig,
+    LdapConfig,
     LoginLimitsConfig,
     OidcConfig,
     RedisConfig,
@@ -169,10 +170,12 @@ def _auth(table: Table) -> AuthConfig:
     token_service = None if token_table is None else _token_service(token_table)
     limits_table = table.table("login_limits")
     login_limits = LoginLimitsConfig() if limits_table is None else build(LoginLimitsConfig, limits_table)
+    ldap_table = table.table("ldap")
+    ldap = None if ldap_table is None else build(LdapConfig, ldap_table)
     table.accept(_AUTH_EXTRAS)
     table.finish()
     return AuthConfig(identities=tuple(identities), oidc=tuple(providers), webhooks=webhooks,
-                      token_service=token_service, login_limits=login_limits)
+                      token_service=token_service, login_limits=login_limits, ldap=ldap)
 
 
 # --- [auth.token_service] ----------------------------------------------------------------

@@ -22,6 +22,7 @@ from angosd.actions import Action
 from angosd.auth.authenticator import Authenticator, AuthRecorder, TokenValidator
 from angosd.auth.authorizer import PolicyAuthorizer, SecurityState
 from angosd.auth.basic import PasswordUsers
+from angosd.auth.ldap import LdapDirectory
 from angosd.auth.limits import LoginLimiter
 from angosd.auth.oidc import OidcProviders, make_http_client
 from angosd.auth.token_service import TokenService
@@ -74,7 +75,8 @@ def build_security(config: Config, reactor: Any, pools: Pools,
     tokens = TokenService.build(config.auth.token_service) if config.auth.token_service is not None else None
     authenticator = Authenticator(PasswordUsers(config.auth.identities, pools.cpu, reactor), oidc, record_auth,
                                   tokens=tokens.signer if tokens is not None else None, clock=reactor,
-                                  limiter=LoginLimiter(config.auth.login_limits, reactor))
+                                  limiter=LoginLimiter(config.auth.login_limits, reactor),
+                                  directory=LdapDirectory(config.auth.ldap, reactor) if config.auth.ldap else None)
     return SecurityState.build(config, authenticator, AuthorizationWebhooks(config.auth.webhooks, reactor), tokens)
 
 
