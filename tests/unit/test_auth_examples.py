@@ -85,3 +85,18 @@ def test_oidc_for_ci(claims: dict[str, str], namespace: str, may_push: bool) -> 
     assert allowed(config, job, Action.PUT_MANIFEST, namespace) is may_push
     assert allowed(config, ANONYMOUS, Action.GET_MANIFEST, namespace)
     assert not allowed(config, ANONYMOUS, Action.PUT_MANIFEST, namespace)
+
+
+def test_ldap_groups() -> None:
+    config = load("auth-ldap-groups.toml")
+    assert config.auth.ldap is not None and config.auth.ldap.url.startswith("ldaps://")
+    developer = Identity(id="dana", username="dana", groups=("developers",))
+    publisher = Identity(id="ci", username="ci", groups=("registry-publishers",))
+    admin = Identity(id="root", username="root", groups=("registry-admins",))
+    for action in READS:
+        assert not allowed(config, ANONYMOUS, action)
+        assert allowed(config, developer, action)
+    assert not allowed(config, developer, Action.PUT_MANIFEST)
+    assert allowed(config, publisher, Action.PUT_MANIFEST)
+    assert not allowed(config, publisher, Action.DELETE_MANIFEST)
+    assert allowed(config, admin, Action.DELETE_MANIFEST)
