@@ -37,7 +37,7 @@ suffix "{suffix}"
 rootdn "{admin}"
 rootpw {admin_password}
 directory {base}/data
-"""
+{tls}"""
 
 
 def ldif(users: dict[str, str], groups: dict[str, list[str]]) -> str:
@@ -67,13 +67,17 @@ def free_port() -> int:
 
 @dataclass
 class Slapd:
+    """``tls``: (certificate, key) files: StartTLS on ``ldap://``, and ``ldaps://`` with ``ldaps``."""
+
     base: Path
     port: int = 0
+    tls: tuple[str, str] | None = None
+    ldaps: bool = False
     process: subprocess.Popen[bytes] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        return f"ldap://127.0.0.1:{self.port}"
+        return f"{'ldaps' if self.ldaps else 'ldap'}://127.0.0.1:{self.port}"
 
     def load(self, data: str) -> Slapd:
         for executable in (SLAPD, SLAPADD):
@@ -81,7 +85,9 @@ class Slapd:
                 pytest.fail(f"{executable} is missing: install Debian's slapd and ldap-utils")
         (self.base / "data").mkdir(parents=True, exist_ok=True)
         conf = self.base / "slapd.conf"
-        conf.write_text(CONF.format(base=self.base, suffix=SUFFIX, admin=ADMIN_DN, admin_password=ADMIN_PASSWORD))
+        tls = "" if self.tls is None else f"TLSCertificateFile {self.tls[0]}\nTLSCertificateKeyFile {self.tls[1]}\n"
+        conf.write_text(CONF.format(base=self.base, suffix=SUFFIX, admin=ADMIN_DN, admin_password=ADMIN_PASSWORD,
+                                    tls=tls))
         (self.base / "data.ldif").write_text(data)
         subprocess.run([SLAPADD, "-f", str(conf), "-l", str(self.base / "data.ldif")], check=True,
                        capture_output=True)

@@ -15,6 +15,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from tests.certs import CA
 from tests.daemon import Daemon
 from tests.integration.images import build_image, inspect_raw, skopeo, skopeo_may_fail
 from tests.integration.test_podman_docker import NO_TLS, Podman, sha256
@@ -112,6 +113,40 @@ def test_directory_down_is_a_503_naming_it(slapd: Slapd, registry: Daemon) -> No
         assert token(registry, "repository:team/app:pull", basic("bob", "bob-pass"))[0] == 200
     finally:
         slapd.start()
+
+
+@pytest.mark.parametrize("mode", ["start_tls", "ldaps"])
+def test_start_tls_and_ldaps_verify_the_directory(tmp_path: Path, mode: str) -> None:
+    ca, stranger = CA("directory CA"), CA("stranger CA")
+    cert, key = ca.server().write(tmp_path, "slapd")
+    ca_file = ca.write(tmp_path / "ca.pem")
+    server = Slapd(tmp_path / "slapd", tls=(cert, key), ldaps=mode == "ldaps")
+    server.load(ldif({"alice": "alice-pass"}, {"builders": ["alice"]})).start()
+    try:
+        for trusted, expected in ((ca_file, 200), (stranger.write(tmp_path / "stranger.pem"), 503)):
+            config = tmp_path / f"{mode}-{expected}.toml"
+            extra = 'start_tls = true\n' if mode == "start_tls" else ""
+            config.write_text(CONFIG.format(url=server.url, search_dn=SEARCH_DN, search_password=SEARCH_PASSWORD,
+                                            suffix=SUFFIX, key=write_token_key(tmp_path)).replace(
+                "timeout_secs = 3\n", f'timeout_secs = 3\nca_file = "{trusted}"\n{extra}'))
+            daemon = Daemon(str(tmp_path / f"work-{expected}"), str(tmp_path / f"store-{expected}"),
+                            configs=(str(config),)).start()
+            try:
+                status, _ = token(daemon, "repository:team/app:push", basic("alice", "alice-pass"))
+                assert status == expected, (mode, trusted, daemon.log()[-2000:])
+            finally:
+                daemon.stop()
+    finally:
+        server.stop()
+
+
+def write_token_key(directory: Path) -> Path:
+    path = directory / "token.pem"
+    if not path.exists():
+        key = ec.generate_private_key(ec.SECP256R1())
+        path.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return path
 
 
 def test_podman_and_skopeo_as_a_directory_user(registry: Daemon, tmp_path: Path) -> None:
