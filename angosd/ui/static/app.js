@@ -202,7 +202,7 @@ const links = {
   // repository page, "/library/" the manifests of the namespace "library".
   namespace: (namespace) => (repositoryNames.has(namespace) ? `/${segments(namespace)}/` : `/${segments(namespace)}`),
   tag: (namespace, tag) => `/${segments(namespace)}:${encodeURIComponent(tag)}`,
-  digest: (namespace, digest) => `/${segments(namespace)}@${encodeURIComponent(digest)}`,
+  digest: (namespace, digest) => `/${segments(namespace)}@${encodeURIComponent(digest).replace(/%3A/gi, ":")}`,
 };
 
 function parseLocation() {
