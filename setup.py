@@ -27,9 +27,11 @@ setup(
         # [observability.tracing]: OpenTelemetry SDK and its OTLP/HTTP (protobuf) exporter
         "tracing": ["opentelemetry-sdk>=1.25", "opentelemetry-exporter-otlp-proto-http>=1.25"],
         "test": ["pytest>=8", "pytest-twisted>=1.14", "hypothesis>=6.100", "ruff", "mypy", "mypy-zope",
-                 "playwright>=1.46", "moto[server]>=5.0", "botocore>=1.34",
+                 "playwright>=1.46", "moto[server]>=5.0", "botocore>=1.34", "ldaptor>=21.2",
                  "opentelemetry-sdk>=1.25", "opentelemetry-exporter-otlp-proto-http>=1.25", "opentelemetry-proto>=1.25",
                  "pyyaml"],
+        # [auth.ldap]: LDAP / Active Directory users
+        "ldap": ["ldaptor>=21.2"],
     },
     entry_points={"console_scripts": ["angosd = angosd.commands.main:main"]},
 )

@@ -41,6 +41,8 @@ class Action(StrEnum):
     METRICS = "metrics"
     UI_CONFIG = "ui-config"
     UI_ASSET = "ui-asset"
+    # registry token service (``/token``)
+    TOKEN = "token"
     UNKNOWN = "unknown"
 
 

@@ -14,11 +14,13 @@ from angosd.actions import Action, Route
 from angosd.auth.authenticator import Authenticator
 from angosd.auth.identity import Identity
 from angosd.auth.policy import AccessPolicy, Decision
+from angosd.auth.token_service import TokenService, covers, required_scope
 from angosd.config import Config
 from angosd.oci.errors import Denied, Unauthorized
 
-#: Actions that are never behind authentication (probes must work under default-deny).
-UNAUTHENTICATED_ACTIONS = frozenset({Action.HEALTHZ, Action.READYZ})
+#: Actions that are never behind authentication (probes must work under default-deny; the
+#: token endpoint authenticates its callers itself and grants only what the policy allows).
+UNAUTHENTICATED_ACTIONS = frozenset({Action.HEALTHZ, Action.READYZ, Action.TOKEN})
 _log = Logger()
 #: Opens a tracing span named by its argument around a block (`angosd.observability.tracing`).
 Spans = Callable[[str], AbstractContextManager[object]]
@@ -29,12 +31,18 @@ class Authorizer(Protocol):
         """Return when the request may proceed; raise `Unauthorized` or `Denied`
         otherwise. Runs on the headers only, before any body byte is read."""
 
+    def may_list(self, request: IRequest, namespace: str) -> bool:
+        """Whether the (authorized) caller of ``request`` may see ``namespace`` in listings."""
+
 
 class AllowAll:
     """Anonymous full access, without looking at credentials."""
 
     async def authorize(self, request: IRequest, route: Route) -> None:
         return None
+
+    def may_list(self, request: IRequest, namespace: str) -> bool:
+        return True
 
 
 def request_variables(route: Route) -> dict[str, Any]:
@@ -74,14 +82,41 @@ class PolicyAuthorizer:
         self._spans = spans
 
     async def authorize(self, request: IRequest, route: Route) -> None:
-        if route.action in UNAUTHENTICATED_ACTIONS:
-            return
+        if route.action in UNAUTHENTICATED_ACTIONS or route.path == "/v1" or route.path.startswith("/v1/"):
+            return  # the v1 API does not exist here: everyone gets the same 404
         state = self._state()
+        try:
+            await self._authorize(state, request, route)
+        except Unauthorized as exc:
+            if state.tokens is not None and "WWW-Authenticate" not in exc.headers:
+                presented = getattr(request, "identity", None)
+                error = "insufficient_scope" if presented is not None and presented.token_access is not None \
+                    else None
+                exc.headers["WWW-Authenticate"] = state.tokens.challenge(request, route, error)
+            raise
+
+    def may_list(self, request: IRequest, namespace: str) -> bool:
+        """The policies (global, then the namespace's repository) allow the caller
+        ``list-catalog`` with ``request.namespace`` set to ``namespace``."""
+        identity: Identity | None = getattr(request, "identity", None)
+        if identity is None:
+            return False
+        route = Route(Action.LIST_CATALOG, "GET", "/v2/_catalog", namespace)
+        return self._state().decide(identity, route).allowed
+
+    async def _authorize(self, state: SecurityState, request: IRequest, route: Route) -> None:
         identity: Identity | None = getattr(request, "identity", None)
         if identity is None:
             with self._span("authenticate"):
                 identity = await state.authenticator.authenticate(request)
             request.identity = identity  # type: ignore[attr-defined]
+        if state.tokens is not None and not identity.authenticated and identity.token_access is None and \
+                route.action == Action.GET_API_VERSION:
+            # Token flow: ``GET /v2/`` always challenges a caller without credentials, so
+            # clients fetch a token (anonymously or not) and ``login`` checks the password.
+            raise Unauthorized("authentication required: get a token")
+        if identity.token_access is not None and not covers(identity.token_access, required_scope(route)):
+            raise Unauthorized("the token does not grant this access")
         with self._span("authorize"):
             decision = await self._decide(state, identity, route, request)
         if decision.allowed:
@@ -98,13 +133,10 @@ class PolicyAuthorizer:
 
     @staticmethod
     async def _decide(state: SecurityState, identity: Identity, route: Route, request: IRequest) -> Decision:
-        variables = {"identity": identity.to_cel(), "request": request_variables(route)}
-        decision = state.global_policy.decide(variables)
+        """The policies' decision, then the repository's authorization webhook's."""
+        decision = state.decide(identity, route)
         repository = state.config.repository_for(route.namespace) if route.namespace is not None else None
         if decision.allowed and repository is not None:
-            policy = state.repository_policies.get(repository.name)
-            if policy is not None:
-                decision = policy.decide(variables)
             webhook = repository.authorization_webhook
             if decision.allowed and webhook and state.webhooks is not None and \
                     not await state.webhooks.allows(webhook, identity, route, request):
@@ -120,15 +152,35 @@ class SecurityState:
     """Everything authorization derives from one configuration; replaced whole on reload."""
 
     def __init__(self, config: Config, authenticator: Authenticator, global_policy: AccessPolicy,
-                 repository_policies: dict[str, AccessPolicy], webhooks: WebhookCheck | None = None) -> None:
+                 repository_policies: dict[str, AccessPolicy], webhooks: WebhookCheck | None = None,
+                 tokens: TokenService | None = None) -> None:
         self.config = config
         self.authenticator = authenticator
         self.global_policy = global_policy
         self.repository_policies = repository_policies
         self.webhooks = webhooks
+        self.tokens = tokens
+
+    def decide(self, identity: Identity, route: Route) -> Decision:
+        """The global policy, then the policy of the route's repository (both must allow)."""
+        variables = {"identity": identity.to_cel(), "request": request_variables(route)}
+        decision = self.global_policy.decide(variables)
+        repository = self.config.repository_for(route.namespace) if route.namespace is not None else None
+        if decision.allowed and repository is not None:
+            policy = self.repository_policies.get(repository.name)
+            if policy is not None:
+                decision = policy.decide(variables)
+        return decision
+
+    def allows(self, identity: Identity, action: Action, namespace: str | None) -> bool:
+        """Whether the policies allow ``identity`` ``action`` on ``namespace`` (a request
+        without reference or digest: rules that need one fail closed)."""
+        path = "/v2/_catalog" if namespace is None else f"/v2/{namespace}/"
+        return self.decide(identity, Route(action, "GET", path, namespace)).allowed
 
     @classmethod
-    def build(cls, config: Config, authenticator: Authenticator, webhooks: WebhookCheck | None = None) -> SecurityState:
+    def build(cls, config: Config, authenticator: Authenticator, webhooks: WebhookCheck | None = None,
+              tokens: TokenService | None = None) -> SecurityState:
         """Compile every policy of ``config``; raises `PolicyError` naming the rule."""
         global_policy = AccessPolicy.compile(config.global_.access_policy, "global.access_policy")
         repository_policies = {
@@ -136,5 +188,5 @@ class SecurityState:
                                                   f'repository."{repository.name}".access_policy')
             for repository in config.repositories if repository.access_policy is not None
         }
-        return cls(config, authenticator, global_policy, repository_policies, webhooks)
+        return cls(config, authenticator, global_policy, repository_policies, webhooks, tokens)
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import os
+import threading
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -28,7 +31,24 @@ def hash_password(password: str) -> str:
     return _hasher.hash(password)
 
 
+#: Nice value of threads that hash passwords, above the serving threads' (Linux: per thread).
+HASHING_NICE = 10
+_hashing_thread = threading.local()
+
+
+def _yield_cpu() -> None:
+    """Lower this thread's scheduling priority, once: argon2 (slow by design, and what a
+    wrong-password flood makes the daemon do) must not take CPU from serving requests.
+    argon2's own worker threads inherit it."""
+    if getattr(_hashing_thread, "lowered", False):
+        return
+    _hashing_thread.lowered = True
+    with contextlib.suppress(OSError, AttributeError):  # not Linux: the priority stays
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), HASHING_NICE)
+
+
 def _verify(phc: str, password: str) -> bool:
+    _yield_cpu()
     try:
         return _hasher.verify(phc, password)
     except (VerificationError, InvalidHashError):
@@ -50,6 +70,14 @@ class PasswordUsers:
 
     def __contains__(self, username: str) -> bool:
         return username in self._by_username
+
+    def cached(self, username: str, password: str) -> str | None:
+        """The identity id when this password was verified within `VERIFIED_TTL` (no hashing)."""
+        identity = self._by_username.get(username)
+        if identity is None:
+            return None
+        cached = self._verified.get(hashlib.sha256(f"{username}\0{password}\0{identity.password}".encode()).digest())
+        return cached[0] if cached is not None and cached[1] > self._clock.seconds() else None
 
     async def check(self, username: str, password: str) -> str | None:
         """The identity id when the password is right; None otherwise (unknown user included).

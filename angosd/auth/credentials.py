@@ -30,7 +30,8 @@ class BearerToken:
 
 
 def parse_authorization(header: str | None) -> BasicCredentials | BearerToken | None:
-    """The credentials in an ``Authorization`` header; None when there is no header.
+    """The credentials in an ``Authorization`` header; None when there is no header, or
+    Basic credentials with an empty username and password.
 
     Raises `Unauthorized` for a header that is present but malformed or of an
     unsupported scheme: invalid credentials fail the request, they never fall through.
@@ -48,6 +49,8 @@ def parse_authorization(header: str | None) -> BasicCredentials | BearerToken | 
             decoded = base64.b64decode(value, validate=True).decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
             raise Unauthorized("malformed Basic credentials") from None
+        if decoded == ":":
+            return None  # empty credentials (``Og==``, sent by podman and skopeo): anonymous
         username, separator, password = decoded.partition(":")
         if not separator or not username:
             raise Unauthorized("malformed Basic credentials")

@@ -29,15 +29,24 @@ class OidcIdentity:
     claims: Mapping[str, Any] = field(default_factory=dict, hash=False, compare=False)
 
 
+#: One granted scope of a registry token: (type, name, actions), e.g.
+#: ``("repository", "team/app", ("pull", "push"))``.
+Grant = tuple[str, str, tuple[str, ...]]
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
-    """A caller. ``id``/``username`` come from Basic auth only; the rest from TLS and OIDC."""
+    """A caller. ``id``/``username`` come from Basic auth (or a directory) only; the rest from
+    TLS and OIDC. ``groups`` are directory groups; ``token_access`` is None unless the caller
+    presented a registry token, whose grants then bound what it may do."""
 
     id: str | None = None
     username: str | None = None
     client_ip: str | None = None
     certificate: CertificateIdentity = CertificateIdentity()
     oidc: OidcIdentity | None = None
+    groups: tuple[str, ...] = ()
+    token_access: tuple[Grant, ...] | None = None
 
     @property
     def authenticated(self) -> bool:
@@ -69,6 +78,7 @@ class Identity:
             },
             "oidc": None if self.oidc is None else {"provider_name": self.oidc.provider_name,
                                                     "claims": dict(self.oidc.claims)},
+            "groups": list(self.groups),
         }
 
 

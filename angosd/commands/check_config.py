@@ -84,7 +84,44 @@ def check(paths: Sequence[str], warn: Callable[[str], None] = lambda _: None) ->
         problems += _client_tls(config, origins)
         problems += _listen(config, origins)
         problems += _s3_support(config, origins)
+        problems += _token_service(config, origins)
+        _anonymous_login_trap(config, warn)
     return problems
+
+
+# --- authentication: token service keys, the anonymous-login trap -------------------------
+def _token_service(config: Config, origins: _Origins) -> Iterator[str]:
+    from angosd.auth.token_service import TokenService
+    from angosd.auth.tokens import TokenKeyError
+
+    if config.auth.token_service is None:
+        return
+    try:
+        TokenService.build(config.auth.token_service)
+    except (OSError, TokenKeyError) as exc:
+        yield origins.line(("auth", "token_service", "signing_key"), str(exc))
+
+
+def _anonymous_login_trap(config: Config, warn: Callable[[str], None]) -> None:
+    """Without a token service, an anonymous ``GET /v2/`` that succeeds means clients never
+    send credentials there: ``docker login`` says "Login Succeeded" whatever the password."""
+    from angosd.actions import Action, Route
+    from angosd.auth.authorizer import request_variables
+    from angosd.auth.identity import ANONYMOUS
+    from angosd.auth.policy import AccessPolicy, PolicyError
+
+    if config.auth.token_service is not None or not config.auth.identities:
+        return
+    try:
+        policy = AccessPolicy.compile(config.global_.access_policy, "global.access_policy")
+    except PolicyError:
+        return  # reported as a problem
+    route = Route(Action.GET_API_VERSION, "GET", "/v2/")
+    if policy.decide({"identity": ANONYMOUS.to_cel(), "request": request_variables(route)}).allowed:
+        warn("anonymous callers may 'get-api-version' while [auth.identity] users exist: clients will not "
+             "send credentials to /v2/, so 'docker login' succeeds with any password and authenticated "
+             "pushes fail; configure [auth.token_service] for public-read registries")
+# --- end of authentication checks ---------------------------------------------------------
 
 
 def _file_and_key(problem: str) -> tuple[str, ...]:

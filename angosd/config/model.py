@@ -22,6 +22,7 @@ from angosd.config.schema import (
     int_range,
     ip_address,
     jws_algorithms,
+    ldap_url,
     networks,
     non_empty,
     one_of,
@@ -293,6 +294,66 @@ class EventWebhookConfig:
         return 3 if self.policy == "required" else 0
 
 
+# --- [auth.token_service] and credential-check limits (authentication) -------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TokenServiceConfig:
+    """``[auth.token_service]``: a Docker-style registry token service at ``/token``.
+
+    Tokens are signed with ``signing_key`` (a PEM EC P-256 or Ed25519 private key: ES256 or
+    EdDSA) when set, else with ``secret_key`` (HMAC-SHA256, Angos's form). ``verification_keys``
+    are PEM files of earlier keys still accepted (rotation). ``realm`` is the URL clients are
+    sent to (default: this registry's ``/token``, from the request's Host).
+    """
+
+    realm: str | None = field(default=None, metadata=parsed_by(http_url))
+    service: str = field(default="angosd", metadata=parsed_by(non_empty))
+    issuer: str = field(default="angosd", metadata=parsed_by(non_empty))
+    ttl_secs: int = field(default=300, metadata=parsed_by(int_range(10, 86400)))
+    refresh_ttl_secs: int = field(default=86400, metadata=parsed_by(int_range(0, 30 * 86400)))
+    secret_key: str | None = None
+    signing_key: str | None = None
+    verification_keys: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class LoginLimitsConfig:
+    """``[auth.login_limits]``: failed password checks allowed per source address and per
+    username within ``window_secs`` before further attempts get 429 (0: no limit)."""
+
+    failures_per_address: int = field(default=20, metadata=parsed_by(int_range(0)))
+    failures_per_username: int = field(default=10, metadata=parsed_by(int_range(0)))
+    window_secs: int = field(default=60, metadata=parsed_by(int_range(1, 86400)))
+
+
+
+@dataclass(frozen=True, slots=True)
+class LdapConfig:
+    """``[auth.ldap]``: Basic users checked against an LDAP / Active Directory directory.
+
+    The user is found under ``user_base_dn`` with ``user_filter`` (``{username}`` is replaced,
+    escaped), searching as ``bind_dn``; the password is checked by binding as the user. Groups
+    are the ``group_name_attribute`` of the entries ``group_filter`` finds under
+    ``group_base_dn`` (``{dn}``: the user's DN). ``ldaps://`` or ``start_tls`` with ``ca_file``.
+    """
+
+    url: str = field(metadata=parsed_by(ldap_url))
+    user_base_dn: str = field(metadata=parsed_by(non_empty))
+    user_filter: str = "(uid={username})"
+    bind_dn: str | None = None
+    bind_password: str | None = None
+    group_base_dn: str | None = None
+    group_filter: str = "(member={dn})"
+    group_name_attribute: str = "cn"
+    start_tls: bool = False
+    ca_file: str | None = None
+    timeout_secs: float = field(default=5.0, metadata=parsed_by(positive_float))
+    cache_ttl_secs: int = field(default=60, metadata=parsed_by(int_range(0, 86400)))
+
+# --- end of [auth.token_service] ---------------------------------------------------------
+
+
 @dataclass(frozen=True, slots=True)
 class AuthConfig:
     """``[auth]``: the users, OIDC providers and authorization webhooks."""
@@ -300,6 +361,10 @@ class AuthConfig:
     identities: tuple[IdentityConfig, ...] = ()
     oidc: tuple[OidcConfig, ...] = ()
     webhooks: tuple[AuthWebhookConfig, ...] = ()
+    # [auth.token_service] / [auth.login_limits]
+    token_service: TokenServiceConfig | None = None
+    login_limits: LoginLimitsConfig = LoginLimitsConfig()
+    ldap: LdapConfig | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -197,6 +197,15 @@ def http_url(value: object) -> str:
     return text
 
 
+def ldap_url(value: object) -> str:
+    """An ``ldap://`` or ``ldaps://`` URL with a host."""
+    text = as_str(value)
+    parts = urlsplit(text)
+    if parts.scheme not in ("ldap", "ldaps") or not parts.hostname:
+        raise Invalid(f"expected an ldap:// or ldaps:// URL with a host, got {text!r}")
+    return text
+
+
 def regexes(value: object) -> tuple[str, ...]:
     """An array of strings that each compile as a Python regular expression."""
     patterns = as_strings(value)

@@ -20,6 +20,8 @@ from angosd.config.model import (
     FsStoreConfig,
     GlobalConfig,
     IdentityConfig,
+    LdapConfig,
+    LoginLimitsConfig,
     MirrorConfig,
     ObservabilityConfig,
     OidcConfig,
@@ -29,6 +31,7 @@ from angosd.config.model import (
     S3StoreConfig,
     ServerConfig,
     TlsConfig,
+    TokenServiceConfig,
     TracingConfig,
     UiConfig,
     UpstreamConfig,
@@ -50,7 +53,6 @@ _REPOSITORY_NO_EFFECT = ("downstream",)  # replication is not implemented
 _ROOT_NO_EFFECT: tuple[str, ...] = ()
 #: SR's lock strategy of a metadata store: angosd coordinates through [cache.redis].
 _METADATA_NO_EFFECT = ("lock_strategy", "redis")
-_AUTH_NO_EFFECT = ("token_service",)
 _TLS_KEYS = ("server_ca_bundle", "client_certificate_bundle", "client_private_key")
 _OIDC_NO_EFFECT = ("provider", "client_certificate_bundle", "client_private_key", "bearer_token_file",
                    "jwks_refresh_timeout_secs")
@@ -177,9 +179,25 @@ def _auth(table: Table) -> AuthConfig:
     webhooks = tuple(build(AuthWebhookConfig, entry, name=name, tls=_webhook_tls(entry))
                      for name, entry in _named_tables(webhook_section))
     webhook_section.finish()
-    table.no_effect(_AUTH_NO_EFFECT)
+    # [auth.token_service] / [auth.login_limits]
+    token_table = table.table("token_service")
+    token_service = None if token_table is None else _token_service(token_table)
+    limits_table = table.table("login_limits")
+    login_limits = LoginLimitsConfig() if limits_table is None else build(LoginLimitsConfig, limits_table)
+    ldap_table = table.table("ldap")
+    ldap = None if ldap_table is None else build(LdapConfig, ldap_table)
     table.finish()
-    return AuthConfig(identities=tuple(identities), oidc=tuple(providers), webhooks=webhooks)
+    return AuthConfig(identities=tuple(identities), oidc=tuple(providers), webhooks=webhooks,
+                      token_service=token_service, login_limits=login_limits, ldap=ldap)
+
+
+# --- [auth.token_service] ----------------------------------------------------------------
+def _token_service(table: Table) -> TokenServiceConfig:
+    service = build(TokenServiceConfig, table)
+    if service.signing_key is None and not service.secret_key:
+        raise table.error("signing_key", "set signing_key (a PEM private key file) or secret_key")
+    return service
+# --- end of [auth.token_service] ---------------------------------------------------------
 
 
 def _named_tables(section: Table) -> list[tuple[str, Table]]:

@@ -18,10 +18,14 @@ from twisted.application.internet import TimerService
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import Deferred, maybeDeferred
 
+from angosd.actions import Action
 from angosd.auth.authenticator import Authenticator, AuthRecorder, TokenValidator
 from angosd.auth.authorizer import PolicyAuthorizer, SecurityState
 from angosd.auth.basic import PasswordUsers
+from angosd.auth.ldap import LdapDirectory
+from angosd.auth.limits import LoginLimiter
 from angosd.auth.oidc import OidcProviders, make_http_client
+from angosd.auth.token_service import TokenService
 from angosd.config import Config, ConfigError, FsStoreConfig, S3StoreConfig
 from angosd.coordination.files import FileCoordination
 from angosd.coordination.interface import Coordination
@@ -31,12 +35,15 @@ from angosd.daemon.shutdown import DrainService
 from angosd.http.accesslog import AccessLog
 from angosd.http.api import RegistryAPI
 from angosd.http.audit import AuditRecorder
+from angosd.http.endpoints import Endpoint, Handler
+from angosd.http.endpoints.token import TokenEndpoint
 from angosd.http.extensions import ExtensionAPI
 from angosd.http.metrics_endpoint import RequestMetrics, metrics_handlers
 from angosd.http.site import RegistrySite
 from angosd.http.tracing import RequestTracing
 from angosd.observability.audit import AuditLog
 from angosd.observability.metrics import Metrics
+from angosd.observability.tls_refusals import TlsRefusals
 from angosd.observability.traced_storage import TracedDriver
 from angosd.observability.tracing_settings import tracing_enabled
 from angosd.outbound.client import make_client
@@ -112,10 +119,14 @@ def build_security(config: Config, reactor: Any, pools: Pools, record_auth: Auth
     if config.auth.oidc:
         oidc = OidcProviders(config.auth.oidc, {p.name: make_http_client(reactor, p) for p in config.auth.oidc},
                              reactor)
-    authenticator = Authenticator(PasswordUsers(config.auth.identities, pools.cpu, reactor), oidc, record_auth)
+    tokens = TokenService.build(config.auth.token_service) if config.auth.token_service is not None else None
+    authenticator = Authenticator(PasswordUsers(config.auth.identities, pools.cpu, reactor), oidc, record_auth,
+                                  tokens=tokens.signer if tokens is not None else None, clock=reactor,
+                                  limiter=LoginLimiter(config.auth.login_limits, reactor),
+                                  directory=LdapDirectory(config.auth.ldap, reactor) if config.auth.ldap else None)
     webhooks = AuthorizationWebhooks(config.auth.webhooks, reactor, metrics.webhooks if metrics else None,
                                      tracing.outbound("webhook") if tracing else None)
-    return SecurityState.build(config, authenticator, webhooks)
+    return SecurityState.build(config, authenticator, webhooks, tokens)
 
 
 def build_registry(live: LiveConfig, reactor: Any, pools: Pools, coordination: Coordination | None = None,
@@ -277,9 +288,11 @@ def build_application(config: Config, reactor: Any, live: LiveConfig, registry: 
                              outbound=tracing.outbound("upstream") if tracing else None)
     events = EventBus(lambda: live.config, reactor, drain_seconds=config.global_.shutdown_drain_secs,
                       metrics=metrics.webhooks, outbound=tracing.outbound("webhook") if tracing else None)
-    extensions = {**ExtensionAPI(registry, lambda: live.config).handlers(),
-                  **UserInterface(lambda: live.config.ui).handlers(), **metrics_handlers(metrics)}
     authorizer = PolicyAuthorizer(lambda: live.security, spans=tracing.span if tracing else None)
+    extensions: dict[Action, Handler | Endpoint] = {
+        **ExtensionAPI(registry, lambda: live.config, authorizer.may_list).handlers(),
+        **UserInterface(lambda: live.config.ui).handlers(), **metrics_handlers(metrics),
+        Action.TOKEN: TokenEndpoint(lambda: live.security, reactor)}
     api = RegistryAPI(registry, authorizer, cache=cache, events=events,
                       extensions=extensions, blob_redirect=lambda: blob_redirect_ttl(live.config))
     drain = DrainService(lambda: live.config.global_.shutdown_drain_secs, reactor)
@@ -288,6 +301,7 @@ def build_application(config: Config, reactor: Any, live: LiveConfig, registry: 
     audited = [AuditRecorder(lambda: audit)] if audit is not None else []
     site = RegistrySite(api, observers=[drain, RequestMetrics(metrics.http, metrics.clock), *traced, *access_log,
                                         *audited], config=lambda: live.config)
+    site.tls_refused = TlsRefusals(reactor, lambda: metrics.auth_attempt("certificate", "failure")).refused
     return Application(registry, cache, events, api, drain, site, tracing, audit)
 
 

@@ -18,6 +18,7 @@ from werkzeug.routing import PathConverter
 from angosd.actions import Action
 from angosd.auth.authorizer import Authorizer
 from angosd.http import errors
+from angosd.http.crossorigin import refuse_cross_site
 from angosd.http.endpoints import Context, Endpoint, Handler, endpoints
 from angosd.http.endpoints.sources import Sources
 from angosd.http.request import BodySink, RegistryRequest
@@ -45,7 +46,7 @@ class RegistryAPI:
     app.url_map.converters["path"] = _AnyPath  # before the branch route below compiles its rule
 
     def __init__(self, registry: Registry, authorizer: Authorizer, realm: str = "angosd",
-                 extensions: Mapping[Action, Handler] | None = None, cache: PullThroughCache | None = None,
+                 extensions: Mapping[Action, Handler | Endpoint] | None = None, cache: PullThroughCache | None = None,
                  events: EventBus | None = None, blob_redirect: Callable[[], int | None] = lambda: None) -> None:
         """``extensions`` adds or replaces handlers by action (extension API, UI, metrics);
         ``cache`` serves the namespaces of pull-through repositories; ``events`` publishes
@@ -67,6 +68,8 @@ class RegistryAPI:
         route = request.route
         if request.trace is not None:
             request.trace.activate()
+        request.setHeader("X-Content-Type-Options", "nosniff")  # no response is ever sniffed into a script
+        refuse_cross_site(request, route.method)
         await self.authorizer.authorize(request, route)
         endpoint = self._endpoints.get(route.action)
         if endpoint is None or not route.method_allowed:

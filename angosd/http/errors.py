@@ -73,6 +73,6 @@ def error_response(request: IRequest, error: OciError, realm: str) -> bytes | No
     headers = dict(error.headers)
     if isinstance(error, UploadOffsetMismatch | UploadDigestMismatch):
         headers.update(upload_headers(error.namespace, error.session, error.size))
-    if isinstance(error, Unauthorized):
-        headers["WWW-Authenticate"] = f'Basic realm="{realm}", charset="UTF-8"'
+    if isinstance(error, Unauthorized):  # a Bearer challenge (token service) was set by the authorizer
+        headers.setdefault("WWW-Authenticate", f'Basic realm="{realm}", charset="UTF-8"')
     return respond(request, error.status, error.body(), JSON, headers)

@@ -98,9 +98,13 @@ class ExtensionAPI:
     """Handlers of the ``list-repositories``, ``list-namespaces``, ``list-revisions`` and
     ``list-uploads`` actions. ``config`` returns the current configuration (it may reload)."""
 
-    def __init__(self, registry: Registry, config: Callable[[], Config]) -> None:
+    def __init__(self, registry: Registry, config: Callable[[], Config],
+                 visible: Callable[[RegistryRequest, str], bool] | None = None) -> None:
+        """``visible`` says whether a request's caller may see a namespace in listings
+        (`angosd.auth.authorizer.Authorizer.may_list`); None: everything is visible."""
         self.registry = registry
         self._config = config
+        self._visible = visible or (lambda request, namespace: True)
 
     def handlers(self) -> dict[Action, Handler]:
         """The handlers by action, for `RegistryAPI(extensions=...)`."""
@@ -144,9 +148,13 @@ class ExtensionAPI:
         return owned
 
     async def _list_repositories(self, request: RegistryRequest, route: Route) -> bytes:
+        """Repositories the caller may see (it may list the repository's name or one of its
+        namespaces), each counting only the namespaces the caller may see."""
         listed = []
         for repository in await self.repositories():
-            count = len(await self.namespaces_of(repository.name))
+            count = sum(1 for name in await self.namespaces_of(repository.name) if self._visible(request, name))
+            if count == 0 and not self._visible(request, repository.name):
+                continue
             listed.append({"name": repository.name, "namespaces": count,
                            "is_pull_through": repository.is_pull_through,
                            "immutable_tags": repository.immutable_tags, "configured": repository.configured})
@@ -154,7 +162,7 @@ class ExtensionAPI:
 
     async def _list_namespaces(self, request: RegistryRequest, route: Route) -> bytes:
         name = route.namespace or ""
-        namespaces = await self.namespaces_of(name)
+        namespaces = [namespace for namespace in await self.namespaces_of(name) if self._visible(request, namespace)]
         listed = []
         for namespace in namespaces:
             manifests = self.registry.manifests

@@ -72,6 +72,11 @@ def parse_route(method: bytes | str, target: bytes | str) -> Route:
                          method_allowed=action is not None)
         return Route(Action.UNKNOWN, method, path, query=query)
 
+    if path == "/v1" or path.startswith("/v1/"):  # the v1 API (podman search): 404 JSON, not the UI
+        return Route(Action.UNKNOWN, method, path, query=query)
+    if path == "/token":  # the token service: GET (Docker) and POST (OAuth2 form)
+        allowed = method in ("GET", "HEAD", "POST")
+        return Route(Action.TOKEN if allowed else Action.UNKNOWN, method, path, query=query, method_allowed=allowed)
     action = _OTHER_ROUTES.get(path)
     if action is not None:
         allowed = method in ("GET", "HEAD")

@@ -6,7 +6,9 @@ import json
 from collections.abc import Callable
 from urllib.parse import unquote_to_bytes
 
+from OpenSSL import SSL
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, ISSLTransport
+from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.http import HTTPChannel
 from twisted.web.iweb import IRequest
@@ -89,10 +91,17 @@ class RegistryChannel(HTTPChannel):
         if self.transport is not None:
             self.transport.abortConnection()  # type: ignore[attr-defined]
 
-    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         for call in (self._life, self._grace, self._handshake):
             if call is not None and call.active():
                 call.cancel()
+        # Under TLS, a handshake that fails ends the connection with an OpenSSL error
+        # before any request byte reached this channel.
+        if self._first_bytes and reason.check(SSL.Error) is not None:
+            refused = getattr(getattr(self, "site", None), "tls_refused", None)
+            if refused is not None:
+                peer = self.transport.getPeer() if self.transport is not None else None
+                refused(f"{getattr(peer, 'host', '?')}:{getattr(peer, 'port', '?')}", reason.value)
         super().connectionLost(reason)
 
     def dataReceived(self, data: bytes) -> None:
@@ -150,6 +159,8 @@ class RegistrySite(Site):
         super().__init__(_Utf8Paths(api.app.resource()), requestFactory=RegistryRequest)
         self.gate = api
         self.observers: list[RequestObserver] = list(observers or [])
+        #: Called with the peer ("host:port") and the error of each refused TLS handshake.
+        self.tls_refused: Callable[[str, BaseException], None] | None = None
         self.noisy = False
         self.config = config
         #: Requests counted against ``max_concurrent_requests`` now.

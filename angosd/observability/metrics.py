@@ -128,7 +128,7 @@ HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTI
 #: ``method`` label values of ``angosd_auth_attempts_total``.
 AUTH_METHODS = ("certificate", "bearer", "basic", "oidc-basic", "anonymous")
 #: ``result`` label values of ``angosd_auth_attempts_total``.
-AUTH_RESULTS = ("success", "failure")
+AUTH_RESULTS = ("success", "failure", "limited")
 
 
 class WatchedPool(Protocol):

@@ -388,3 +388,32 @@ def test_an_empty_client_ca_bundle_stops_the_start(tmp_path: Path, pki: Pki) -> 
                       empty, "required")
     line = configuration_error(twistd(tmp_path, "-c", config))
     assert line == f"angosd: configuration error: {empty}: client CA bundle file is empty"
+
+
+def auth_failures(daemon: Daemon, context: ssl.SSLContext) -> float:
+    status, body = https_get(daemon, context, "/metrics")
+    assert status == 200
+    line = next(line for line in body.decode().splitlines()
+                if line.startswith('angosd_auth_attempts_total{method="certificate",result="failure"}'))
+    return float(line.split()[-1])
+
+
+def test_refused_handshakes_are_logged_and_counted(tmp_path: Path, pki: Pki) -> None:
+    daemon = start_tls_daemon(tmp_path, pki, "required")  # its own log: no refusal logged before
+    try:
+        good = client_context(pki.ca_path, pki.client_files("counted", pki.ca.client("counted")))
+        refused(daemon, client_context(pki.ca_path))  # no certificate
+        refused(daemon, client_context(pki.ca_path, pki.client_files("other-ca", bad_certificate(pki, "other-ca"))))
+        wait_for(lambda: auth_failures(daemon, good) == 2, what="two counted refusals")
+
+        def logged() -> list[str]:
+            return [line for line in daemon.log().splitlines() if "TLS handshake refused from 127.0.0.1:" in line]
+
+        assert len(logged()) == 2, logged()
+        assert "certificate" in logged()[0].lower(), logged()[0]
+        for _ in range(12):  # past the log's rate limit: all counted, at most 10 lines a minute
+            refused(daemon, client_context(pki.ca_path))
+        wait_for(lambda: auth_failures(daemon, good) == 14, what="every refusal counted")
+        assert len(logged()) == 10, logged()
+    finally:
+        daemon.stop()

@@ -520,3 +520,16 @@ rules = ["'alice' in identity.certificate.common_names"]
             browsing.close()
     finally:
         daemon.stop()
+
+
+@pytest.mark.parametrize("path", ["/%5Cevil.example:latest", "/%5Cevil.example/app:v1", "/%5C%5Cevil.example@x",
+                                  "/%2F%2Fevil.example:latest", "/library/%5Cevil.example:1"])
+def test_links_built_from_the_url_stay_on_this_site(site: Site, page: Any, path: str) -> None:
+    """A crafted URL segment never becomes a link to another site (``/\\evil.example`` is
+    ``//evil.example`` to browsers): every link on the page resolves to this origin."""
+    page.goto(site.daemon.url + path)
+    expect()(page.locator("nav.crumbs")).to_be_visible()
+    hrefs = page.eval_on_selector_all("a[href]", "links => links.map(a => [a.getAttribute('href'), a.href])")
+    assert hrefs, "the page shows no link at all"
+    for raw, resolved in hrefs:
+        assert resolved.startswith(site.daemon.url + "/"), (path, raw, resolved)

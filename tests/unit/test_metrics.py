@@ -249,6 +249,9 @@ def test_the_handler_serves_the_text_exposition(metrics: Metrics) -> None:
 
 
 class FakeUsers:
+    def cached(self, username: str, password: str) -> str | None:
+        return None
+
     async def check(self, username: str, password: str) -> str | None:
         return "ci" if (username, password) == ("ci", "right") else None
 

@@ -11,9 +11,10 @@ from angosd.http.endpoints.base import Context, Endpoint, Handler, HandlerEndpoi
 __all__ = ["Context", "Endpoint", "Handler", "endpoints"]
 
 
-def endpoints(context: Context, extensions: Mapping[Action, Handler] | None = None) -> dict[Action, Endpoint]:
+def endpoints(context: Context, extensions: Mapping[Action, Handler | Endpoint] | None = None
+              ) -> dict[Action, Endpoint]:
     """The endpoint of each action served; ``extensions`` add or replace some by action
-    (extension API, web UI, metrics) as bodiless `Handler`s."""
+    (extension API, web UI, metrics as bodiless `Handler`s; the token service as an `Endpoint`)."""
     start_upload = uploads.StartUpload(context)
     table: dict[Action, Endpoint] = {
         Action.GET_API_VERSION: probes.ApiVersion(context),
@@ -35,5 +36,5 @@ def endpoints(context: Context, extensions: Mapping[Action, Handler] | None = No
         Action.CANCEL_UPLOAD: uploads.CancelUpload(context),
     }
     for action, handler in (extensions or {}).items():
-        table[action] = HandlerEndpoint(handler)
+        table[action] = handler if isinstance(handler, Endpoint) else HandlerEndpoint(handler)
     return table

@@ -23,6 +23,10 @@ from angosd.oci.errors import BlobRangeNotSatisfiable, OciError
 from angosd.oci.ranges import parse_range
 from angosd.proxy.cache import BlobFill
 
+#: A blob is never rendered or run by a browser: not sniffed, downloaded, and sandboxed if opened.
+BLOB_SAFETY = {"X-Content-Type-Options": "nosniff", "Content-Disposition": "attachment",
+               "Content-Security-Policy": "sandbox; default-src 'none'"}
+
 
 class BlobResponse:
     """A `BlobClient` over a response: the blob's headers, then the cache's status and state."""
@@ -65,7 +69,7 @@ class GetBlob(Endpoint):
         namespace = context.namespace(route)
         digest = Digest.parse(route.argument or "")
         headers = {"Docker-Content-Digest": str(digest), "Accept-Ranges": "bytes",
-                   "Content-Type": "application/octet-stream", "ETag": f'"{digest}"'}
+                   "Content-Type": "application/octet-stream", "ETag": f'"{digest}"', **BLOB_SAFETY}
         source = context.source(namespace)
         if route.method == "HEAD":
             respond_head(request, 200, await source.blob_size(namespace, digest), headers)

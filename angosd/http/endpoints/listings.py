@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from angosd.actions import Route
 from angosd.http.endpoints.base import Endpoint
@@ -19,16 +20,34 @@ _COUNT = re.compile(r"[0-9]{1,9}")
 MAX_PAGE = 10_000
 
 
-def page(route: Route, items: list[str], base: str) -> tuple[list[str], dict[str, str]]:
+def visible_only(items: list[str], n: int | None, last: str | None,
+                 visible: Callable[[str], bool]) -> tuple[list[str], bool]:
+    """`paginate` over the ``visible`` items only, deciding visibility no further than the
+    page needs (its ``n`` items and one more, to know whether more follow)."""
+    found: list[str] = []
+    for item in items:
+        if last is not None and item <= last:
+            continue
+        if not visible(item):
+            continue
+        if n is not None and len(found) == n:
+            return found, True
+        found.append(item)
+    return found, False
+
+
+def page(route: Route, items: list[str], base: str,
+         visible: Callable[[str], bool] | None = None) -> tuple[list[str], dict[str, str]]:
     """The page of ``items`` the route's ``n`` and ``last`` ask for, and its ``Link`` header
-    when more follow; raises `PaginationNumberInvalid` for a malformed ``n``."""
+    when more follow; raises `PaginationNumberInvalid` for a malformed ``n``. With
+    ``visible``, items it refuses are left out before paginating."""
     n_text, last = route.param("n"), route.param("last")
     n = None
     if n_text is not None:
         if _COUNT.fullmatch(n_text) is None:  # ASCII only: isdigit() takes superscripts, other scripts
             raise PaginationNumberInvalid(n_text[:20])
         n = min(int(n_text), MAX_PAGE)
-    items_page, more = paginate(items, n, last)
+    items_page, more = paginate(items, n, last) if visible is None else visible_only(items, n, last, visible)
     headers = {}
     if more and items_page:
         headers["Link"] = f'<{base}?n={n}&last={items_page[-1]}>; rel="next"'
@@ -36,10 +55,13 @@ def page(route: Route, items: list[str], base: str) -> tuple[list[str], dict[str
 
 
 class Catalog(Endpoint):
-    """``GET /v2/_catalog``: served namespaces holding a manifest, paginated."""
+    """``GET /v2/_catalog``: served namespaces holding a manifest that the caller may list
+    (`Authorizer.may_list`), paginated after that filtering."""
 
     async def handle(self, request: RegistryRequest, route: Route) -> bytes:
-        names, headers = page(route, await self.context.registry.catalog(), "/v2/_catalog")
+        authorizer = self.context.authorizer
+        names, headers = page(route, await self.context.registry.catalog(), "/v2/_catalog",
+                              lambda namespace: authorizer.may_list(request, namespace))
         return respond_json(request, 200, {"repositories": names}, headers=headers)
 
 

@@ -23,7 +23,8 @@ class GetManifest(Endpoint):
         reference = Reference.parse(route.argument or "")
         answer = await context.source(namespace).manifest(namespace, reference)
         stored = answer.manifest
-        headers = {**answer.headers, "Docker-Content-Digest": str(stored.digest)}
+        headers = {**answer.headers, "Docker-Content-Digest": str(stored.digest),
+                   "X-Content-Type-Options": "nosniff"}
         if route.method == "GET":
             await context.publish("manifest.pull", request, namespace, digest=str(stored.digest),
                                   reference=str(reference), tag=reference.tag)

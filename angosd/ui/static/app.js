@@ -192,14 +192,17 @@ function repositoryOf(namespace, repositories) {
   return best;
 }
 
+// Links are built from names that come from the URL: every segment is percent-encoded, so
+// none can turn a link into another site's ("/\evil.example" is "//evil.example" to browsers).
+const segments = (name) => name.split("/").map(encodeURIComponent).join("/");
 const links = {
   home: () => "/",
-  repository: (name) => `/${name}`,
+  repository: (name) => `/${segments(name)}`,
   // A namespace equal to a repository's name gets a trailing slash: "/library" is the
   // repository page, "/library/" the manifests of the namespace "library".
-  namespace: (namespace) => (repositoryNames.has(namespace) ? `/${namespace}/` : `/${namespace}`),
-  tag: (namespace, tag) => `/${namespace}:${tag}`,
-  digest: (namespace, digest) => `/${namespace}@${digest}`,
+  namespace: (namespace) => (repositoryNames.has(namespace) ? `/${segments(namespace)}/` : `/${segments(namespace)}`),
+  tag: (namespace, tag) => `/${segments(namespace)}:${encodeURIComponent(tag)}`,
+  digest: (namespace, digest) => `/${segments(namespace)}@${encodeURIComponent(digest).replace(/%3A/gi, ":")}`,
 };
 
 function parseLocation() {
