@@ -341,13 +341,13 @@ def test_legacy_enable_redirect_and_cache_store_alias(tmp_path: Path) -> None:
 def test_example_file_loads_without_warnings() -> None:
     config, warnings = load(str(EXAMPLE))
     assert warnings == []
-    assert config.server.bind_address == "0.0.0.0"
+    assert config.server.bind_address == "127.0.0.1"
     assert config.server.port == 5000
     assert config.server.tls is None
     assert config.blob_store.root_dir == "/var/lib/angosd"
-    assert [repository.name for repository in config.repositories] == ["apps"]
-    assert config.namespace_allowed("apps/web")
-    assert not config.namespace_allowed("hub/library/alpine")
+    assert config.repositories == ()
+    assert config.namespace_allowed("team/app")
+    assert not config.access_policy_configured
 
 
 def _uncomment(first: str, last: str) -> str:
