@@ -191,7 +191,7 @@ def test_pull_through_miss_is_one_trace_continued_by_the_upstream(setup: Setup) 
 def test_the_daemon_writes_a_verifiable_audit_log(setup: Setup) -> None:
     status, _, _ = setup.request("PUT", "/v2/hub/library/app/manifests/v2", setup.manifest,
                                  {"Content-Type": OCI_MANIFEST})
-    assert status == 405  # pull-through namespaces refuse pushes: not a state change, not a denial
+    assert status == 415  # pull-through namespaces refuse pushes: not a state change, not a denial
     config_blob = b'{"os":"linux"}'
     status, _, _ = setup.request("POST", f"/v2/local/app/blobs/uploads/?digest={digest(config_blob)}", config_blob,
                                  {"Content-Type": "application/octet-stream"})
