@@ -23,7 +23,7 @@ import os
 from typing import Any
 
 from angosd.commands.mirror import UsageError, add_store_arguments, load_store_config, run_async, start_logging
-from angosd.commands.progress import Bar, Progress, human_size
+from angosd.commands.progress import Progress, human_size, phase_bars
 from angosd.commands.prune import emitter
 
 
@@ -102,16 +102,7 @@ async def _migrate(reactor: Any, args: argparse.Namespace, progress: Progress) -
     registry, _cache = open_store(config, reactor)
     start_logging(progress)
     emit = emitter(progress)
-    bars: dict[str, Bar] = {}
-
-    def advance(phase: str, done: int, total: int) -> None:
-        bar = bars.get(phase)
-        if bar is None:
-            bar = bars[phase] = progress.bar(phase, total, unit=phase if phase == "repositories" else "repositories")
-        bar.total = total
-        bar.advance(done - bar.done)
-        if done >= total:
-            bar.close()
+    advance = phase_bars(progress, lambda phase: "repositories")
 
     prefix = "would skip" if args.dry_run else "skipped"
 

@@ -144,6 +144,23 @@ def _isatty(stream: TextIO) -> bool:
         return False
 
 
+
+def phase_bars(progress: Progress, unit: Callable[[str], str]) -> Callable[[str, int, int], None]:
+    """An ``advance(phase, done, total)`` callback drawing one bar per phase (its unit named by
+    ``unit(phase)``), closed once ``done`` reaches ``total``."""
+    bars: dict[str, Bar] = {}
+
+    def advance(phase: str, done: int, total: int) -> None:
+        bar = bars.get(phase)
+        if bar is None:
+            bar = bars[phase] = progress.bar(phase, total, unit=unit(phase))
+        bar.total = total
+        bar.advance(done - bar.done)
+        if done >= total:
+            bar.close()
+
+    return advance
+
 #: A copy pauses its producer for one reactor turn every this many bytes (`CountingConsumer`).
 YIELD_EVERY = 8 * 1024 * 1024
 #: Reports how many more bytes were done.

@@ -19,7 +19,7 @@ import argparse
 from typing import Any
 
 from angosd.commands.mirror import add_store_arguments, load_store_config, run_async, start_logging
-from angosd.commands.progress import Bar, Progress
+from angosd.commands.progress import Progress, phase_bars
 from angosd.commands.prune import emitter, existing_store
 
 
@@ -48,16 +48,7 @@ async def _scrub(reactor: Any, args: argparse.Namespace, progress: Progress) -> 
     registry, _cache = open_store(config, reactor)
     start_logging(progress)
     emit = emitter(progress)
-    bars: dict[str, Bar] = {}
-
-    def advance(phase: str, done: int, total: int) -> None:
-        bar = bars.get(phase)
-        if bar is None:
-            bar = bars[phase] = progress.bar(phase, total, unit="items")
-        bar.total = total
-        bar.advance(done - bar.done)
-        if done >= total:
-            bar.close()
+    advance = phase_bars(progress, lambda phase: "items")
 
     collector = GarbageCollector(registry.driver, registry.blobs, reactor,
                                  lambda: config.global_.gc_grace_secs)
