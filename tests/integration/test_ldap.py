@@ -1,11 +1,13 @@
 """LDAP identities against a real slapd: Basic users bound against the directory, their groups
 in ``identity.groups`` for policies, a clear 503 when the directory is down, and podman and
-skopeo logging in and pushing through the token service as a directory user."""
+skopeo, docker and ctr logging in and pushing or pulling through the token service as a directory
+user."""
 
 from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -17,15 +19,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from tests.certs import CA
 from tests.daemon import Daemon
+from tests.integration.containerd import Containerd
+from tests.integration.dockerd import running_dockerd
 from tests.integration.images import build_image, inspect_raw, skopeo, skopeo_may_fail
 from tests.integration.test_podman_docker import NO_TLS, Podman, sha256
 from tests.ldap_server import SEARCH_DN, SEARCH_PASSWORD, SUFFIX, Slapd, ldif
 
-CONFIG = """
+CONFIG = r'''
 [global.access_policy]
 default = "deny"
 rules = [
-  "request.action in ['get-api-version', 'get-manifest', 'get-blob', 'list-tags', 'get-referrers']",
+  """request.action in ['get-api-version', 'get-manifest', 'get-blob', 'list-tags', 'get-referrers'] \
+     && !(has(request.namespace) && request.namespace.startsWith('private/'))""",
   "'builders' in identity.groups",
 ]
 
@@ -42,7 +47,7 @@ cache_ttl_secs = 60
 
 [auth.token_service]
 signing_key = "{key}"
-"""
+'''
 
 
 def basic(user: str, password: str) -> dict[str, str]:
@@ -170,3 +175,52 @@ def test_podman_and_skopeo_as_a_directory_user(registry: Daemon, tmp_path: Path)
         assert sha256(inspect_raw(f"docker://{registry.host}/team/ldap:v2", NO_TLS)) == pushed
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def test_docker_and_ctr_as_a_directory_user(registry: Daemon, tmp_path: Path) -> None:
+    """docker logs in with the directory password (a wrong one fails), pushes as a ``builders``
+    member (a non-member is refused) and pulls the image back identical; ctr pulls it with the
+    same directory credentials. ``private/`` is closed to anonymous readers, so both clients must
+    present the credentials to pull, and a wrong password fails."""
+    image = build_image(str(tmp_path / "src"), "v1", layer_sizes=(4096, 1 << 20), seed=52)
+    source = f"{registry.host}/team/docker-seed:v1"
+    skopeo("copy", "--dest-tls-verify=false", "--dest-creds", "alice:alice-pass", image.ref, f"docker://{source}")
+    remote = f"{registry.host}/private/docker:v1"
+    with running_dockerd(str(tmp_path / "docker-data"), [registry.host]) as dockerd:
+        dockerd.docker("pull", source)  # anonymous may pull outside private/
+        image_id = dockerd.docker("image", "inspect", "--format", "{{.Id}}", source).stdout.strip()
+        dockerd.docker("tag", source, remote)
+        wrong = dockerd.docker("login", "-u", "alice", "-p", "wrong", registry.host, check=False)
+        assert wrong.returncode != 0 and "unauthorized" in wrong.stderr.lower(), wrong.stdout + wrong.stderr
+        dockerd.docker("login", "-u", "bob", "-p", "bob-pass", registry.host)
+        refused = dockerd.docker("push", remote, check=False)  # bob is a reader, not a builder
+        assert refused.returncode != 0 and "denied" in refused.stderr, refused.stdout + refused.stderr
+        dockerd.docker("login", "-u", "alice", "-p", "alice-pass", registry.host)
+        output = dockerd.docker("push", remote).stdout
+        found = re.search(r"digest: (sha256:[0-9a-f]{64})", output)
+        assert found, output
+        pushed = found.group(1)
+        assert sha256(inspect_raw(f"docker://{remote}", NO_TLS, "--creds", "alice:alice-pass")) == pushed
+        dockerd.docker("logout", registry.host)
+        dockerd.docker("rmi", source, remote)
+        anonymous = dockerd.docker("pull", remote, check=False)
+        assert anonymous.returncode != 0 and "denied" in anonymous.stderr, anonymous.stderr
+        dockerd.docker("login", "-u", "alice", "-p", "alice-pass", registry.host)
+        dockerd.docker("pull", remote)
+        dockerd.docker("logout", registry.host)
+        assert dockerd.docker("image", "inspect", "--format", "{{.Id}}", remote).stdout.strip() == image_id
+        assert f"{registry.host}/private/docker@{pushed}" in dockerd.docker(
+            "image", "inspect", "--format", "{{json .RepoDigests}}", remote).stdout
+    containerd = Containerd(tmp_path / "containerd")
+    try:
+        pull = ("images", "pull", "--plain-http", "--snapshotter", "native")
+        anonymous_ctr = containerd.ctr(*pull, remote, check=False)
+        assert anonymous_ctr.returncode != 0 and "insufficient_scope" in anonymous_ctr.stderr, anonymous_ctr.stderr
+        wrong_ctr = containerd.ctr(*pull, "--user", "alice:wrong", remote, check=False)
+        assert wrong_ctr.returncode != 0 and "401" in wrong_ctr.stderr, wrong_ctr.stderr
+        assert containerd.ctr("images", "ls", "-q").stdout.strip() == ""
+        containerd.ctr(*pull, "--user", "alice:alice-pass", remote)
+        listed = containerd.ctr("images", "ls").stdout
+        assert remote in listed and pushed in listed, listed
+    finally:
+        containerd.stop()

@@ -8,12 +8,8 @@ byte-identical (same manifest digest, same image id). None of them is optional.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
 import tempfile
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -23,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from angosd.auth.basic import hash_password
 from tests.daemon import Daemon
+from tests.integration.containerd import Containerd
 from tests.integration.dockerd import Dockerd, running_dockerd
 from tests.integration.images import build_image, inspect_raw, skopeo, skopeo_may_fail
 from tests.integration.test_podman_docker import NO_TLS, Podman, sha256
@@ -133,49 +130,6 @@ def test_docker_anonymous_pull_login_push(registry: Daemon, seeded: str, dockerd
     assert dockerd.docker("image", "inspect", "--format", "{{.Id}}", remote).stdout.strip() == image_id
     digests = json.loads(dockerd.docker("image", "inspect", "--format", "{{json .RepoDigests}}", remote).stdout)
     assert any(d.startswith(f"{registry.host}/e2e/docker@sha256:") for d in digests)
-
-
-class Containerd:
-    """A private containerd (own root, state and socket) and ``ctr`` against it."""
-
-    def __init__(self, base: Path) -> None:
-        for executable in ("containerd", "ctr"):
-            if shutil.which(executable) is None:
-                pytest.fail(f"{executable} is not installed (Debian package containerd)")
-        self.run_dir = Path(tempfile.mkdtemp(prefix="ctrd-", dir="/tmp"))  # short: unix socket path limit
-        self.socket = str(self.run_dir / "containerd.sock")
-        config = self.run_dir / "config.toml"
-        config.write_text('version = 2\ndisabled_plugins = ["io.containerd.grpc.v1.cri"]\n')
-        self.log_path = base / "containerd.log"
-        base.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "wb") as log:
-            self.process = subprocess.Popen(
-                ["containerd", "--config", str(config), "--root", str(base / "root"), "--state",
-                 str(self.run_dir / "state"), "--address", self.socket], stdout=log, stderr=subprocess.STDOUT,
-                start_new_session=True)
-        deadline = time.monotonic() + 60
-        while self.ctr("version", check=False).returncode != 0:
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"containerd did not start:\n{self.log_path.read_text(errors='replace')}")
-            time.sleep(0.2)
-
-    def ctr(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
-        proc = subprocess.run(["ctr", "--address", self.socket, "--namespace", "e2e", *args], capture_output=True,
-                              text=True, timeout=600, check=False)
-        if check and proc.returncode != 0:
-            raise AssertionError(f"{' '.join(proc.args)} exited with {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
-        return proc
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
-        shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 def test_ctr_anonymous_pull_and_authenticated_push(registry: Daemon, seeded: str, tmp_path: Path) -> None:
