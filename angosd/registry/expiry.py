@@ -35,8 +35,10 @@ _Seen = dict[tuple[str, str], int]
 
 
 def interval_for(max_age: int) -> float:
-    """Seconds between two passes: a quarter of the age, 1 min to 1 h."""
-    return float(min(max(max_age // 4, 60), 3600))
+    """Seconds between two passes: a quarter of the age, 1 s to 1 h (like garbage collection's,
+    a small age gives frequent passes). An idle session goes between one and two intervals
+    after it reaches the age."""
+    return float(min(max(max_age // 4, 1), 3600))
 
 
 class UploadExpiry:

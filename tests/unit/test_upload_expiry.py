@@ -107,3 +107,4 @@ def test_the_age_is_configured_in_global(tmp_path: object) -> None:
         file.write("[global]\nupload_max_age_secs = 3600\n")
     assert load_config([path]).global_.upload_max_age_secs == 3600
     assert json.dumps(interval_for(3600)) == "900.0"
+    assert [interval_for(age) for age in (0, 2, 8, DAY)] == [1.0, 1.0, 2.0, 3600.0]
