@@ -327,7 +327,6 @@ class LoginLimitsConfig:
     window_secs: int = field(default=60, metadata=parsed_by(int_range(1, 86400)))
 
 
-
 @dataclass(frozen=True, slots=True)
 class LdapConfig:
     """``[auth.ldap]``: Basic users checked against an LDAP / Active Directory directory.
