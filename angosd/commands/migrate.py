@@ -50,7 +50,7 @@ def register(commands: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     progress = Progress()
-    return run_async("migrate", progress, lambda reactor: _migrate(reactor, args, progress))
+    return run_async("migrate", progress, lambda reactor: _migrate(reactor, args, progress), args=args)
 
 
 def source_driver(args: argparse.Namespace, config: Any, reactor: Any, pool: Any) -> Any:

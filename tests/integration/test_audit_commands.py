@@ -35,6 +35,7 @@ def test_each_command_run_is_one_line(tmp_path: Path) -> None:
         (["prune", "-c", str(config), "--root", str(copy), "--dry-run"], 0),
         (["scrub", "-c", str(config), "--root", str(copy)], 0),
         (["mirror", "-c", str(config), "--root", str(copy), "team/app:v1"], 1),  # not a pull-through repository
+        (["migrate", "--from-distribution", str(tmp_path / "none"), "-c", str(config), "--root", str(copy)], 1),
     ]
     for count, (args, status) in enumerate(runs, 1):
         done = angosd(*args)
@@ -49,4 +50,4 @@ def test_each_command_run_is_one_line(tmp_path: Path) -> None:
     assert prune["options"]["dry_run"] is True and prune["options"]["root"] == str(copy)
     assert verify_lines(audit.read_bytes().splitlines()).problem is None
     verified = angosd("audit", "verify", str(audit))
-    assert verified.returncode == 0 and "5 lines, chain intact" in verified.stdout
+    assert verified.returncode == 0 and "6 lines, chain intact" in verified.stdout
