@@ -6,13 +6,15 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from typing import Any
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
+
+from tests.local_server import LocalHttpServer
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +34,7 @@ def _value(any_value: Any) -> Any:
     return getattr(any_value, which) if which else None
 
 
-class OtlpReceiver:
+class OtlpReceiver(LocalHttpServer):
     """Listens on a free port of 127.0.0.1; `url` is its base (``/v1/traces`` is added by the
     exporter's configuration), `spans` what arrived so far."""
 
@@ -40,18 +42,7 @@ class OtlpReceiver:
         self.spans: list[ReceivedSpan] = []
         self.posts = 0
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(self._handler())
 
     def _keep(self, body: bytes) -> None:
         request = ExportTraceServiceRequest()

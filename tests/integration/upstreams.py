@@ -29,7 +29,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,7 @@ import jwt
 from cryptography.hazmat.primitives import serialization
 
 from tests.certs import CA, Issued, skopeo_cert_dir
+from tests.local_server import LocalHttpServer
 
 __all__ = [
     "DOCKER_REGISTRY",
@@ -90,7 +91,7 @@ def _listening(port: int) -> bool:
 # -- token endpoint ----------------------------------------------------------------------------
 
 
-class TokenServer:
+class TokenServer(LocalHttpServer):
     """A Docker registry token endpoint (``GET /token?service=&scope=``) on 127.0.0.1.
 
     Tokens grant every action asked for. With ``credentials`` (a username -> password map),
@@ -107,18 +108,11 @@ class TokenServer:
         self._ca = CA("token signing root")
         self._signer: Issued = self._ca.issue("token signer", usages=None)
         self.root_bundle = self._ca.write(directory / "token-root.pem")
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
+        super().__init__(self._handler())
 
     @property
     def realm(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}/token"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        return f"{self.url}/token"
 
     def token(self, scopes: list[str], subject: str) -> str:
         """A signed JWT granting ``scopes`` (``repository:NAME:ACTIONS``)."""
@@ -356,7 +350,7 @@ class FakeBlob:
     mode: str = "ok"  # "ok", "corrupt" (one byte flipped), "die" (half the bytes, then close)
 
 
-class FakeUpstream:
+class FakeUpstream(LocalHttpServer):
     """A minimal anonymous registry in a thread: fixed manifests and blobs.
 
     `manifests` maps (name, reference) to (media type, bytes); a manifest is also found by
@@ -369,18 +363,7 @@ class FakeUpstream:
         self.blobs: dict[str, FakeBlob] = {}
         self.blob_gets: dict[str, int] = {}
         self._lock = threading.Lock()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self._server.server_address[1]}"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        super().__init__(self._handler())
 
     def add_blob(self, data: bytes, mode: str = "ok") -> str:
         digest = "sha256:" + hashlib.sha256(data).hexdigest()
