@@ -1,8 +1,10 @@
 """Filesystem driver: objects are files under one root directory.
 
-Small operations (metadata reads, renames, directory listings) run inline: on a local
-disk they take microseconds, far less than a thread hand-off. Appends, whole-file hashing
-and fsync run on the ``io`` thread pool given to the driver (`angosd.storage.pools`).
+Operations that only look or remove (stat, small reads, listings, deletes) run inline: on
+a local disk they take microseconds, far less than a thread hand-off. Those that create or
+replace (writes, moves, opening an upload, links), appends, whole-file hashing and fsync run
+on the ``io`` thread pool given to the driver (`angosd.storage.pools`): a new directory
+waits for the filesystem journal, and replacing a large file frees its pages.
 """
 
 from __future__ import annotations
