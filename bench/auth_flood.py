@@ -39,6 +39,7 @@ from typing import Any
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from angosd.auth.basic import hash_password
+from bench.blob_bench import peak_rss_mb, reset_peak
 from tests.daemon import Daemon
 
 MiB = 1024 * 1024
@@ -61,19 +62,6 @@ NO_LIMITS = "\n[auth.login_limits]\nfailures_per_address = 0\nfailures_per_usern
 
 def basic(user: str, password: str) -> str:
     return "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode()
-
-
-def peak_rss_mb(pid: int) -> float:
-    with open(f"/proc/{pid}/status") as status:
-        for line in status:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def reset_peak(pid: int) -> None:
-    with open(f"/proc/{pid}/clear_refs", "w") as refs:
-        refs.write("5")
 
 
 def percentile(values: list[float], fraction: float) -> float:

@@ -11,11 +11,10 @@ import os
 import ssl
 import subprocess
 import sys
-import threading
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +25,7 @@ from tests.certs import CA
 from tests.daemon import Daemon
 from tests.integration.ocihelpers import digest, image_manifest
 from tests.integration.upstreams import FakeUpstream, free_port, require_tool, wait_for
+from tests.local_server import LocalHttpServer
 from tests.otlp_receiver import OtlpReceiver, children
 from tests.promql import RULES, dashboard_expressions, metric_names, rule_expressions, series_names
 
@@ -70,16 +70,14 @@ class Hook:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self._server = LocalHttpServer(Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/events"
+        return f"{self._server.url}/events"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.close()
 
 
 @dataclass

@@ -9,10 +9,15 @@ fake clock completes synchronously and is driven with `run`/`fired` instead.
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred
 from twisted.python.failure import Failure
+
+from angosd.oci.digest import Digest
+
+if TYPE_CHECKING:
+    from angosd.registry.registry import Registry
 
 T = TypeVar("T")
 
@@ -31,3 +36,14 @@ def fired(deferred: Deferred[T]) -> T:
 def run(coroutine: Coroutine[Any, Any, T]) -> T:
     """Run a coroutine that must complete synchronously (memory driver, fake clock)."""
     return fired(Deferred.fromCoroutine(coroutine))
+
+
+def push_blob(registry: Registry, namespace: str, data: bytes) -> Digest:
+    """Upload ``data`` into ``namespace`` in one chunk and complete it; its digest."""
+    session = run(registry.uploads.start(namespace))
+    sink = run(registry.uploads.open_sink(namespace, session, 0))
+    sink.write(data)
+    run(sink.finish())
+    digest = Digest.of(data)
+    run(registry.uploads.complete(namespace, session, digest))
+    return digest

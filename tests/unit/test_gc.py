@@ -19,7 +19,7 @@ from angosd.registry.gc import GarbageCollector, GcReport, interval_for, manifes
 from angosd.registry.registry import Limits, Registry
 from angosd.storage.errors import PathNotFound, StorageError
 from angosd.storage.memory import MemoryDriver
-from tests.unit.helpers import fired, run
+from tests.unit.helpers import fired, push_blob, run
 
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -87,16 +87,6 @@ class Store:
         """Sum of the sizes of every stored blob's data (what GC frees)."""
         return sum(fired(self.driver.stat(f"blobs/{key}")) or 0
                    for key in fired(self.driver.walk("blobs")) if key.endswith("/data"))
-
-
-def push_blob(registry: Registry, namespace: str, data: bytes) -> Digest:
-    session = run(registry.uploads.start(namespace))
-    sink = run(registry.uploads.open_sink(namespace, session, 0))
-    sink.write(data)
-    run(sink.finish())
-    digest = Digest.of(data)
-    run(registry.uploads.complete(namespace, session, digest))
-    return digest
 
 
 def descriptor(media_type: str, data: bytes) -> dict[str, Any]:

@@ -6,27 +6,16 @@ from __future__ import annotations
 from twisted.internet.task import Clock
 
 from angosd.oci import media_types as mt
-from angosd.oci.digest import Digest
 from angosd.oci.names import Reference
 from angosd.registry.gc import GarbageCollector
 from angosd.registry.registry import Limits, Registry
 from angosd.storage.memory import MemoryDriver
 from angosd.storage.split import is_metadata, split
-from tests.unit.helpers import fired, run
+from tests.unit.helpers import fired, push_blob, run
 
 
 async def _nothing() -> None:
     return None
-
-
-def upload(registry: Registry, namespace: str, data: bytes) -> Digest:
-    session = run(registry.uploads.start(namespace))
-    sink = run(registry.uploads.open_sink(namespace, session, 0))
-    sink.write(data)
-    run(sink.finish())
-    digest = Digest.of(data)
-    run(registry.uploads.complete(namespace, session, digest))
-    return digest
 
 
 def test_keys_are_routed_by_kind() -> None:
@@ -42,9 +31,9 @@ def test_a_registry_over_a_split_store() -> None:
     blobs, metadata, clock = MemoryDriver(), MemoryDriver(), Clock()
     clock.advance(1_767_225_600)
     registry = Registry(split(blobs, metadata), clock, Limits(), require_references=lambda _ns: True)
-    config = upload(registry, "team/app", b'{"os": "linux"}')
-    layer = upload(registry, "team/app", b"layer bytes" * 100)
-    unused = upload(registry, "team/app", b"never referenced")
+    config = push_blob(registry, "team/app", b'{"os": "linux"}')
+    layer = push_blob(registry, "team/app", b"layer bytes" * 100)
+    unused = push_blob(registry, "team/app", b"never referenced")
     pending = run(registry.uploads.start("team/app"))
     body = (b'{"schemaVersion": 2, "mediaType": "' + mt.OCI_MANIFEST.encode() + b'", "config": {"mediaType": '
             b'"application/vnd.oci.image.config.v1+json", "digest": "' + str(config).encode() + b'", "size": 15}, '

@@ -6,9 +6,8 @@ from __future__ import annotations
 
 import datetime
 import os
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +22,7 @@ from angosd.observability.metrics import Metrics
 from angosd.observability.reactor_lag import ReactorLag
 from angosd.webhooks.events import EventBus
 from tests.certs import CA
+from tests.local_server import LocalHttpServer
 from tests.unit.test_metrics import FakeRequest, sample
 
 
@@ -51,16 +51,14 @@ class _Receiver:
             def log_message(self, format: str, *args: Any) -> None:
                 pass
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self._server = LocalHttpServer(Handler)
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.server.server_address[1]}/hook"
+        return f"{self._server.url}/hook"
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._server.close()
 
 
 @pytest.fixture

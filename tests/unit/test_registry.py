@@ -18,7 +18,7 @@ from angosd.oci.names import Reference
 from angosd.registry import paths
 from angosd.registry.registry import Limits, Registry, paginate
 from angosd.storage.memory import MemoryDriver
-from tests.unit.helpers import fired, run
+from tests.unit.helpers import fired, push_blob, run
 
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
 LAYER_TYPE = "application/vnd.oci.image.layer.v1.tar+gzip"
@@ -60,16 +60,6 @@ def put(registry: Registry, namespace: str, reference: str, body: bytes,
 
 def get(registry: Registry, namespace: str, reference: str) -> bytes:
     return run(registry.manifests.get(namespace, Reference.parse(reference))).body
-
-
-def push_blob(registry: Registry, namespace: str, data: bytes) -> Digest:
-    session = run(registry.uploads.start(namespace))
-    sink = run(registry.uploads.open_sink(namespace, session, 0))
-    sink.write(data)
-    run(sink.finish())
-    digest = Digest.of(data)
-    run(registry.uploads.complete(namespace, session, digest))
-    return digest
 
 
 # Manifests ----------------------------------------------------------------------------
