@@ -211,7 +211,8 @@ def _registry(config: Config, reactor: Any, pools: Pools, namespace_allowed: Cal
         store = TracedDriver(store, tracing.around, parent=config.blob_store_s3 is not None and driver is None)
     registry = Registry(store, reactor, limits, namespace_allowed, immutable,
                         update_pull_time=update_pull_time,
-                        require_references=require_references or config.references_required)
+                        require_references=require_references or config.references_required,
+                        parse_pool=pools.cpu)
     registry.uploads.coordination = coordination
     return registry
 

@@ -10,7 +10,8 @@ Field names and types follow ``spec/API.md`` exactly; extra fields sit beside th
   belong to that repository (a nested repository keeps its own), holding a manifest or
   an upload session. An unknown repository is 404 ``NAME_UNKNOWN``; with no repository
   configured, REPO is a plain namespace prefix (404 when nothing is stored under it).
-- ``GET /v2/_ext/NS/_revisions``: every manifest revision with its tags, the index that
+- ``GET /v2/_ext/NS/_revisions``: manifest revisions, newest push first, in pages
+  (``n``, ``last``, ``Link``: `DigestPage`), each with its tags, the index that
   lists it (``parent``), push and last-pull times (epoch seconds), plus ``children``,
   ``platform``, ``referrers`` (manifests whose subject it is, and Docker attestation
   manifests that name it), ``size``, ``artifact_type`` and ``subject``.
@@ -22,7 +23,6 @@ upload session, so abandoned uploads can be found and cancelled.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -30,14 +30,16 @@ from typing import Any
 from angosd.actions import Action, Route
 from angosd.config import Config, RepositoryConfig
 from angosd.http.endpoints.base import Handler
+from angosd.http.endpoints.digest_pages import DigestPage
 from angosd.http.request import RegistryRequest
 from angosd.http.responses import respond_json
 from angosd.oci import media_types as mt
 from angosd.oci.digest import Digest
 from angosd.oci.errors import ManifestUnknown, NameUnknown, OciError
-from angosd.oci.manifest import Descriptor, Manifest, parse_manifest
-from angosd.oci.names import Reference, validate_name
+from angosd.oci.manifest import Descriptor
+from angosd.oci.names import validate_name
 from angosd.registry.registry import Registry
+from angosd.registry.summaries import ManifestSummary
 
 #: Config media types that do not make a manifest an artifact: runnable images' configs, and
 #: the empty config (an artifact with it declares ``artifactType`` itself).
@@ -46,6 +48,8 @@ IMAGE_CONFIGS = frozenset({"application/vnd.oci.image.config.v1+json",
 #: Annotations BuildKit puts on the index entry of an attestation manifest.
 DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"
 DOCKER_REFERENCE_DIGEST = "vnd.docker.reference.digest"
+#: Revisions read between two pauses that let the event loop serve others.
+_BATCH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,13 +82,13 @@ class _Entry:
     referrers: list[dict[str, Any]] = field(default_factory=list)
 
 
-def artifact_type(manifest: Manifest) -> str | None:
+def artifact_type(summary: ManifestSummary) -> str | None:
     """The artifact type of a manifest as the image spec defines it: ``artifactType``, else
     the config's media type unless that is an image config (plain images have none)."""
-    if manifest.artifact_type is not None:
-        return manifest.artifact_type
-    if manifest.config is not None and manifest.config.media_type not in IMAGE_CONFIGS:
-        return manifest.config.media_type
+    if summary.artifact_type is not None:
+        return summary.artifact_type
+    if summary.config_media_type is not None and summary.config_media_type not in IMAGE_CONFIGS:
+        return summary.config_media_type
     return None
 
 
@@ -179,14 +183,22 @@ class ExtensionAPI:
 
     # -- revisions and uploads ---------------------------------------------------------------
 
-    async def revisions(self, namespace: str) -> list[dict[str, Any]]:
-        """Every revision of ``namespace`` as listed by ``_revisions``, newest push first."""
+    async def revisions(self, namespace: str, page: DigestPage | None = None) -> tuple[list[dict[str, Any]], bool]:
+        """The revisions of ``namespace`` as listed by ``_revisions``, newest push first: the
+        ``page`` asked for (all without one), and whether more follow. Raises
+        `ManifestUnknown` when the page's ``last`` is not a revision of ``namespace``.
+
+        What each revision says of its manifest comes from its stored summary; no manifest is
+        parsed unless its summary is missing (`ManifestStore.summary`).
+        """
         manifests = self.registry.manifests
         entries: dict[Digest, _Entry] = {}
-        for digest in await manifests.revisions(namespace):
+        for count, digest in enumerate(await manifests.revisions(namespace), 1):
             entry = await self._entry(namespace, digest)
             if entry is not None:
                 entries[digest] = entry
+            if count % _BATCH == 0:
+                await manifests.breathe()
         for entry in sorted(entries.values(), key=lambda e: str(e.digest)):
             for child in entry.children:
                 target = entries.get(child.digest)
@@ -205,10 +217,19 @@ class ExtensionAPI:
             if entry.subject is not None and entry.subject in entries:
                 referrer = Descriptor(entry.media_type, entry.digest, entry.size, entry.artifact_type)
                 entries[entry.subject].referrers.append(_descriptor_json(referrer))
+        ordered = sorted(entries.values(), key=lambda e: (-e.pushed_at, str(e.digest)))
+        more = False
+        if page is not None:
+            if page.last is not None:
+                if page.last not in entries:
+                    raise ManifestUnknown(f"last: {page.last} is not a revision of {namespace}")
+                ordered = ordered[ordered.index(entries[page.last]) + 1:]
+            more = len(ordered) > page.n
+            ordered = ordered[:page.n]
         tags = await manifests.tags_of(namespace)
-        pulled = await self.registry.pulls.last_pulled_many(namespace, entries)
+        pulled = await self.registry.pulls.last_pulled_many(namespace, [entry.digest for entry in ordered])
         listed = []
-        for entry in sorted(entries.values(), key=lambda e: (-e.pushed_at, str(e.digest))):
+        for entry in ordered:
             listed.append({
                 "digest": str(entry.digest),
                 "media_type": entry.media_type,
@@ -224,29 +245,31 @@ class ExtensionAPI:
                 "children": [_descriptor_json(child) for child in entry.children],
                 "referrers": sorted(entry.referrers, key=lambda r: r["digest"]),
             })
-        return listed
+        return listed, more
 
     async def _entry(self, namespace: str, digest: Digest) -> _Entry | None:
-        """A revision and what its manifest says, or None if it vanished meanwhile."""
+        """A revision and what its summary says, or None if it vanished meanwhile."""
         manifests = self.registry.manifests
         try:
             revision = await manifests.revision(namespace, digest)
-            stored = await manifests.get(namespace, Reference(digest=digest))
+            summary = await manifests.summary(namespace, digest)
         except ManifestUnknown:  # the store's "not found" is ManifestUnknown already
             return None
-        entry = _Entry(digest, revision.media_type, len(stored.body), revision.pushed_at, revision.subject, None)
-        with contextlib.suppress(OciError, ValueError):  # unparsable: listed, without children
-            manifest = parse_manifest(stored.body, revision.media_type, digest.algorithm)
-            entry.children = manifest.manifests
-            entry.artifact_type = artifact_type(manifest)
+        entry = _Entry(digest, revision.media_type, summary.size, revision.pushed_at, revision.subject, None)
+        if summary.parsed:  # unparsable: listed, without children
+            entry.children = summary.children
+            entry.artifact_type = artifact_type(summary)
         return entry
 
     async def _list_revisions(self, request: RegistryRequest, route: Route) -> bytes:
         namespace = self.registry.check_namespace(route.namespace or "")
-        revisions = await self.revisions(namespace)
-        if not revisions and not await self.registry.uploads.list(namespace):
+        page = DigestPage.of(route)
+        revisions, more = await self.revisions(namespace, page)
+        if not revisions and page.last is None and not await self.registry.uploads.list(namespace):
             raise NameUnknown(namespace)
-        return respond_json(request, 200, {"name": namespace, "revisions": revisions})
+        headers = page.link(f"/v2/_ext/{namespace}/_revisions", Digest.parse(revisions[-1]["digest"])) \
+            if more else {}
+        return respond_json(request, 200, {"name": namespace, "revisions": revisions}, headers=headers)
 
     async def _list_uploads(self, request: RegistryRequest, route: Route) -> bytes:
         namespace = self.registry.check_namespace(route.namespace or "")

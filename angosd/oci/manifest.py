@@ -7,6 +7,7 @@ validate and to learn what they reference (config, layers, child manifests, subj
 from __future__ import annotations
 
 import json
+import json.scanner
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -71,8 +72,31 @@ class Manifest:
         return Descriptor(self.media_type, self.digest, self.size, artifact_type, self.annotations)
 
 
-def parse_manifest(body: bytes, content_type: str | None, digest_algorithm: str = "sha256") -> Manifest:
+#: The most JSON objects and arrays a large manifest may hold per byte, counted on the raw
+#: bytes (brackets inside strings count too): a descriptor, the smallest element of a
+#: manifest, is far larger than this many bytes.
+BYTES_PER_CONTAINER = 32
+#: Bodies up to this size are never refused for their density (their decoding is cheap).
+DENSITY_FREE = 64 * 1024
+
+
+def _yielding_decoder() -> json.JSONDecoder:
+    """A decoder that runs as Python code rather than in one C call, so a thread decoding
+    a large body gives up the interpreter lock at every switch interval instead of holding
+    it until the whole body is decoded."""
+    decoder = json.JSONDecoder()
+    decoder.scan_once = json.scanner.py_make_scanner(decoder)  # type: ignore[attr-defined]
+    return decoder
+
+
+def parse_manifest(body: bytes, content_type: str | None, digest_algorithm: str = "sha256",
+                   large: bool = False) -> Manifest:
     """Validate a pushed manifest and describe it.
+
+    ``large`` (for a body parsed on a thread pool) first refuses, in one pass over the raw
+    bytes, a body larger than `DENSITY_FREE` with more than one JSON object or array per
+    `BYTES_PER_CONTAINER` bytes (no manifest is made of nested lists: decoding them is what
+    costs), then decodes with a decoder that lets other threads run meanwhile.
 
     The body must be UTF-8 JSON (no byte order mark, no other encoding). The media type
     comes from ``Content-Type`` (falling back to the body's ``mediaType``); when both are
@@ -86,8 +110,11 @@ def parse_manifest(body: bytes, content_type: str | None, digest_algorithm: str 
         raise ManifestInvalid("manifest is not UTF-8") from None
     if text.startswith("\ufeff"):
         raise ManifestInvalid("manifest starts with a byte order mark; send plain UTF-8")
+    if large and len(body) > DENSITY_FREE \
+            and (body.count(b"[") + body.count(b"{")) * BYTES_PER_CONTAINER > len(body):
+        raise ManifestInvalid("manifest holds too many JSON objects and arrays for its size")
     try:
-        document = json.loads(text)
+        document = _yielding_decoder().decode(text) if large else json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise ManifestInvalid(f"manifest is not valid JSON: {str(exc)[:120]}") from None
     if not isinstance(document, dict):

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from twisted.internet.interfaces import IReactorTime
+from twisted.internet.task import deferLater
 
 from angosd.oci import media_types as mt
 from angosd.oci.digest import Digest
@@ -28,10 +29,12 @@ from angosd.oci.errors import (
     TagImmutable,
     TooLarge,
 )
-from angosd.oci.manifest import Descriptor, Manifest, parse_manifest
+from angosd.oci.manifest import Descriptor, Manifest
 from angosd.oci.names import Reference
 from angosd.registry import paths
 from angosd.registry.blobs import BlobStore
+from angosd.registry.parsing import ManifestParser
+from angosd.registry.summaries import ManifestSummary
 from angosd.storage.errors import PathNotFound
 from angosd.storage.interface import IStorageDriver
 
@@ -68,8 +71,11 @@ class ManifestStore:
     def __init__(self, driver: IStorageDriver, blobs: BlobStore, clock: IReactorTime, max_manifest_size: int,
                  require_references: Callable[[str], bool] = lambda _namespace: False,
                  tag_immutable: Callable[[str, str], bool] = lambda _namespace, _tag: False,
-                 served: Callable[[str], bool] = lambda _namespace: True) -> None:
+                 served: Callable[[str], bool] = lambda _namespace: True,
+                 parser: ManifestParser | None = None) -> None:
+        """``parser`` parses and hashes large manifests off the event loop (default: inline)."""
         self._driver = driver
+        self.parser = parser or ManifestParser()
         self._tag_immutable = tag_immutable
         self._blobs = blobs
         self._clock = clock
@@ -104,7 +110,7 @@ class ManifestStore:
         if strict and not mt.base_type(content_type):
             raise ManifestInvalid("Content-Type is required: the manifest's media type")
         algorithm = reference.digest.algorithm if reference.digest is not None else "sha256"
-        manifest = parse_manifest(body, content_type, algorithm)
+        manifest = await self.parser.parse(body, content_type, algorithm)
         if reference.digest is not None and manifest.digest != reference.digest:
             raise DigestInvalid(f"manifest hashes to {manifest.digest}, not {reference.digest}")
         mounts: list[Digest] = []
@@ -129,6 +135,7 @@ class ManifestStore:
             "subject": str(manifest.subject.digest) if manifest.subject else None,
             "artifact_type": manifest.as_referrer().artifact_type,
         }
+        await self._driver.write(paths.summary(namespace, manifest.digest), ManifestSummary.of(manifest).to_json())
         await self._driver.write(paths.revision(namespace, manifest.digest), json.dumps(record).encode())
         if manifest.subject is not None:
             entry = json.dumps(manifest.as_referrer().to_json()).encode()
@@ -227,7 +234,36 @@ class ManifestStore:
         if revision.subject is not None:
             await self._driver.delete(paths.referrer(namespace, revision.subject, digest))
         await self._driver.delete(paths.revision(namespace, digest))
+        await self._driver.delete(paths.summary(namespace, digest))
         await self._blobs.revoke(namespace, digest)
+
+    async def breathe(self) -> None:
+        """Let the event loop run what is ready before going on: a caller walking many
+        revisions awaits this every few of them, so others' requests are not held up."""
+        await deferLater(self._clock, 0, lambda: None)
+
+    async def summary(self, namespace: str, digest: Digest) -> ManifestSummary:
+        """What listings need of the revision ``digest``: its stored summary, or, when that is
+        missing or unreadable, one computed from the manifest's bytes (parsed as `put` does,
+        large ones off the event loop) and stored for the next time. Bytes that no longer
+        parse give an unparsed summary (media type and size only). Raises `ManifestUnknown`
+        when the revision or its bytes are gone."""
+        try:
+            return ManifestSummary.from_json(await self._driver.read(paths.summary(namespace, digest)))
+        except (PathNotFound, ValueError):
+            pass
+        revision = await self.revision(namespace, digest)
+        try:
+            body = await self._driver.read(paths.blob_data(digest))
+        except PathNotFound:
+            raise ManifestUnknown(str(digest)) from None
+        try:
+            summary = ManifestSummary.of(await self.parser.parse(body, revision.media_type, digest.algorithm))
+        except ManifestInvalid:
+            summary = ManifestSummary(revision.media_type, len(body), revision.subject, revision.artifact_type,
+                                      parsed=False)
+        await self._driver.write(paths.summary(namespace, digest), summary.to_json())
+        return summary
 
     async def _tag_target(self, namespace: str, tag: str) -> Digest | None:
         try:
@@ -278,17 +314,26 @@ class ManifestStore:
             raise NameUnknown(namespace)
         return tags
 
-    async def referrers(self, namespace: str, subject: Digest, artifact_type: str | None) -> list[Descriptor]:
-        """Descriptors of manifests in ``namespace`` whose subject is ``subject``."""
-        found = []
+    async def referrers(self, namespace: str, subject: Digest, artifact_type: str | None,
+                        after: Digest | None = None, limit: int | None = None) -> list[Descriptor]:
+        """Descriptors of manifests in ``namespace`` whose subject is ``subject``, in the
+        order of their digests (as text): only those after ``after``, and at most ``limit``
+        (only the entries needed for them are read)."""
+        found: list[Descriptor] = []
         directory = paths.referrers_dir(namespace, subject)
-        for name in await self._driver.children(directory):
+        names = sorted(await self._driver.children(directory), key=lambda name: name.replace("-", ":", 1))
+        for name in names:
+            if limit is not None and len(found) >= limit:
+                break
+            if after is not None and name.replace("-", ":", 1) <= str(after):
+                continue
             try:
                 entry = json.loads(await self._driver.read(f"{directory}/{name}"))
-            except (PathNotFound, ValueError):
+                descriptor = Descriptor(entry["mediaType"], Digest.parse(entry["digest"]), int(entry["size"]),
+                                        entry.get("artifactType"), entry.get("annotations"))
+            except (PathNotFound, ValueError, KeyError, TypeError, OciError):
                 continue
-            if artifact_type is not None and entry.get("artifactType") != artifact_type:
+            if artifact_type is not None and descriptor.artifact_type != artifact_type:
                 continue
-            found.append(Descriptor(entry["mediaType"], Digest.parse(entry["digest"]), int(entry["size"]),
-                                    entry.get("artifactType"), entry.get("annotations")))
+            found.append(descriptor)
         return found

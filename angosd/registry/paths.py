@@ -4,6 +4,7 @@
     blobs/<alg>/<hh>/<hex>/owners/<ns with / as +>  reverse ownership index (for mounts and GC)
     repositories/<ns>/_blobs/<alg>/<hex>            the namespace may read this blob
     repositories/<ns>/_manifests/revisions/<alg>/<hex>   revision record (JSON)
+    repositories/<ns>/_manifests/summaries/<alg>/<hex>   what listings need of the manifest (JSON)
     repositories/<ns>/_manifests/tags/<tag>         the digest the tag points at
     repositories/<ns>/_referrers/<alg>/<hex>/<alg>-<hex> referrer descriptor (JSON)
     repositories/<ns>/_uploads/<uuid>/{data,info}   an upload session
@@ -65,6 +66,10 @@ def revisions_dir(namespace: str) -> str:
 
 def revision(namespace: str, digest: Digest) -> str:
     return f"{revisions_dir(namespace)}/{digest.algorithm}/{digest.hex}"
+
+
+def summary(namespace: str, digest: Digest) -> str:
+    return f"{namespace_dir(namespace)}/_manifests/summaries/{digest.algorithm}/{digest.hex}"
 
 
 def tags_dir(namespace: str) -> str:

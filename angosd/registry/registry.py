@@ -13,9 +13,11 @@ from angosd.oci.names import validate_name
 from angosd.registry import paths
 from angosd.registry.blobs import BlobStore
 from angosd.registry.manifests import ManifestStore
+from angosd.registry.parsing import ManifestParser
 from angosd.registry.pulls import PullTimes
 from angosd.registry.uploads import UploadSessions
 from angosd.storage.interface import IRedirectingDriver, IStorageDriver
+from angosd.storage.pools import BoundedPool
 
 #: Decides whether a caller may read blobs of another namespace (for mounts).
 ReadCheck = Callable[[str], Awaitable[bool]]
@@ -45,13 +47,15 @@ class Registry:
                  namespace_allowed: Callable[[str], bool] = lambda _name: True,
                  tag_immutable: Callable[[str, str], bool] = lambda _namespace, _tag: False,
                  update_pull_time: Callable[[], bool] = lambda: False,
-                 require_references: Callable[[str], bool] = lambda _namespace: False) -> None:
+                 require_references: Callable[[str], bool] = lambda _namespace: False,
+                 parse_pool: BoundedPool | None = None) -> None:
+        """``parse_pool`` parses and hashes large manifests (`ManifestParser`); None: inline."""
         self.driver = driver
         self.blobs = BlobStore(driver)
         self.uploads = UploadSessions(driver, self.blobs, clock, limits.max_blob_size)
         self.manifests = ManifestStore(driver, self.blobs, clock, limits.max_manifest_size,
                                        require_references=require_references, tag_immutable=tag_immutable,
-                                       served=namespace_allowed)
+                                       served=namespace_allowed, parser=ManifestParser(parse_pool))
         self._namespace_allowed = namespace_allowed
         #: Last-pull times, recorded when ``update_pull_time()`` says so.
         self.pulls = PullTimes(driver, clock, update_pull_time)

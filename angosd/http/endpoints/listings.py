@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 from angosd.actions import Route
 from angosd.http.endpoints.base import Endpoint
+from angosd.http.endpoints.digest_pages import DigestPage
 from angosd.http.request import RegistryRequest
 from angosd.http.responses import respond_json
 from angosd.oci import media_types as mt
@@ -76,13 +77,21 @@ class Tags(Endpoint):
 
 
 class Referrers(Endpoint):
-    """``GET /v2/NS/referrers/DIGEST``: an index of the manifests whose subject is DIGEST."""
+    """``GET /v2/NS/referrers/DIGEST``: an index of the manifests whose subject is DIGEST,
+    in pages (`DigestPage`) in the order of their digests."""
 
     async def handle(self, request: RegistryRequest, route: Route) -> bytes:
         namespace = self.context.namespace(route)
         subject = Digest.parse(route.argument or "")
         artifact_type = route.param("artifactType")
-        manifests = await self.context.source(namespace).referrers(namespace, subject, artifact_type)
+        wanted = DigestPage.of(route)
+        manifests = await self.context.source(namespace).referrers(namespace, subject, artifact_type,
+                                                                   wanted.last, wanted.n + 1)
         headers = {"OCI-Filters-Applied": "artifactType"} if artifact_type is not None else {}
+        if len(manifests) > wanted.n:
+            manifests = manifests[:wanted.n]
+            filters = {"artifactType": artifact_type} if artifact_type is not None else {}
+            headers.update(wanted.link(f"/v2/{namespace}/referrers/{subject}", Digest.parse(manifests[-1]["digest"]),
+                                       **filters))
         index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": manifests}
         return respond_json(request, 200, index, mt.OCI_INDEX, headers)

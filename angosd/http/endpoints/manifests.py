@@ -8,7 +8,6 @@ from angosd.actions import Action, Route
 from angosd.http.endpoints.base import Context, Endpoint, WriteEndpoint
 from angosd.http.request import BodySink, MemorySink, RegistryRequest
 from angosd.http.responses import respond
-from angosd.oci.digest import Digest
 from angosd.oci.errors import ManifestInvalid, OciError
 from angosd.oci.names import Reference, validate_tag
 
@@ -53,7 +52,7 @@ class PutManifest(WriteEndpoint):
         if not isinstance(sink, MemorySink):  # admitted by `open_body`: always one
             raise ManifestInvalid("no manifest body")
         body = sink.getvalue()
-        digest = reference.digest or Digest.of(body)
+        digest = reference.digest or await context.registry.manifests.parser.digest(body)
         await context.publish("manifest.push", request, namespace, digest=str(digest), reference=str(reference),
                               tag=reference.tag)
         tags = list(dict.fromkeys(([reference.tag] if reference.tag is not None else []) + extra_tags))

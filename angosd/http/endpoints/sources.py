@@ -44,8 +44,10 @@ class ContentSource(Protocol):
     async def tags(self, namespace: str) -> list[str]:
         """The namespace's tags, sorted; raises `NameUnknown`."""
 
-    async def referrers(self, namespace: str, subject: Digest, artifact_type: str | None) -> list[dict[str, Any]]:
-        """Descriptors (JSON objects) of the manifests whose subject is ``subject``."""
+    async def referrers(self, namespace: str, subject: Digest, artifact_type: str | None,
+                        after: Digest | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        """Descriptors (JSON objects) of the manifests whose subject is ``subject``, in the
+        order of their digests: only those after ``after``, at most ``limit``."""
 
     async def blob_size(self, namespace: str, digest: Digest) -> int:
         """The blob's size; raises `BlobUnknown`. Fetches nothing."""
@@ -67,8 +69,10 @@ class LocalSource:
     async def tags(self, namespace: str) -> list[str]:
         return await self._registry.manifests.list_tags(namespace)
 
-    async def referrers(self, namespace: str, subject: Digest, artifact_type: str | None) -> list[dict[str, Any]]:
-        return [d.to_json() for d in await self._registry.manifests.referrers(namespace, subject, artifact_type)]
+    async def referrers(self, namespace: str, subject: Digest, artifact_type: str | None,
+                        after: Digest | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        found = await self._registry.manifests.referrers(namespace, subject, artifact_type, after, limit)
+        return [d.to_json() for d in found]
 
     async def blob_size(self, namespace: str, digest: Digest) -> int:
         return await self._registry.blobs.size(namespace, digest)
@@ -91,8 +95,12 @@ class PullThroughSource:
     async def tags(self, namespace: str) -> list[str]:
         return await self._cache.tags(namespace, self._repository)
 
-    async def referrers(self, namespace: str, subject: Digest, artifact_type: str | None) -> list[dict[str, Any]]:
-        return await self._cache.referrers(namespace, self._repository, subject, artifact_type)
+    async def referrers(self, namespace: str, subject: Digest, artifact_type: str | None,
+                        after: Digest | None = None, limit: int | None = None) -> list[dict[str, Any]]:
+        found = await self._cache.referrers(namespace, self._repository, subject, artifact_type)  # sorted by digest
+        if after is not None:
+            found = [entry for entry in found if str(entry.get("digest")) > str(after)]
+        return found if limit is None else found[:limit]
 
     async def blob_size(self, namespace: str, digest: Digest) -> int:
         return await self._cache.blob_size(namespace, self._repository, digest)
