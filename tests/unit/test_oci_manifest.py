@@ -312,3 +312,49 @@ def test_hostile_manifest_fields_never_escape_as_other_errors(
     if manifest is not None:
         assert document["schemaVersion"] == 2
         assert (manifest.config is None) == manifest.is_index
+
+
+# -- large bodies (parsed on a thread pool) ------------------------------------------------
+
+
+def _large_index(entries: int) -> bytes:
+    manifests = [{"mediaType": mt.OCI_MANIFEST, "digest": f"sha256:{i:064x}", "size": i,
+                  "platform": {"architecture": "amd64", "os": "linux", "os.features": ["a"]},
+                  "annotations": {"n": str(i), "quote": 'say "[{"'}} for i in range(entries)]
+    return json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": manifests,
+                       "annotations": {"big": "x" * 1000}}).encode()
+
+
+def test_a_large_parse_describes_the_manifest_as_an_inline_one() -> None:
+    body = _large_index(2000)
+    assert len(body) > 64 * 1024
+    large, inline = parse_manifest(body, mt.OCI_INDEX, large=True), parse_manifest(body, mt.OCI_INDEX)
+    assert large == inline
+    assert [d.platform for d in large.manifests] == [d.platform for d in inline.manifests]
+    assert [d.annotations for d in large.manifests] == [d.annotations for d in inline.manifests]
+
+
+@pytest.mark.parametrize("body", [
+    b"[" + b"[]," * 40_000 + b"[]]",
+    b'{"schemaVersion":2,"layers":[' + b"{}," * 40_000 + b"{}]}",
+    b'{"schemaVersion":2,"a":' + b"[" * 60_000 + b"]" * 60_000 + b"}",
+], ids=["lists", "objects", "deep"])
+def test_a_large_body_denser_than_a_manifest_is_refused_before_decoding(body: bytes) -> None:
+    assert len(body) > 64 * 1024
+    with pytest.raises(ManifestInvalid, match="too many JSON objects and arrays"):
+        parse_manifest(body, mt.OCI_MANIFEST, large=True)
+
+
+def test_brackets_inside_strings_of_a_sparse_large_body_are_accepted() -> None:
+    document = {"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST,
+                "config": {"mediaType": mt.OCI_EMPTY, "digest": f"sha256:{0:064x}", "size": 2},
+                "layers": [], "annotations": {"text": "[" * 2000 + "x" * 100_000}}
+    manifest = parse_manifest(json.dumps(document).encode(), mt.OCI_MANIFEST, large=True)
+    assert manifest.annotations == document["annotations"]
+
+
+def test_deep_nesting_is_manifest_invalid_in_both_decoders() -> None:
+    body = b'{"schemaVersion":2,"a":' + b"[" * 5000 + b"]" * 5000 + b"}"  # small: not refused for density
+    for large in (False, True):
+        with pytest.raises(ManifestInvalid, match="not valid JSON"):
+            parse_manifest(body, mt.OCI_MANIFEST, large=large)

@@ -46,5 +46,5 @@ class DigestPage:
 
     def link(self, path: str, last: Digest, **params: str) -> dict[str, str]:
         """The ``Link`` header to the page after ``last`` (``params`` are kept in it)."""
-        query = urlencode({**params, "n": str(self.n), "last": str(last)})
+        query = urlencode({**params, "n": str(self.n), "last": str(last)}, safe=":/")
         return {"Link": f'<{path}?{query}>; rel="next"'}

@@ -1,0 +1,275 @@
+"""Manifest summaries and the paging of ``_revisions`` and referrers, in memory."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
+
+from angosd.http.endpoints.digest_pages import DEFAULT_PAGE
+from angosd.oci.digest import Digest
+from angosd.registry import paths
+from angosd.registry.summaries import ManifestSummary
+from tests.inmemory import InMemoryDaemon
+from tests.integration.ocihelpers import (
+    OCI_EMPTY,
+    OCI_INDEX,
+    OCI_MANIFEST,
+    assert_error,
+    descriptor,
+    digest,
+    image_manifest,
+    push_blob,
+    push_image,
+    push_manifest,
+)
+
+
+def settled(deferred: Deferred[Any]) -> Any:
+    """The result of a Deferred the memory driver has already fired."""
+    results: list[Any] = []
+    deferred.addBoth(results.append)
+    assert results, "the driver did not answer at once"
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return results[0]
+
+
+def summary_key(namespace: str, manifest_digest: str) -> str:
+    return paths.summary(namespace, Digest.parse(manifest_digest))
+
+
+def read_summary(d: InMemoryDaemon, namespace: str, manifest_digest: str) -> ManifestSummary:
+    assert d.driver is not None
+    return ManifestSummary.from_json(settled(d.driver.read(summary_key(namespace, manifest_digest))))
+
+
+def push_tree(d: InMemoryDaemon, namespace: str) -> tuple[str, str]:
+    """An image and an index listing it with a platform; returns (image, index) digests."""
+    image = push_image(d, namespace, "image")
+    index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        {**descriptor(OCI_MANIFEST, image), "platform": {"architecture": "arm64", "os": "linux"}}]}).encode()
+    return digest(image), push_manifest(d, namespace, "multi", index, OCI_INDEX)
+
+
+def revisions_by_digest(d: InMemoryDaemon, namespace: str) -> dict[str, dict[str, Any]]:
+    response = d.request("GET", f"/v2/_ext/{namespace}/_revisions")
+    assert response.status == 200, response.body
+    return {entry["digest"]: entry for entry in response.json()["revisions"]}
+
+
+def follow(d: InMemoryDaemon, path: str, key: str) -> tuple[list[dict[str, Any]], list[str]]:
+    """Every item of a paged listing, following ``Link`` headers; and the links followed."""
+    items: list[dict[str, Any]] = []
+    links: list[str] = []
+    while True:
+        response = d.request("GET", path)
+        assert response.status == 200, response.body
+        items += response.json()[key]
+        link = response.headers.get("link")
+        if link is None:
+            return items, links
+        assert link.startswith("<") and link.endswith('>; rel="next"'), link
+        path = link[1:link.index(">")]
+        links.append(path)
+        assert len(links) < 50
+
+
+# -- summaries -----------------------------------------------------------------------------
+
+
+def test_a_push_writes_the_summary_beside_the_revision(daemon: InMemoryDaemon) -> None:
+    image, index = push_tree(daemon, "sum/written")
+    image_summary = read_summary(daemon, "sum/written", image)
+    assert (image_summary.media_type, image_summary.children, image_summary.parsed) == (OCI_MANIFEST, (), True)
+    assert image_summary.config_media_type == "application/vnd.oci.image.config.v1+json"
+    index_summary = read_summary(daemon, "sum/written", index)
+    assert [str(child.digest) for child in index_summary.children] == [image]
+    assert index_summary.children[0].platform == {"architecture": "arm64", "os": "linux"}
+
+
+def test_revisions_do_not_parse_manifests_that_have_a_summary(daemon: InMemoryDaemon,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    _image, index = push_tree(daemon, "sum/noparse")
+
+    def refuse(*_args: Any) -> Any:
+        raise AssertionError("a stored manifest was parsed to list it")
+
+    monkeypatch.setattr(daemon.app.registry.manifests.parser, "parse", refuse)  # type: ignore[attr-defined]
+    listed = revisions_by_digest(daemon, "sum/noparse")
+    assert len(listed[index]["children"]) == 1
+
+
+@pytest.mark.parametrize("damage", ["missing", "garbage", "truncated", "wrong type", "other version"])
+def test_a_missing_or_damaged_summary_is_computed_again_and_stored(daemon: InMemoryDaemon, damage: str) -> None:
+    image, index = push_tree(daemon, "sum/lazy")
+    assert daemon.driver is not None
+    expected = revisions_by_digest(daemon, "sum/lazy")
+    good = settled(daemon.driver.read(summary_key("sum/lazy", index)))
+    for manifest_digest in (image, index):  # as a store written before summaries existed
+        key = summary_key("sum/lazy", manifest_digest)
+        if damage == "missing":
+            settled(daemon.driver.delete(key))
+        else:
+            bad = {"garbage": b"\x00{not json", "truncated": good[:len(good) // 2],
+                   "wrong type": good.replace(b'"size":', b'"size":"many","was":'),
+                   "other version": good.replace(b'"version":1', b'"version":99')}[damage]
+            settled(daemon.driver.write(key, bad))
+    assert revisions_by_digest(daemon, "sum/lazy") == expected
+    assert settled(daemon.driver.read(summary_key("sum/lazy", index))) == good
+    assert read_summary(daemon, "sum/lazy", image).media_type == OCI_MANIFEST
+
+
+def test_a_deleted_revision_loses_its_summary(daemon: InMemoryDaemon) -> None:
+    image, index = push_tree(daemon, "sum/deleted")
+    assert daemon.request("DELETE", f"/v2/sum/deleted/manifests/{index}").status == 202
+    assert daemon.driver is not None
+    assert settled(daemon.driver.stat(summary_key("sum/deleted", index))) is None
+    assert settled(daemon.driver.stat(summary_key("sum/deleted", image))) is not None
+
+
+# -- paging of _revisions ------------------------------------------------------------------
+
+
+def push_many(d: InMemoryDaemon, namespace: str, count: int) -> list[str]:
+    """``count`` manifests pushed one second apart; their digests, newest first."""
+    push_blob(d, namespace, b"{}")
+    pushed = []
+    for i in range(count):
+        body = image_manifest(b"{}", config_type=OCI_EMPTY, artifactType="application/x.test",
+                              annotations={"n": str(i)})
+        pushed.append(push_manifest(d, namespace, digest(body), body))
+        d.reactor.advance(1)
+    return pushed[::-1]
+
+
+def test_revisions_are_paged_with_link_headers(daemon: InMemoryDaemon) -> None:
+    newest_first = push_many(daemon, "page/rev", 7)
+    whole = daemon.request("GET", "/v2/_ext/page/rev/_revisions")
+    assert "link" not in whole.headers
+    assert [r["digest"] for r in whole.json()["revisions"]] == newest_first
+
+    items, links = follow(daemon, "/v2/_ext/page/rev/_revisions?n=3", "revisions")
+    assert [r["digest"] for r in items] == newest_first
+    assert [parse_qs(urlsplit(link).query) for link in links] == [
+        {"n": ["3"], "last": [newest_first[2]]}, {"n": ["3"], "last": [newest_first[5]]}]
+    assert all(urlsplit(link).path == "/v2/_ext/page/rev/_revisions" for link in links)
+    exact = daemon.request("GET", "/v2/_ext/page/rev/_revisions?n=7")
+    assert len(exact.json()["revisions"]) == 7 and "link" not in exact.headers
+
+
+def test_revisions_have_a_default_page_size(daemon: InMemoryDaemon) -> None:
+    newest_first = push_many(daemon, "page/default", DEFAULT_PAGE + 1)
+    first = daemon.request("GET", "/v2/_ext/page/default/_revisions")
+    assert [r["digest"] for r in first.json()["revisions"]] == newest_first[:DEFAULT_PAGE]
+    assert f"last={newest_first[DEFAULT_PAGE - 1]}" in first.headers["link"]
+
+
+@pytest.mark.parametrize(("query", "status", "code"), [
+    ("n=0", 400, "PAGINATION_NUMBER_INVALID"),
+    ("n=-1", 400, "PAGINATION_NUMBER_INVALID"),
+    ("n=abc", 400, "PAGINATION_NUMBER_INVALID"),
+    ("n=%EF%BC%91", 400, "PAGINATION_NUMBER_INVALID"),  # a fullwidth digit
+    ("n=9999999999999999999999", 400, "PAGINATION_NUMBER_INVALID"),
+    ("last=latest", 400, "DIGEST_INVALID"),
+    ("last=sha256:" + "0" * 5000, 400, "DIGEST_INVALID"),
+    ("last=sha256:" + "0" * 64, 404, "MANIFEST_UNKNOWN"),
+])
+def test_hostile_revision_pages_are_refused(shared_daemon: InMemoryDaemon, query: str, status: int,
+                                            code: str) -> None:
+    push_many(shared_daemon, "page/hostile", 1)
+    assert_error(shared_daemon.request("GET", f"/v2/_ext/page/hostile/_revisions?{query}"), status, code)
+
+
+# -- paging of referrers -------------------------------------------------------------------
+
+
+def push_referrers(d: InMemoryDaemon, namespace: str, count: int) -> tuple[str, list[str]]:
+    """An image and ``count`` referrers of it (alternately of two artifact types); returns
+    the subject digest and the referrers' digests sorted."""
+    subject = push_image(d, namespace, "base")
+    push_blob(d, namespace, b"{}")
+    referrers = []
+    for i in range(count):
+        body = image_manifest(b"{}", config_type=OCI_EMPTY, subject=subject,
+                              artifactType=f"application/x.{'sig' if i % 2 else 'sbom'}", annotations={"n": str(i)})
+        referrers.append(push_manifest(d, namespace, digest(body), body))
+    return digest(subject), sorted(referrers)
+
+
+def test_referrers_are_paged_with_link_headers(daemon: InMemoryDaemon) -> None:
+    subject, referrers = push_referrers(daemon, "page/refs", 7)
+    items, links = follow(daemon, f"/v2/page/refs/referrers/{subject}?n=2", "manifests")
+    assert [entry["digest"] for entry in items] == referrers
+    assert len(links) == 3
+    whole = daemon.request("GET", f"/v2/page/refs/referrers/{subject}")
+    assert [entry["digest"] for entry in whole.json()["manifests"]] == referrers and "link" not in whole.headers
+
+
+def test_filtered_referrer_pages_keep_the_filter(daemon: InMemoryDaemon) -> None:
+    subject, _ = push_referrers(daemon, "page/filtered", 9)
+    expected = sorted(entry["digest"] for entry in daemon.request(
+        "GET", f"/v2/page/filtered/referrers/{subject}?artifactType=application/x.sig").json()["manifests"])
+    assert len(expected) == 4
+    items, links = follow(daemon, f"/v2/page/filtered/referrers/{subject}?artifactType=application/x.sig&n=3",
+                          "manifests")
+    assert [entry["digest"] for entry in items] == expected
+    assert links and all(parse_qs(urlsplit(link).query)["artifactType"] == ["application/x.sig"] for link in links)
+
+
+@pytest.mark.parametrize(("query", "code"), [
+    ("n=0", "PAGINATION_NUMBER_INVALID"), ("n=x", "PAGINATION_NUMBER_INVALID"), ("n=%2B1", "PAGINATION_NUMBER_INVALID"),
+    ("last=nope", "DIGEST_INVALID"), ("last=sha256:" + "g" * 64, "DIGEST_INVALID"),
+])
+def test_hostile_referrer_pages_are_refused(shared_daemon: InMemoryDaemon, query: str, code: str) -> None:
+    assert_error(shared_daemon.request("GET", f"/v2/any/referrers/sha256:{'0' * 64}?{query}"), 400, code)
+
+
+# -- large and hostile manifests -----------------------------------------------------------
+
+
+def large_manifest(d: InMemoryDaemon, namespace: str) -> bytes:
+    """A valid image manifest larger than the inline parsing limit."""
+    push_blob(d, namespace, b"{}")
+    return image_manifest(b"{}", config_type=OCI_EMPTY, artifactType="application/x.big",
+                          annotations={f"key.{i}": "v" * 40 for i in range(2000)})
+
+
+def test_a_large_manifest_is_hashed_and_parsed_on_the_cpu_pool(daemon: InMemoryDaemon,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    body = large_manifest(daemon, "big/pool")
+    assert len(body) > 64 * 1024
+    jobs: list[str] = []
+    real = daemon.pools.cpu.run
+
+    def recording(function: Any, *args: Any) -> Any:
+        jobs.append(function.__name__)
+        return real(function, *args)
+
+    monkeypatch.setattr(daemon.pools.cpu, "run", recording)
+    pushed = push_manifest(daemon, "big/pool", "big", body)
+    assert pushed == digest(body)
+    assert jobs == ["of", "parse_manifest"]
+    small = image_manifest(b"{}", config_type=OCI_EMPTY, artifactType="application/x.small")
+    push_manifest(daemon, "big/pool", "small", small)
+    assert jobs == ["of", "parse_manifest"]  # small ones stay inline
+    assert daemon.request("GET", "/v2/big/pool/manifests/big").body == body
+
+
+@pytest.mark.parametrize("shape", ["deep", "deep and large", "dense lists", "dense in an object", "many objects"])
+def test_nested_json_is_manifest_invalid(shared_daemon: InMemoryDaemon, shape: str) -> None:
+    size = 1024 * 1024
+    body = {
+        "deep": b"[" * 100_000 + b"]" * 100_000,
+        "deep and large": b"[" * (size // 2) + b"]" * (size // 2),
+        "dense lists": b"[" + b"[]," * (size // 3) + b"[]]",
+        "dense in an object": b'{"schemaVersion":2,"layers":[' + b"[[[]]]," * (size // 7) + b"[]]}",
+        "many objects": b'{"schemaVersion":2,"layers":[' + b"{}," * (size // 3) + b"{}]}",
+    }[shape]
+    response = shared_daemon.request("PUT", "/v2/hostile/nested/manifests/latest", body,
+                                     {"Content-Type": OCI_MANIFEST})
+    assert_error(response, 400, "MANIFEST_INVALID")
