@@ -196,6 +196,23 @@ def test_namespace_view_with_referrers(site: Site, page: Any, shots: Screenshots
     shots.take(page, "03-namespace-referrers")
 
 
+def test_namespace_view_follows_the_pages_of_revisions(site: Site, page: Any) -> None:
+    requested: list[str] = []
+
+    def one_per_page(route: Any) -> None:  # as if the namespace had more revisions than a page holds
+        route.continue_(url=route.request.url.replace("n=1000", "n=1"))
+
+    page.route(re.compile(r".*/_revisions\?n=1000$"), one_per_page)
+    page.on("request", lambda request: requested.append(request.url) if "/_revisions" in request.url else None)
+    page.goto(site.daemon.url + "/library/alpine")
+    check = expect()
+    row = page.locator(f"tr[data-digest='{site.image.digest}']")
+    check(row).to_contain_text("3.19")
+    row.get_by_role("button", name=re.compile("Show 1 nested")).click()
+    check(page.locator(f"tr[data-digest='{site.artifact.digest}']")).to_contain_text("sig")
+    assert len(requested) == 2 and "last=sha256:" in requested[1], requested
+
+
 def test_namespace_view_expands_an_index(site: Site, page: Any, shots: Screenshots) -> None:
     page.goto(site.daemon.url + "/library/multi")
     check = expect()

@@ -170,10 +170,25 @@ async function getJSON(path) {
   return (await request(path, { headers: { Accept: "application/json" } })).json();
 }
 
+// A paged listing whole: follows the `Link: <...>; rel="next"` headers (only to paths of this
+// registry's API) and concatenates the `key` arrays of the pages.
+const NEXT_PAGE = /^<(\/v2\/[^>]*)>;\s*rel="next"$/;
+async function getAllPages(path, key) {
+  let whole = null;
+  for (let pages = 0; path && pages < 10000; pages++) {
+    const response = await request(path, { headers: { Accept: "application/json" } });
+    const page = await response.json();
+    if (whole === null) whole = page; else whole[key] = whole[key].concat(page[key]);
+    const next = NEXT_PAGE.exec((response.headers.get("Link") || "").trim());
+    path = next ? next[1] : null;
+  }
+  return whole;
+}
+
 const ext = {
   repositories: () => getJSON("/v2/_ext/_repositories"),
   namespaces: (repository) => getJSON(`/v2/_ext/${repository}/_namespaces`),
-  revisions: (namespace) => getJSON(`/v2/_ext/${namespace}/_revisions`),
+  revisions: (namespace) => getAllPages(`/v2/_ext/${namespace}/_revisions?n=1000`, "revisions"),
   uploads: (namespace) => getJSON(`/v2/_ext/${namespace}/_uploads`),
 };
 
