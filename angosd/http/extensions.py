@@ -38,6 +38,7 @@ from angosd.oci.digest import Digest
 from angosd.oci.errors import ManifestUnknown, NameUnknown, OciError
 from angosd.oci.manifest import Descriptor
 from angosd.oci.names import validate_name
+from angosd.registry.manifests import BATCH
 from angosd.registry.registry import Registry
 from angosd.registry.summaries import ManifestSummary
 
@@ -48,8 +49,6 @@ IMAGE_CONFIGS = frozenset({"application/vnd.oci.image.config.v1+json",
 #: Annotations BuildKit puts on the index entry of an attestation manifest.
 DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"
 DOCKER_REFERENCE_DIGEST = "vnd.docker.reference.digest"
-#: Revisions read between two pauses that let the event loop serve others.
-_BATCH = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -197,7 +196,7 @@ class ExtensionAPI:
             entry = await self._entry(namespace, digest)
             if entry is not None:
                 entries[digest] = entry
-            if count % _BATCH == 0:
+            if count % BATCH == 0:
                 await manifests.breathe()
         for entry in sorted(entries.values(), key=lambda e: str(e.digest)):
             for child in entry.children:

@@ -49,7 +49,7 @@ Other:
   ``angosd_gc_last_success_timestamp_seconds``, ``angosd_gc_reclaimed_blobs_total``,
   ``angosd_gc_reclaimed_bytes_total``. With worker processes the collector runs in the
   supervisor, which records no metrics: these series then stay at their initial values.
-- ``angosd_reactor_lag_seconds``: histogram of how late a once-a-second timer ran (a busy
+- ``angosd_reactor_lag_seconds``: histogram of how late a timer due every 0.1 s ran (a busy
   event loop delays every request).
 - ``angosd_worker_starts_total``: serving processes started; it grows after the start only
   when a worker is replaced.
@@ -345,7 +345,7 @@ class Metrics:
         self.webhooks = WebhookMetrics(recording)
         self.gc = GcMetrics(recording)
         self.reactor_lag = Histogram("angosd_reactor_lag_seconds",
-                                     "How late the reactor ran a timer due every second (event loop saturation).",
+                                     "How late the reactor ran a timer due every 0.1 s (event loop saturation).",
                                      buckets=LAG_BUCKETS, registry=recording)
         self.worker_starts = Counter("angosd_worker_starts", "Serving processes started (a replaced worker counts).",
                                      registry=recording)

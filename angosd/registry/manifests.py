@@ -59,6 +59,9 @@ class Revision:
     artifact_type: str | None
 
 
+#: Stored records read between two pauses that let the event loop serve others (`breathe`).
+BATCH = 64
+
 #: Whether a caller may read blobs of a namespace (a mount source for a manifest's references).
 ReadCheck = Callable[[str], Awaitable[bool]]
 
@@ -228,9 +231,11 @@ class ManifestStore:
         assert reference.digest is not None
         digest = reference.digest
         revision = await self.revision(namespace, digest)
-        for tag in await self.tags(namespace):
+        for count, tag in enumerate(await self.tags(namespace), 1):
             if await self._tag_target(namespace, tag) == digest:
                 await self._driver.delete(paths.tag(namespace, tag))
+            if count % BATCH == 0:
+                await self.breathe()
         if revision.subject is not None:
             await self._driver.delete(paths.referrer(namespace, revision.subject, digest))
         await self._driver.delete(paths.revision(namespace, digest))
@@ -278,10 +283,12 @@ class ManifestStore:
     async def tags_of(self, namespace: str) -> dict[Digest, list[str]]:
         """Tags grouped by the digest they point at."""
         grouped: dict[Digest, list[str]] = {}
-        for tag in await self.tags(namespace):
+        for count, tag in enumerate(await self.tags(namespace), 1):
             target = await self._tag_target(namespace, tag)
             if target is not None:
                 grouped.setdefault(target, []).append(tag)
+            if count % BATCH == 0:
+                await self.breathe()
         return grouped
 
     async def revisions(self, namespace: str) -> list[Digest]:

@@ -19,7 +19,7 @@ from twisted.internet.task import Clock
 from angosd.config import Config, EventWebhookConfig, GlobalConfig
 from angosd.http.metrics_endpoint import RequestMetrics
 from angosd.observability.metrics import Metrics
-from angosd.observability.reactor_lag import ReactorLag
+from angosd.observability.reactor_lag import INTERVAL, ReactorLag
 from angosd.webhooks.events import EventBus
 from tests.certs import CA
 from tests.local_server import LocalHttpServer
@@ -168,8 +168,8 @@ def test_reactor_lag_records_how_late_each_probe_ran(metrics: Metrics) -> None:
     clock = Clock()
     lag = ReactorLag(clock, metrics.reactor_lag.observe)
     lag.startService()
-    clock.advance(1.0)  # on time
-    clock.advance(1.3)  # 0.3 s late
+    clock.advance(INTERVAL)  # on time
+    clock.advance(INTERVAL + 0.3)  # 0.3 s late
     lag.stopService()
     assert not clock.getDelayedCalls()
     assert sample(metrics, "angosd_reactor_lag_seconds_count") == 2
