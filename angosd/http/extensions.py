@@ -23,6 +23,7 @@ upload session, so abandoned uploads can be found and cancelled.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -187,35 +188,19 @@ class ExtensionAPI:
         ``page`` asked for (all without one), and whether more follow. Raises
         `ManifestUnknown` when the page's ``last`` is not a revision of ``namespace``.
 
-        What each revision says of its manifest comes from its stored summary; no manifest is
-        parsed unless its summary is missing (`ManifestStore.summary`).
+        What a revision says of its manifest comes from its stored summary (no manifest is
+        parsed unless its summary is missing: `ManifestStore.summary`). Summaries are read
+        for the page's revisions, their referrers and the namespace's indexes (which name
+        parents) only; the walk pauses every `BATCH` records for other requests.
         """
         manifests = self.registry.manifests
         entries: dict[Digest, _Entry] = {}
         for count, digest in enumerate(await manifests.revisions(namespace), 1):
-            entry = await self._entry(namespace, digest)
-            if entry is not None:
-                entries[digest] = entry
+            with contextlib.suppress(ManifestUnknown):  # deleted meanwhile
+                revision = await manifests.revision(namespace, digest)
+                entries[digest] = _Entry(digest, revision.media_type, 0, revision.pushed_at, revision.subject, None)
             if count % BATCH == 0:
                 await manifests.breathe()
-        for entry in sorted(entries.values(), key=lambda e: str(e.digest)):
-            for child in entry.children:
-                target = entries.get(child.digest)
-                if target is not None:
-                    target.parents.append(entry.digest)
-                    if target.platform is None:
-                        target.platform = child.platform
-                attested = (child.annotations or {}).get(DOCKER_REFERENCE_DIGEST)
-                if attested is not None and (child.annotations or {}).get(DOCKER_REFERENCE_TYPE):
-                    try:
-                        subject = entries.get(Digest.parse(attested))
-                    except OciError:
-                        subject = None
-                    if subject is not None:
-                        subject.referrers.append(_descriptor_json(child))
-            if entry.subject is not None and entry.subject in entries:
-                referrer = Descriptor(entry.media_type, entry.digest, entry.size, entry.artifact_type)
-                entries[entry.subject].referrers.append(_descriptor_json(referrer))
         ordered = sorted(entries.values(), key=lambda e: (-e.pushed_at, str(e.digest)))
         more = False
         if page is not None:
@@ -225,6 +210,31 @@ class ExtensionAPI:
                 ordered = ordered[ordered.index(entries[page.last]) + 1:]
             more = len(ordered) > page.n
             ordered = ordered[:page.n]
+        listed_digests = {entry.digest for entry in ordered}
+        summarized = [entry for entry in entries.values() if entry.digest in listed_digests
+                      or entry.media_type in mt.INDEXES or entry.subject in listed_digests]
+        for count, entry in enumerate(summarized, 1):
+            await self._summarize(namespace, entry)
+            if count % BATCH == 0:
+                await manifests.breathe()
+        for entry in sorted(summarized, key=lambda e: str(e.digest)):
+            for child in entry.children:
+                target = entries.get(child.digest)
+                if target is not None and target.digest in listed_digests:
+                    target.parents.append(entry.digest)
+                    if target.platform is None:
+                        target.platform = child.platform
+                attested = (child.annotations or {}).get(DOCKER_REFERENCE_DIGEST)
+                if attested is not None and (child.annotations or {}).get(DOCKER_REFERENCE_TYPE):
+                    try:
+                        subject = entries.get(Digest.parse(attested))
+                    except OciError:
+                        subject = None
+                    if subject is not None and subject.digest in listed_digests:
+                        subject.referrers.append(_descriptor_json(child))
+            if entry.subject is not None and entry.subject in listed_digests:
+                referrer = Descriptor(entry.media_type, entry.digest, entry.size, entry.artifact_type)
+                entries[entry.subject].referrers.append(_descriptor_json(referrer))
         tags = await manifests.tags_of(namespace)
         pulled = await self.registry.pulls.last_pulled_many(namespace, [entry.digest for entry in ordered])
         listed = []
@@ -246,19 +256,16 @@ class ExtensionAPI:
             })
         return listed, more
 
-    async def _entry(self, namespace: str, digest: Digest) -> _Entry | None:
-        """A revision and what its summary says, or None if it vanished meanwhile."""
-        manifests = self.registry.manifests
+    async def _summarize(self, namespace: str, entry: _Entry) -> None:
+        """Fill in what ``entry``'s summary says (nothing when the revision vanished meanwhile)."""
         try:
-            revision = await manifests.revision(namespace, digest)
-            summary = await manifests.summary(namespace, digest)
+            summary = await self.registry.manifests.summary(namespace, entry.digest)
         except ManifestUnknown:  # the store's "not found" is ManifestUnknown already
-            return None
-        entry = _Entry(digest, revision.media_type, summary.size, revision.pushed_at, revision.subject, None)
+            return
+        entry.size = summary.size
         if summary.parsed:  # unparsable: listed, without children
             entry.children = summary.children
             entry.artifact_type = artifact_type(summary)
-        return entry
 
     async def _list_revisions(self, request: RegistryRequest, route: Route) -> bytes:
         namespace = self.registry.check_namespace(route.namespace or "")

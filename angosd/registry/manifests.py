@@ -60,7 +60,7 @@ class Revision:
 
 
 #: Stored records read between two pauses that let the event loop serve others (`breathe`).
-BATCH = 64
+BATCH = 16
 
 #: Whether a caller may read blobs of a namespace (a mount source for a manifest's references).
 ReadCheck = Callable[[str], Awaitable[bool]]
