@@ -76,8 +76,32 @@ class Manifest:
 #: bytes (brackets inside strings count too): a descriptor, the smallest element of a
 #: manifest, is far larger than this many bytes.
 BYTES_PER_CONTAINER = 32
+#: The same for commas (JSON values after the first of a list or object): an annotation
+#: ``"k":"v",`` takes 8 bytes.
+BYTES_PER_COMMA = 8
 #: Bodies up to this size are never refused for their density (their decoding is cheap).
 DENSITY_FREE = 64 * 1024
+
+
+#: Bytes counted in one call while checking the density (a thread holds the interpreter
+#: lock for one call at a time: about a millisecond at most).
+_DENSITY_SLICE = 256 * 1024
+
+
+def _too_dense(body: bytes) -> bool:
+    """Whether ``body`` (larger than `DENSITY_FREE`) holds more ``[`` and ``{`` than one per
+    `BYTES_PER_CONTAINER` bytes, or more commas than one per `BYTES_PER_COMMA`; stops
+    counting as soon as that is certain."""
+    if len(body) <= DENSITY_FREE:
+        return False
+    containers, commas = len(body) // BYTES_PER_CONTAINER, len(body) // BYTES_PER_COMMA
+    for start in range(0, len(body), _DENSITY_SLICE):
+        end = start + _DENSITY_SLICE
+        containers -= body.count(b"[", start, end) + body.count(b"{", start, end)
+        commas -= body.count(b",", start, end)
+        if containers < 0 or commas < 0:
+            return True
+    return False
 
 
 def _yielding_decoder() -> json.JSONDecoder:
@@ -95,8 +119,9 @@ def parse_manifest(body: bytes, content_type: str | None, digest_algorithm: str 
 
     ``large`` (for a body parsed on a thread pool) first refuses, in one pass over the raw
     bytes, a body larger than `DENSITY_FREE` with more than one JSON object or array per
-    `BYTES_PER_CONTAINER` bytes (no manifest is made of nested lists: decoding them is what
-    costs), then decodes with a decoder that lets other threads run meanwhile.
+    `BYTES_PER_CONTAINER` bytes or one comma per `BYTES_PER_COMMA` (no manifest is made of
+    nested lists or lists of numbers: decoding them is what costs), then decodes with a
+    decoder that lets other threads run meanwhile.
 
     The body must be UTF-8 JSON (no byte order mark, no other encoding). The media type
     comes from ``Content-Type`` (falling back to the body's ``mediaType``); when both are
@@ -104,15 +129,14 @@ def parse_manifest(body: bytes, content_type: str | None, digest_algorithm: str 
     a wrong ``schemaVersion``, an unsupported media type, malformed descriptors, or
     image and index fields mixed in one document.
     """
+    if large and _too_dense(body):
+        raise ManifestInvalid("manifest holds too many JSON values for its size")
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise ManifestInvalid("manifest is not UTF-8") from None
     if text.startswith("\ufeff"):
         raise ManifestInvalid("manifest starts with a byte order mark; send plain UTF-8")
-    if large and len(body) > DENSITY_FREE \
-            and (body.count(b"[") + body.count(b"{")) * BYTES_PER_CONTAINER > len(body):
-        raise ManifestInvalid("manifest holds too many JSON objects and arrays for its size")
     try:
         document = _yielding_decoder().decode(text) if large else json.loads(text)
     except (ValueError, RecursionError) as exc:
