@@ -212,7 +212,7 @@ def _registry(config: Config, reactor: Any, pools: Pools, namespace_allowed: Cal
     registry = Registry(store, reactor, limits, namespace_allowed, immutable,
                         update_pull_time=update_pull_time,
                         require_references=require_references or config.references_required,
-                        parse_pool=pools.cpu)
+                        parse_pool=pools.io)
     registry.uploads.coordination = coordination
     return registry
 

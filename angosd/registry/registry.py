@@ -49,7 +49,8 @@ class Registry:
                  update_pull_time: Callable[[], bool] = lambda: False,
                  require_references: Callable[[str], bool] = lambda _namespace: False,
                  parse_pool: BoundedPool | None = None) -> None:
-        """``parse_pool`` parses and hashes large manifests (`ManifestParser`); None: inline."""
+        """``parse_pool`` parses and hashes large manifests (`ManifestParser`; the daemon gives
+        its ``io`` pool: on the ``cpu`` pool they would wait behind password checks); None: inline."""
         self.driver = driver
         self.blobs = BlobStore(driver)
         self.uploads = UploadSessions(driver, self.blobs, clock, limits.max_blob_size)

@@ -2,7 +2,8 @@
 
 The reactor thread never blocks: file I/O, fsync, hashing and password verification run
 on a pool thread. Each kind of work has its own pool so one cannot starve another:
-``io`` (storage: appends, fsync, whole-file hashing, S3 payload hashing) and ``cpu``
+``io`` (storage: appends, fsync, whole-file hashing, S3 payload hashing; and large manifests'
+parsing, short next to a password check) and ``cpu``
 (argon2 password verification, slow by design). A pool runs at most ``max_threads`` jobs
 at once and keeps at most ``max_queue`` more waiting; past that `BoundedPool.run` fails at
 once with `TooManyRequests` (HTTP 429 with ``Retry-After``) instead of queueing without

@@ -239,18 +239,18 @@ def large_manifest(d: InMemoryDaemon, namespace: str) -> bytes:
                           annotations={f"key.{i}": "v" * 40 for i in range(2000)})
 
 
-def test_a_large_manifest_is_hashed_and_parsed_on_the_cpu_pool(daemon: InMemoryDaemon,
+def test_a_large_manifest_is_hashed_and_parsed_on_the_io_pool(daemon: InMemoryDaemon,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     body = large_manifest(daemon, "big/pool")
     assert len(body) > 64 * 1024
     jobs: list[str] = []
-    real = daemon.pools.cpu.run
+    real = daemon.pools.io.run
 
     def recording(function: Any, *args: Any) -> Any:
         jobs.append(function.__name__)
         return real(function, *args)
 
-    monkeypatch.setattr(daemon.pools.cpu, "run", recording)
+    monkeypatch.setattr(daemon.pools.io, "run", recording)
     pushed = push_manifest(daemon, "big/pool", "big", body)
     assert pushed == digest(body)
     assert jobs == ["of", "parse_manifest"]
