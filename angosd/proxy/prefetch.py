@@ -30,7 +30,7 @@ from angosd.config import RepositoryConfig
 from angosd.oci import media_types as mt
 from angosd.oci.digest import Digest
 from angosd.oci.errors import OciError
-from angosd.oci.manifest import Descriptor, parse_manifest
+from angosd.oci.manifest import Descriptor
 from angosd.oci.names import Reference
 from angosd.registry.manifests import StoredManifest
 from angosd.registry.registry import Registry
@@ -190,7 +190,8 @@ class CacheFill:
         while queue:
             stored, wanted = queue.popleft()
             result.manifests += 1
-            manifest = parse_manifest(stored.body, stored.media_type, stored.digest.algorithm)
+            manifest = await self._registry.manifests.parser.parse(stored.body, stored.media_type,
+                                                                   stored.digest.algorithm)
             for blob in manifest.referenced_blobs():
                 blobs.setdefault(blob.digest, blob.size)
             children = [child.digest for child in wanted.select(manifest.manifests) if child.digest not in seen]
