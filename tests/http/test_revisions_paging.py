@@ -124,6 +124,22 @@ def test_a_missing_or_damaged_summary_is_computed_again_and_stored(daemon: InMem
     assert read_summary(daemon, "sum/lazy", image).media_type == OCI_MANIFEST
 
 
+def test_a_filesystem_store_written_before_summaries_is_listed(tmp_path: Any) -> None:
+    """On disk, as a store written by an earlier version: no summaries at all."""
+    root = str(tmp_path / "store")
+    before = InMemoryDaemon(root=root)
+    image, index = push_tree(before, "sum/disk")
+    expected = revisions_by_digest(before, "sum/disk")
+    summaries = tmp_path / "store" / "repositories" / "sum" / "disk" / "_manifests" / "summaries"
+    assert sorted(p.name for p in summaries.rglob("*") if p.is_file()) == sorted([image[7:], index[7:]])
+    for stored in summaries.rglob("*"):
+        if stored.is_file():
+            stored.unlink()
+    after = InMemoryDaemon(root=root)
+    assert revisions_by_digest(after, "sum/disk") == expected
+    assert sorted(p.name for p in summaries.rglob("*") if p.is_file()) == sorted([image[7:], index[7:]])
+
+
 def test_a_deleted_revision_loses_its_summary(daemon: InMemoryDaemon) -> None:
     image, index = push_tree(daemon, "sum/deleted")
     assert daemon.request("DELETE", f"/v2/sum/deleted/manifests/{index}").status == 202
