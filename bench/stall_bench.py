@@ -13,7 +13,7 @@ connection, one every 10 ms, through four phases of ``--seconds`` each:
 - ``nested``: ``--pushers`` clients push 4 MiB manifests made of nested ``[]`` (each must be
   refused with 400 ``MANIFEST_INVALID``; their answer times are reported);
 - ``revisions``: one client lists ``_revisions`` of a namespace with ``--revisions`` revisions
-  (all pages, as the web UI does), again and again;
+  again and again, as the web UI does (``n=1000``, following ``Link`` headers);
 - ``flood``: ``--flooders`` clients send wrong passwords (a new username each time).
 
 The load generators run in processes of their own, so the measuring client keeps its
@@ -142,7 +142,7 @@ def load_process(kind: str, port: int, index: int, argument: Any, stop: Any, res
 
 def walk_revisions(connection: http.client.HTTPConnection, namespace: str) -> int:
     """Every page of ``_revisions`` of ``namespace``; the last status (200 when all went well)."""
-    path: str | None = f"/v2/_ext/{namespace}/_revisions"
+    path: str | None = f"/v2/_ext/{namespace}/_revisions?n=1000"
     listed = 0
     status = 0
     while path is not None:

@@ -236,7 +236,11 @@ class ExtensionAPI:
                 referrer = Descriptor(entry.media_type, entry.digest, entry.size, entry.artifact_type)
                 entries[entry.subject].referrers.append(_descriptor_json(referrer))
         tags = await manifests.tags_of(namespace)
-        pulled = await self.registry.pulls.last_pulled_many(namespace, [entry.digest for entry in ordered])
+        pulled: dict[Digest, int | None] = {}
+        for count, entry in enumerate(ordered, 1):
+            pulled[entry.digest] = await self.registry.pulls.last_pulled(namespace, entry.digest)
+            if count % BATCH == 0:
+                await manifests.breathe()
         listed = []
         for entry in ordered:
             listed.append({
