@@ -276,12 +276,14 @@ def test_a_large_manifest_is_hashed_and_parsed_on_the_io_pool(daemon: InMemoryDa
     assert daemon.request("GET", "/v2/big/pool/manifests/big").body == body
 
 
-@pytest.mark.parametrize("shape", ["deep", "deep and large", "dense lists", "dense in an object", "many objects"])
+@pytest.mark.parametrize("shape", ["deep", "deep and large", "deep and sparse", "dense lists", "dense in an object",
+                                   "many objects"])
 def test_nested_json_is_manifest_invalid(shared_daemon: InMemoryDaemon, shape: str) -> None:
     size = 1024 * 1024
     body = {
         "deep": b"[" * 100_000 + b"]" * 100_000,
         "deep and large": b"[" * (size // 2) + b"]" * (size // 2),
+        "deep and sparse": b'{"schemaVersion":2,"a":' + (b"[" + b" " * 100) * 5000 + b"]" * 5000 + b"}",
         "dense lists": b"[" + b"[]," * (size // 3) + b"[]]",
         "dense in an object": b'{"schemaVersion":2,"layers":[' + b"[[[]]]," * (size // 7) + b"[]]}",
         "many objects": b'{"schemaVersion":2,"layers":[' + b"{}," * (size // 3) + b"{}]}",
