@@ -277,8 +277,7 @@ class ExtensionAPI:
         revisions, more = await self.revisions(namespace, page)
         if not revisions and page.last is None and not await self.registry.uploads.list(namespace):
             raise NameUnknown(namespace)
-        headers = page.link(f"/v2/_ext/{namespace}/_revisions", Digest.parse(revisions[-1]["digest"])) \
-            if more else {}
+        headers = page.link(f"/v2/_ext/{namespace}/_revisions", revisions[-1]["digest"]) if more else {}
         return respond_json(request, 200, {"name": namespace, "revisions": revisions}, headers=headers)
 
     async def _list_uploads(self, request: RegistryRequest, route: Route) -> bytes:

@@ -44,7 +44,7 @@ class DigestPage:
             n = min(int(n_text), MAX_PAGE)
         return cls(n, Digest.parse(last_text) if last_text is not None else None)
 
-    def link(self, path: str, last: Digest, **params: str) -> dict[str, str]:
+    def link(self, path: str, last: Digest | str, **params: str) -> dict[str, str]:
         """The ``Link`` header to the page after ``last`` (``params`` are kept in it)."""
         query = urlencode({**params, "n": str(self.n), "last": str(last)}, safe=":/")
         return {"Link": f'<{path}?{query}>; rel="next"'}

@@ -91,7 +91,7 @@ class Referrers(Endpoint):
         if len(manifests) > wanted.n:
             manifests = manifests[:wanted.n]
             filters = {"artifactType": artifact_type} if artifact_type is not None else {}
-            headers.update(wanted.link(f"/v2/{namespace}/referrers/{subject}", Digest.parse(manifests[-1]["digest"]),
+            headers.update(wanted.link(f"/v2/{namespace}/referrers/{subject}", str(manifests[-1].get("digest")),
                                        **filters))
         index = {"schemaVersion": 2, "mediaType": mt.OCI_INDEX, "manifests": manifests}
         return respond_json(request, 200, index, mt.OCI_INDEX, headers)
