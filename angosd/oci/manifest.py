@@ -104,6 +104,18 @@ def _too_dense(body: bytes) -> bool:
     return False
 
 
+def density(part: bytes) -> tuple[int, int]:
+    """The ``[`` and ``{`` bytes, and the commas, in ``part`` of a body."""
+    return part.count(b"[") + part.count(b"{"), part.count(b",")
+
+
+def certainly_too_dense(containers: int, commas: int, length: int) -> bool:
+    """Whether a body of at most ``length`` bytes, of which a part already holds these
+    counts (`density`), is one a ``large`` parse refuses, whatever the rest holds (for
+    refusing a body while it arrives)."""
+    return length > DENSITY_FREE and (containers * BYTES_PER_CONTAINER > length or commas * BYTES_PER_COMMA > length)
+
+
 def _yielding_decoder() -> json.JSONDecoder:
     """A decoder that runs as Python code rather than in one C call, so a thread decoding
     a large body gives up the interpreter lock at every switch interval instead of holding

@@ -9,6 +9,7 @@ from angosd.http.endpoints.base import Context, Endpoint, WriteEndpoint
 from angosd.http.request import BodySink, MemorySink, RegistryRequest
 from angosd.http.responses import respond
 from angosd.oci.errors import ManifestInvalid, OciError
+from angosd.oci.manifest import certainly_too_dense, density
 from angosd.oci.names import Reference, validate_tag
 
 
@@ -41,7 +42,8 @@ class PutManifest(WriteEndpoint):
     have are mounted from namespaces the caller may read (as a ``get-blob`` there)."""
 
     async def open_body(self, request: RegistryRequest, route: Route, length: int | None) -> BodySink | None:
-        return MemorySink(self.context.registry.manifests.max_manifest_size)
+        limit = self.context.registry.manifests.max_manifest_size
+        return ManifestSink(limit, length if length is not None else limit)
 
     async def handle(self, request: RegistryRequest, route: Route) -> bytes:
         context = self.context
@@ -67,6 +69,35 @@ class PutManifest(WriteEndpoint):
         for tag in extra_tags:
             request.responseHeaders.addRawHeader("OCI-Tag", tag)
         return respond(request, 201, headers=headers)
+
+
+class ManifestSink(MemorySink):
+    """A manifest body that is refused (`ManifestInvalid`) while it arrives when its first
+    `EARLY_CHECK` bytes already make it denser in JSON values than a large manifest may be
+    (`certainly_too_dense`, for a body of at most ``length`` bytes): a body of nested lists is
+    then neither kept nor hashed. The full check runs when the body is parsed. A body longer
+    than ``limit`` is left to the size check (413, as before)."""
+
+    EARLY_CHECK = 256 * 1024
+
+    def __init__(self, limit: int, length: int) -> None:
+        super().__init__(limit)
+        self._length = length
+        self._seen = 0
+        self._containers = 0
+        self._commas = 0
+
+    def write(self, data: bytes) -> None:
+        super().write(data)
+        if self._seen >= self.EARLY_CHECK or self._length > self._limit:
+            return
+        head = data[:self.EARLY_CHECK - self._seen]
+        self._seen += len(head)
+        containers, commas = density(head)
+        self._containers += containers
+        self._commas += commas
+        if certainly_too_dense(self._containers, self._commas, self._length):
+            raise ManifestInvalid("manifest holds too many JSON values for its size")
 
 
 def may_read(context: Context, request: RegistryRequest) -> Callable[[str], Awaitable[bool]]:
