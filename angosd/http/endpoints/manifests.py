@@ -78,7 +78,7 @@ class ManifestSink(MemorySink):
     then neither kept nor hashed. The full check runs when the body is parsed. A body longer
     than ``limit`` is left to the size check (413, as before)."""
 
-    EARLY_CHECK = 256 * 1024
+    EARLY_CHECK = 512 * 1024
 
     def __init__(self, limit: int, length: int) -> None:
         super().__init__(limit)
