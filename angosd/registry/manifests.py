@@ -8,6 +8,7 @@ points at a missing manifest. Deletion runs in the reverse order for the same re
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
@@ -35,7 +36,7 @@ from angosd.registry import paths
 from angosd.registry.blobs import BlobStore
 from angosd.registry.parsing import ManifestParser
 from angosd.registry.summaries import ManifestSummary
-from angosd.storage.errors import PathNotFound
+from angosd.storage.errors import PathNotFound, StorageError
 from angosd.storage.interface import IStorageDriver
 
 
@@ -251,8 +252,9 @@ class ManifestStore:
         """What listings need of the revision ``digest``: its stored summary, or, when that is
         missing or unreadable, one computed from the manifest's bytes (parsed as `put` does,
         large ones off the event loop) and stored for the next time. Bytes that no longer
-        parse give an unparsed summary (media type and size only). Raises `ManifestUnknown`
-        when the revision or its bytes are gone."""
+        parse give an unparsed summary (media type and size only); one that cannot be written
+        (a full store) is returned all the same. Raises `ManifestUnknown` when the revision
+        or its bytes are gone."""
         try:
             return ManifestSummary.from_json(await self._driver.read(paths.summary(namespace, digest)))
         except (PathNotFound, ValueError):
@@ -267,7 +269,8 @@ class ManifestStore:
         except ManifestInvalid:
             summary = ManifestSummary(revision.media_type, len(body), revision.subject, revision.artifact_type,
                                       parsed=False)
-        await self._driver.write(paths.summary(namespace, digest), summary.to_json())
+        with contextlib.suppress(StorageError):  # computed again next time
+            await self._driver.write(paths.summary(namespace, digest), summary.to_json())
         return summary
 
     async def _tag_target(self, namespace: str, tag: str) -> Digest | None:

@@ -7,13 +7,14 @@ from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.python.failure import Failure
 
 from angosd.http.endpoints.digest_pages import DEFAULT_PAGE
 from angosd.oci.digest import Digest
 from angosd.registry import paths
 from angosd.registry.summaries import ManifestSummary
+from angosd.storage.errors import OutOfSpace
 from tests.inmemory import InMemoryDaemon
 from tests.integration.ocihelpers import (
     OCI_EMPTY,
@@ -138,6 +139,25 @@ def test_a_filesystem_store_written_before_summaries_is_listed(tmp_path: Any) ->
     after = InMemoryDaemon(root=root)
     assert revisions_by_digest(after, "sum/disk") == expected
     assert sorted(p.name for p in summaries.rglob("*") if p.is_file()) == sorted([image[7:], index[7:]])
+
+
+def test_a_summary_that_cannot_be_written_still_lists(daemon: InMemoryDaemon, monkeypatch: pytest.MonkeyPatch) -> None:
+    image, index = push_tree(daemon, "sum/full")
+    expected = revisions_by_digest(daemon, "sum/full")
+    driver = daemon.driver
+    assert driver is not None
+    for manifest_digest in (image, index):
+        settled(driver.delete(summary_key("sum/full", manifest_digest)))
+    real_write = driver.write
+
+    def full(key: str, data: bytes) -> Deferred[None]:
+        if "/_manifests/summaries/" in key:
+            return fail(OutOfSpace(key))
+        return real_write(key, data)
+
+    monkeypatch.setattr(driver, "write", full)
+    assert revisions_by_digest(daemon, "sum/full") == expected
+    assert settled(driver.stat(summary_key("sum/full", index))) is None
 
 
 def test_a_deleted_revision_loses_its_summary(daemon: InMemoryDaemon) -> None:
