@@ -170,19 +170,19 @@ async function getJSON(path) {
   return (await request(path, { headers: { Accept: "application/json" } })).json();
 }
 
-// A paged listing whole: follows the `Link: <...>; rel="next"` headers (only to paths of this
-// registry's API) and concatenates the `key` arrays of the pages.
-const NEXT_PAGE = /^<(\/v2\/[^>]*)>;\s*rel="next"$/;
+// A paged listing whole: follows its Link headers (rel="next", same origin) and returns the
+// first page's body with `key` holding the items of every page.
 async function getAllPages(path, key) {
-  let whole = null;
-  for (let pages = 0; path && pages < 10000; pages++) {
-    const response = await request(path, { headers: { Accept: "application/json" } });
+  let body = null;
+  let next = path;
+  while (next) {
+    const response = await request(next, { headers: { Accept: "application/json" } });
     const page = await response.json();
-    if (whole === null) whole = page; else whole[key] = whole[key].concat(page[key]);
-    const next = NEXT_PAGE.exec((response.headers.get("Link") || "").trim());
-    path = next ? next[1] : null;
+    if (body === null) body = page; else body[key] = body[key].concat(page[key] || []);
+    const match = /<([^>]+)>;\s*rel="next"/.exec(response.headers.get("Link") || "");
+    next = match && match[1].startsWith("/v2/") ? match[1] : null;
   }
-  return whole;
+  return body;
 }
 
 const ext = {
