@@ -39,7 +39,7 @@ from angosd.oci.digest import Digest
 from angosd.oci.errors import ManifestUnknown, NameUnknown, OciError
 from angosd.oci.manifest import Descriptor
 from angosd.oci.names import validate_name
-from angosd.registry.manifests import BATCH
+from angosd.registry.manifests import BATCH as RECORDS_BATCH
 from angosd.registry.registry import Registry
 from angosd.registry.summaries import ManifestSummary
 
@@ -191,7 +191,7 @@ class ExtensionAPI:
         What a revision says of its manifest comes from its stored summary (no manifest is
         parsed unless its summary is missing: `ManifestStore.summary`). Summaries are read
         for the page's revisions, their referrers and the namespace's indexes (which name
-        parents) only; the walk pauses every `BATCH` records for other requests.
+        parents) only; the walk pauses every `RECORDS_BATCH` records for other requests.
         """
         manifests = self.registry.manifests
         entries: dict[Digest, _Entry] = {}
@@ -199,7 +199,7 @@ class ExtensionAPI:
             with contextlib.suppress(ManifestUnknown):  # deleted meanwhile
                 revision = await manifests.revision(namespace, digest)
                 entries[digest] = _Entry(digest, revision.media_type, 0, revision.pushed_at, revision.subject, None)
-            if count % BATCH == 0:
+            if count % RECORDS_BATCH == 0:
                 await manifests.breathe()
         ordered = sorted(entries.values(), key=lambda e: (-e.pushed_at, str(e.digest)))
         more = False
@@ -215,7 +215,7 @@ class ExtensionAPI:
                       or entry.media_type in mt.INDEXES or entry.subject in listed_digests]
         for count, entry in enumerate(summarized, 1):
             await self._summarize(namespace, entry)
-            if count % BATCH == 0:
+            if count % RECORDS_BATCH == 0:
                 await manifests.breathe()
         for entry in sorted(summarized, key=lambda e: str(e.digest)):
             for child in entry.children:
@@ -239,7 +239,7 @@ class ExtensionAPI:
         pulled: dict[Digest, int | None] = {}
         for count, entry in enumerate(ordered, 1):
             pulled[entry.digest] = await self.registry.pulls.last_pulled(namespace, entry.digest)
-            if count % BATCH == 0:
+            if count % RECORDS_BATCH == 0:
                 await manifests.breathe()
         listed = []
         for entry in ordered:
