@@ -144,8 +144,9 @@ class UploadSink:
     """
 
     def __init__(self, sessions: UploadSessions, namespace: str, session: str, writer: IAppendWriter,
-                 state: _HashState | None, limit: int) -> None:
+                 state: _HashState | None, limit: int, save_state: bool = True) -> None:
         self._sessions = sessions
+        self._save_state = save_state
         self.namespace = namespace
         self.session = session
         self._writer = writer
@@ -192,7 +193,7 @@ class UploadSink:
         self._closed = True
         try:
             await self._writer.finish()
-            if self._state is not None and self._state.offset == self.offset:
+            if self._save_state and self._state is not None and self._state.offset == self.offset:
                 await self._sessions._save_state(self.namespace, self.session, self._state)
         finally:
             self._sessions._release(self.session)
@@ -303,8 +304,12 @@ class UploadSessions:
                 continue
         return found
 
-    async def open_sink(self, namespace: str, session: str, first: int | None) -> UploadSink:
+    async def open_sink(self, namespace: str, session: str, first: int | None,
+                        save_state: bool = True) -> UploadSink:
         """Open the session for one chunk that starts at ``first`` (None: at the end).
+
+        ``save_state=False``: the hash state is not saved after the chunk, for a session
+        that this process completes or discards right after it (a monolithic upload).
 
         Raises `UploadOffsetMismatch` when ``first`` is not the current size or another
         request is writing to the session.
@@ -332,7 +337,7 @@ class UploadSessions:
             await writer.abort()
             self._release(session)
             raise
-        return UploadSink(self, namespace, session, writer, state, self.max_blob_size)
+        return UploadSink(self, namespace, session, writer, state, self.max_blob_size, save_state)
 
     async def complete(self, namespace: str, session: str, digest: Digest) -> int:
         """Verify the session's bytes against ``digest`` and commit them as a blob.

@@ -201,3 +201,24 @@ def test_a_hostile_or_stale_state_file_costs_a_rehash_never_an_error(state: byte
     data = b"0123456789abc"
     assert run(new_process(driver).complete(NAMESPACE, session, Digest.of(data))) == len(data)
     assert driver.rehashes == 1
+
+
+def test_a_single_request_upload_saves_no_state_and_completes_from_memory() -> None:
+    driver = Driver()
+    sessions = new_process(driver)
+    session = run(sessions.start(NAMESPACE, "sha256"))
+    sink = run(sessions.open_sink(NAMESPACE, session, 0, save_state=False))
+    sink.write(b"monolithic")
+    run(sink.finish())
+    assert fired(driver.stat(paths.upload_hash_state(NAMESPACE, session))) is None
+    assert run(sessions.complete(NAMESPACE, session, Digest.of(b"monolithic"))) == 10
+    assert driver.rehashes == 0
+
+
+def test_every_chunk_saves_the_state_of_the_bytes_stored() -> None:
+    driver = Driver()
+    session = run(new_process(driver).start(NAMESPACE))
+    append(new_process(driver), session, b"x" * 1000)
+    saved = ResumableHasher.restore(fired(driver.read(paths.upload_hash_state(NAMESPACE, session))), "sha256")
+    assert saved is not None and saved.offset == 1000
+    assert saved.hexdigest() == hashlib.sha256(b"x" * 1000).hexdigest()
