@@ -179,8 +179,7 @@ class UploadSink:
         try:
             self._writer.write(data)
         except Exception:
-            self._state = None
-            self._sessions._forget(self.session)
+            self._drop_state()
             raise
         if self._state is not None:
             if self._hash_here:
@@ -192,17 +191,28 @@ class UploadSink:
             return
         self._closed = True
         try:
-            await self._writer.finish()
+            try:
+                await self._writer.finish()
+            except BaseException:
+                self._drop_state()
+                raise
             if self._save_state and self._state is not None and self._state.offset == self.offset:
                 await self._sessions._save_state(self.namespace, self.session, self._state)
         finally:
             self._sessions._release(self.session)
 
     def abort(self) -> None:
-        """Stop writing; the session is released once what was written is stored."""
+        """Stop writing; the session is released once what was written is stored. The hash
+        state is dropped: it may cover bytes that were not stored, and other bytes may later
+        reach the same size (completion then rehashes)."""
         if not self._closed:
             self._closed = True
+            self._drop_state()
             self._writer.abort().addBoth(lambda _: self._sessions._release(self.session))
+
+    def _drop_state(self) -> None:
+        self._state = None
+        self._sessions._forget(self.session)
 
 
 #: The largest chunk accepted with ``Content-Range`` but no ``Content-Length``: such a chunk

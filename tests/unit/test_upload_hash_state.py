@@ -7,11 +7,12 @@ digest, only a rehash."""
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, fail
 from twisted.internet.task import Clock
 
 from angosd.oci.digest import Digest
@@ -20,6 +21,8 @@ from angosd.oci.hash_state import ResumableHasher, new_resumable
 from angosd.registry import paths
 from angosd.registry.blobs import BlobStore
 from angosd.registry.uploads import UploadSessions
+from angosd.storage.errors import StorageError
+from angosd.storage.interface import IAppendWriter
 from angosd.storage.memory import MemoryDriver
 from tests.unit.helpers import fired, run
 
@@ -222,3 +225,51 @@ def test_every_chunk_saves_the_state_of_the_bytes_stored() -> None:
     saved = ResumableHasher.restore(fired(driver.read(paths.upload_hash_state(NAMESPACE, session))), "sha256")
     assert saved is not None and saved.offset == 1000
     assert saved.hexdigest() == hashlib.sha256(b"x" * 1000).hexdigest()
+
+
+class _LosingWriter:
+    """An append writer that stores only the first half of what it is given and fails at
+    `finish`, as a disk that filled up mid-chunk (the bytes were hashed all the same)."""
+
+    def __init__(self, inner: Any) -> None:
+        self._inner = inner
+        self.offset = inner.offset
+
+    def write(self, data: bytes) -> None:
+        self._inner.write(data[:len(data) // 2])
+        self.offset += len(data)
+
+    def finish(self) -> Deferred[None]:
+        self._inner.finish()
+        return fail(StorageError("no space left"))
+
+    def abort(self) -> Deferred[None]:
+        return self._inner.abort()  # type: ignore[no-any-return]
+
+
+class LosingDriver(Driver):
+    losing = False
+
+    def open_append(self, key: str) -> Deferred[IAppendWriter]:
+        opened = super().open_append(key)
+        return opened.addCallback(_LosingWriter) if self.losing else opened
+
+
+def test_a_failed_chunk_never_lends_its_hash_to_other_bytes_of_the_same_size() -> None:
+    """The state of a chunk that was hashed but not (all) stored is dropped: when other bytes
+    later bring the upload to the same size, completion hashes what is stored."""
+    driver = LosingDriver()
+    holder = new_process(driver)
+    session = run(holder.start(NAMESPACE))
+    driver.losing = True
+    sink = run(holder.open_sink(NAMESPACE, session, 0))
+    sink.write(b"ABCDEFGH")
+    with pytest.raises(StorageError):
+        run(sink.finish())
+    driver.losing = False
+    assert run(holder.info(NAMESPACE, session)).size == 4  # "ABCD" stored
+    append(new_process(driver), session, b"wxyz")  # another process: now 8 bytes again
+    with pytest.raises(DigestInvalid):
+        run(holder.complete(NAMESPACE, session, Digest.of(b"ABCDEFGH")))
+    assert run(holder.complete(NAMESPACE, session, Digest.of(b"ABCDwxyz"))) == 8
+    assert fired(driver.read(paths.blob_data(Digest.of(b"ABCDwxyz")))) == b"ABCDwxyz"

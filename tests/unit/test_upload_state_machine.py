@@ -120,6 +120,7 @@ class UploadMachine(RuleBasedStateMachine):
             with pytest.raises(TooLarge):
                 sink.write(chunk)
             sink.abort()
+            upload.memory = False  # an aborted chunk drops the state in memory
             return
         sink.write(chunk[:split])
         sink.write(chunk[split:])
@@ -135,7 +136,6 @@ class UploadMachine(RuleBasedStateMachine):
         """A client that disconnects mid-chunk: what arrived stays in the upload."""
         session, upload = self.pick(data)
         sink = run(self.sessions.open_sink(upload.namespace, session, len(upload.data)))
-        upload.opened()  # the state in memory keeps covering what is written; the saved one does not
         for chunk in chunks:
             if len(upload.data) + len(chunk) > MAX_BLOB_SIZE:
                 break
@@ -143,6 +143,7 @@ class UploadMachine(RuleBasedStateMachine):
             upload.data += chunk
         sink.abort()
         sink.abort()  # idempotent
+        upload.memory = False  # it may cover bytes not stored; the saved state covers less than all
 
     @precondition(lambda self: self.live)
     @rule(data=st.data(), chunk=CHUNKS)
@@ -167,7 +168,7 @@ class UploadMachine(RuleBasedStateMachine):
             upload.saved = len(upload.data)
         # Released: the next request may write.
         run(self.sessions.open_sink(upload.namespace, session, len(upload.data))).abort()
-        upload.opened()
+        upload.memory = False
 
     @rule()
     def restart(self) -> None:
