@@ -274,6 +274,7 @@ def build_application(config: Config, reactor: Any, live: LiveConfig, registry: 
     the caller puts ``events`` and ``drain`` in its service tree and ``site`` behind a listener
     (or an in-memory transport)."""
     metrics.watch_uploads(lambda: registry.uploads.writing)
+    registry.uploads.on_digest = metrics.upload_digest
     if config.blob_store_s3 is None:
         metrics.watch_filesystem(lambda: os.path.abspath(config.blob_store.root_dir))
     tls = config.server.tls

@@ -26,6 +26,9 @@ Other:
 - ``angosd_uploads_in_progress``: gauge of upload sessions whose bytes are being written
   right now (a PATCH/PUT chunk or monolithic POST admitted and not yet finished), read from
   the callable given to `Metrics.watch_uploads`. Idle open sessions are not counted.
+- ``angosd_upload_digests_total{how}``: one per upload completion that computed a digest;
+  ``how`` is ``resumed`` (the hash state carried with the session) or ``rehashed`` (the
+  bytes read again: the state was lost); see `Metrics.upload_digest`.
 - ``angosd_thread_pool_queued_jobs{pool}`` and ``angosd_thread_pool_active_threads{pool}``:
   gauges of the jobs waiting for a thread and the threads running one, per thread pool
   (``io``, ``cpu``; see `angosd.storage.pools`), given to `Metrics.watch_pools`.
@@ -140,6 +143,8 @@ class WatchedPool(Protocol):
     def queued(self) -> int: ...
     @property
     def active(self) -> int: ...
+#: ``how`` label values of ``angosd_upload_digests_total`` (`angosd.registry.uploads.DIGEST_SOURCES`).
+UPLOAD_DIGEST_SOURCES = ("resumed", "rehashed")
 #: ``kind`` label values of ``angosd_storage_errors_total``: a full store (507), any other failure (503).
 STORAGE_ERROR_KINDS = ("out_of_space", "error")
 #: Histogram buckets (seconds) of the reactor's lateness.
@@ -358,6 +363,11 @@ class Metrics:
                                          "Upload sessions whose bytes are being written right now.",
                                          registry=recording, multiprocess_mode="livesum")
         self._writing: Callable[[], int] | None = None
+        self.upload_digests = Counter("angosd_upload_digests",
+                                      "Upload completions, by how the digest was had: resumed hash state or rehashed.",
+                                      ("how",), registry=recording)
+        for how in UPLOAD_DIGEST_SOURCES:
+            self.upload_digests.labels(how)
         self.pool_queued = Gauge("angosd_thread_pool_queued_jobs", "Jobs waiting for a thread, per thread pool.",
                                  ("pool",), registry=recording, multiprocess_mode="livesum")
         self.pool_active = Gauge("angosd_thread_pool_active_threads", "Threads running a job, per thread pool.",
@@ -370,6 +380,12 @@ class Metrics:
         if method not in AUTH_METHODS or result not in AUTH_RESULTS:
             raise ValueError(f"unknown authentication method or result: {method!r}, {result!r}")
         self.auth_attempts.labels(method, result).inc()
+
+    def upload_digest(self, how: str) -> None:
+        """Count one upload completion; ``how`` must be one of `UPLOAD_DIGEST_SOURCES`."""
+        if how not in UPLOAD_DIGEST_SOURCES:
+            raise ValueError(f"unknown upload digest source: {how!r}")
+        self.upload_digests.labels(how).inc()
 
     def watch_certificates(self, bundles: Callable[[], Mapping[str, str | None]]) -> None:
         """Report the expiry of the certificate files ``bundles()`` names (``server``,

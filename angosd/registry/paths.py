@@ -104,6 +104,10 @@ def upload_info(namespace: str, session: str) -> str:
     return f"{upload_dir(namespace, session)}/info"
 
 
+def upload_hash_state(namespace: str, session: str) -> str:
+    return f"{upload_dir(namespace, session)}/hashstate"
+
+
 def gc_mark(digest: Digest) -> str:
     return f"{GC_MARKS}/{digest.algorithm}/{digest.hex}"
 

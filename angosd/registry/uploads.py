@@ -2,9 +2,15 @@
 
 The bytes of a session live in one data file that chunks are appended to. Its size is
 the session's offset, so whatever happens (disconnects, kill -9) the offset reported is
-exactly what is stored. The digest is computed incrementally while chunks arrive; when
-that state is lost (a restart, another daemon wrote a chunk, a failed write), completion
-rehashes the file instead, so a lost hash state costs time, never correctness.
+exactly what is stored. The digest is computed incrementally while chunks arrive.
+
+The hash state travels with the session: after each chunk is stored, the state (see
+`angosd.oci.hash_state`) is saved beside the data as ``hashstate``, so the next chunk or
+the completion continues it in any worker, daemon or restarted process without reading
+the bytes again. A saved state is used only if the number of bytes it covers equals the
+data's size now: a crash between the append and the save, a failed write, an unreadable
+or damaged state, or an algorithm without exportable state (no libcrypto) all make
+completion rehash the data instead, so a lost hash state costs time, never correctness.
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import json
 import os
 import uuid as uuid_module
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,9 +37,10 @@ from angosd.oci.errors import (
     SizeInvalid,
     TooLarge,
 )
+from angosd.oci.hash_state import ResumableHasher, new_resumable
 from angosd.registry import paths
 from angosd.registry.blobs import BlobStore
-from angosd.storage.errors import PathNotFound
+from angosd.storage.errors import PathNotFound, StorageError
 from angosd.storage.interface import IAppendWriter, IHashingAppendWriter, IStorageDriver
 
 #: Hash states kept in memory; beyond this the oldest sessions fall back to rehashing.
@@ -109,6 +117,15 @@ class _HashState:
     offset: int
 
 
+def _fresh_state(algorithm: str) -> _HashState:
+    return _HashState(algorithm, new_resumable(algorithm) or new_hasher(algorithm), 0)
+
+
+#: How a completion got its digest: from the hash state (``resumed``) or by reading the
+#: bytes again (``rehashed``); the label values of ``angosd_upload_digests_total``.
+DIGEST_SOURCES = ("resumed", "rehashed")
+
+
 def parse_session_id(text: str) -> str:
     """The canonical form of a session id; raises `BlobUploadUnknown` if it is not a UUID."""
     try:
@@ -127,8 +144,9 @@ class UploadSink:
     """
 
     def __init__(self, sessions: UploadSessions, namespace: str, session: str, writer: IAppendWriter,
-                 state: _HashState | None, limit: int) -> None:
+                 state: _HashState | None, limit: int, save_state: bool = True) -> None:
         self._sessions = sessions
+        self._save_state = save_state
         self.namespace = namespace
         self.session = session
         self._writer = writer
@@ -161,8 +179,7 @@ class UploadSink:
         try:
             self._writer.write(data)
         except Exception:
-            self._state = None
-            self._sessions._forget(self.session)
+            self._drop_state()
             raise
         if self._state is not None:
             if self._hash_here:
@@ -174,15 +191,28 @@ class UploadSink:
             return
         self._closed = True
         try:
-            await self._writer.finish()
+            try:
+                await self._writer.finish()
+            except BaseException:
+                self._drop_state()
+                raise
+            if self._save_state and self._state is not None and self._state.offset == self.offset:
+                await self._sessions._save_state(self.namespace, self.session, self._state)
         finally:
             self._sessions._release(self.session)
 
     def abort(self) -> None:
-        """Stop writing; the session is released once what was written is stored."""
+        """Stop writing; the session is released once what was written is stored. The hash
+        state is dropped: it may cover bytes that were not stored, and other bytes may later
+        reach the same size (completion then rehashes)."""
         if not self._closed:
             self._closed = True
+            self._drop_state()
             self._writer.abort().addBoth(lambda _: self._sessions._release(self.session))
+
+    def _drop_state(self) -> None:
+        self._state = None
+        self._sessions._forget(self.session)
 
 
 #: The largest chunk accepted with ``Content-Range`` but no ``Content-Length``: such a chunk
@@ -244,6 +274,8 @@ class UploadSessions:
         #: Shared with other daemons on the same store (Redis); None: this process only.
         self.coordination: Coordination | None = None
         self._leases: dict[str, Lease] = {}
+        #: Told how each completion got its digest (one of `DIGEST_SOURCES`); for metrics.
+        self.on_digest: Callable[[str], None] | None = None
 
     @property
     def writing(self) -> int:
@@ -258,7 +290,7 @@ class UploadSessions:
         info = {"started_at": int(self._clock.seconds()), "algorithm": algorithm}
         await self._driver.write(paths.upload_info(namespace, session), json.dumps(info).encode())
         await self._driver.write(paths.upload_data(namespace, session), b"")
-        self._remember(session, _HashState(algorithm or "sha256", new_hasher(algorithm or "sha256"), 0))
+        self._remember(session, _fresh_state(algorithm or "sha256"))
         return session
 
     async def info(self, namespace: str, session: str) -> UploadInfo:
@@ -282,8 +314,12 @@ class UploadSessions:
                 continue
         return found
 
-    async def open_sink(self, namespace: str, session: str, first: int | None) -> UploadSink:
+    async def open_sink(self, namespace: str, session: str, first: int | None,
+                        save_state: bool = True) -> UploadSink:
         """Open the session for one chunk that starts at ``first`` (None: at the end).
+
+        ``save_state=False``: the hash state is not saved after the chunk, for a session
+        that this process completes or discards right after it (a monolithic upload).
 
         Raises `UploadOffsetMismatch` when ``first`` is not the current size or another
         request is writing to the session.
@@ -305,11 +341,13 @@ class UploadSessions:
             self._release(session)
             raise UploadOffsetMismatch(namespace, session, writer.offset,
                                        f"chunk starts at {first}, upload has {writer.offset} bytes")
-        state = self._states.get(session)
-        if state is None or state.offset != writer.offset:
-            self._forget(session)
-            state = None
-        return UploadSink(self, namespace, session, writer, state, self.max_blob_size)
+        try:
+            state = await self._state(namespace, session, info.algorithm or "sha256", writer.offset)
+        except BaseException:
+            await writer.abort()
+            self._release(session)
+            raise
+        return UploadSink(self, namespace, session, writer, state, self.max_blob_size, save_state)
 
     async def complete(self, namespace: str, session: str, digest: Digest) -> int:
         """Verify the session's bytes against ``digest`` and commit them as a blob.
@@ -330,11 +368,13 @@ class UploadSessions:
         if info.algorithm is not None and info.algorithm != digest.algorithm:
             raise UploadDigestMismatch(namespace, session, info.size,
                                        f"upload was started for {info.algorithm}, not {digest.algorithm}")
-        state = self._states.get(session)
-        if state is not None and state.algorithm == digest.algorithm and state.offset == info.size:
+        state = await self._state(namespace, session, digest.algorithm, info.size)
+        if state is not None:
             actual = state.hasher.hexdigest()
         else:
             actual = await self._driver.hash_object(paths.upload_data(namespace, session), digest.algorithm)
+        if self.on_digest is not None:
+            self.on_digest(DIGEST_SOURCES[state is None])
         if actual != digest.hex:
             raise UploadDigestMismatch(namespace, session, info.size,
                                        f"content hashes to {digest.algorithm}:{actual}, not {digest}")
@@ -380,6 +420,39 @@ class UploadSessions:
 
     def _forget(self, session: str) -> None:
         self._states.pop(session, None)
+
+    async def _state(self, namespace: str, session: str, algorithm: str, size: int) -> _HashState | None:
+        """The hash state of ``session`` covering exactly its ``size`` stored bytes, from
+        memory or from the saved state; None (rehash at completion) when there is none."""
+        state = self._states.get(session)
+        if state is not None and state.offset == size:
+            if state.algorithm == algorithm:
+                return state
+            return _fresh_state(algorithm) if size == 0 else None  # keep it for its own algorithm
+        self._forget(session)
+        if size == 0:
+            state = _fresh_state(algorithm)
+        else:
+            try:
+                saved = await self._driver.read(paths.upload_hash_state(namespace, session))
+            except (PathNotFound, StorageError):  # unreadable: only costs a rehash
+                return None
+            hasher = ResumableHasher.restore(saved, algorithm)
+            if hasher is None or hasher.offset != size:
+                return None
+            state = _HashState(algorithm, hasher, size)
+        self._remember(session, state)
+        return state
+
+    async def _save_state(self, namespace: str, session: str, state: _HashState) -> None:
+        """Save ``state`` beside the session's data, which it must cover exactly (the
+        caller has just stored it). A failure is logged: it only costs a rehash later."""
+        if not isinstance(state.hasher, ResumableHasher):
+            return
+        try:
+            await self._driver.write(paths.upload_hash_state(namespace, session), state.hasher.export())
+        except StorageError as exc:
+            _log.warn("could not save the hash state of upload {session}: {error}", session=session, error=exc)
 
     async def _lock(self, namespace: str, session: str, size: int) -> None:
         """Mark ``session`` busy here and, with coordination, for every daemon.

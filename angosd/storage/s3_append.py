@@ -23,7 +23,10 @@ Why this is correct under ``kill -9`` and with several daemons:
   waiting (the client's connection is paused meanwhile) and the one filling.
 - Assembly (`assemble`, at `move` time) builds the destination with one multipart
   upload: parts of at least 5 MiB are copied server-side (UploadPartCopy), smaller
-  neighbours are read and re-uploaded through a buffer of at most ``part_size``. Only
+  neighbours are read and re-uploaded through a buffer of at most ``part_size``. Up to
+  `COPY_CONCURRENCY` part copies run at once (each is server-side work of the S3 service,
+  so one after another the commit of a large upload took a round trip per part); the
+  re-uploaded parts are read and sent one at a time, so memory stays bounded. Only
   CompleteMultipartUpload makes the destination visible, whole. An upload abandoned by
   a crash stays invisible; a bucket lifecycle rule (AbortIncompleteMultipartUpload)
   reclaims it.
@@ -38,7 +41,7 @@ from collections import deque
 from typing import Any
 from urllib.parse import quote
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, DeferredSemaphore, succeed
 from twisted.internet.interfaces import IConsumer
 from twisted.logger import Logger
 from zope.interface import implementer
@@ -53,6 +56,8 @@ from angosd.storage.s3_read import Segment, read_blocks
 MIN_PART = 5 * 1024 * 1024
 MAX_COPY_PART = 5 * 1024**3
 MAX_PARTS = 10_000
+#: UploadPartCopy requests of one assembly in flight at once.
+COPY_CONCURRENCY = 6
 #: Objects up to this size are moved by reading them and writing them again.
 _SMALL_MOVE = MIN_PART
 _PARTS_DIR = ".tmp-parts"
@@ -289,7 +294,8 @@ class _Multipart:
         self.client = client
         self.destination = destination
         self.upload_id = ""
-        self.parts: list[tuple[int, str]] = []
+        self.parts: dict[int, str] = {}  # part number -> ETag
+        self._numbered = 0
 
     async def create(self) -> None:
         response = await self.client.call("POST", self.destination, [("uploads", None)], body=b"")
@@ -299,21 +305,24 @@ class _Multipart:
         if not self.upload_id:
             raise StorageError(f"S3 started no multipart upload for {self.destination}")
 
-    def _query(self) -> list[tuple[str, str | None]]:
-        number = len(self.parts) + 1
-        if number > MAX_PARTS:
+    def number(self) -> int:
+        """The next part number, in the order of the bytes (parts may be stored in any order)."""
+        self._numbered += 1
+        if self._numbered > MAX_PARTS:
             raise StorageError(f"{self.destination}: more than {MAX_PARTS} parts; raise multipart_part_size")
+        return self._numbered
+
+    def _query(self, number: int) -> list[tuple[str, str | None]]:
         return [("partNumber", str(number)), ("uploadId", self.upload_id)]
 
-    async def upload(self, data: bytes) -> None:
-        query = self._query()
-        response = await self.client.call("PUT", self.destination, query, body=data)
+    async def upload(self, number: int, data: bytes) -> None:
+        response = await self.client.call("PUT", self.destination, self._query(number), body=data)
         if response.status != 200:
             raise self.client.error(response, "PUT part", self.destination)
-        self.parts.append((len(self.parts) + 1, response.header("ETag") or ""))
+        self.parts[number] = response.header("ETag") or ""
 
-    async def copy(self, segment: Segment, skip: int, length: int) -> None:
-        query = self._query()
+    async def copy(self, number: int, segment: Segment, skip: int, length: int) -> None:
+        query = self._query(number)
         first = segment.start + skip
         headers = {"x-amz-copy-source": _copy_source(self.client, segment.full_key),
                    "x-amz-copy-source-range": f"bytes={first}-{first + length - 1}"}
@@ -322,11 +331,11 @@ class _Multipart:
         response = await self.client.call("PUT", self.destination, query, headers, b"")
         if response.status != 200:
             raise self.client.error(response, "COPY part", segment.full_key)
-        self.parts.append((len(self.parts) + 1, child_text(parse_xml(response.body), "ETag")))
+        self.parts[number] = child_text(parse_xml(response.body), "ETag")
 
     async def complete(self, total: int) -> None:
         document = ElementTree.Element("CompleteMultipartUpload")
-        for number, etag in self.parts:
+        for number, etag in sorted(self.parts.items()):
             part = ElementTree.SubElement(document, "Part")
             ElementTree.SubElement(part, "PartNumber").text = str(number)
             ElementTree.SubElement(part, "ETag").text = etag
@@ -351,29 +360,48 @@ class _Multipart:
 async def _multipart(client: S3Client, segments: list[Segment], destination: str, part_size: int) -> None:
     upload = _Multipart(client, destination)
     await upload.create()
+    copies = DeferredSemaphore(COPY_CONCURRENCY)
+    copying: list[Deferred[None]] = []
+
+    def copy(number: int, segment: Segment, skip: int, length: int) -> Deferred[None]:
+        return Deferred.fromCoroutine(upload.copy(number, segment, skip, length))
+
     try:
-        buffer = bytearray()
-        for segment in segments:
-            position = 0
-            while position < segment.length:
-                remaining = segment.length - position
-                if not buffer and remaining >= MIN_PART:
-                    take = min(remaining, MAX_COPY_PART)
-                    if 0 < remaining - take < MIN_PART:
-                        take = remaining - MIN_PART  # leave a valid part behind
-                    await upload.copy(segment, position, take)
-                else:
-                    take = min(remaining, part_size - len(buffer))
-                    piece = Segment(segment.full_key, segment.start + position, take, segment.etag)
-                    async for block in read_blocks(client, [piece]):
-                        buffer += block
-                    if len(buffer) >= part_size:
-                        data = bytes(buffer)
-                        buffer = bytearray()
-                        await upload.upload(data)
-                position += take
-        if buffer:
-            await upload.upload(bytes(buffer))
+        try:
+            buffer = bytearray()
+            for segment in segments:
+                position = 0
+                while position < segment.length:
+                    remaining = segment.length - position
+                    if not buffer and remaining >= MIN_PART:
+                        take = min(remaining, MAX_COPY_PART)
+                        if 0 < remaining - take < MIN_PART:
+                            take = remaining - MIN_PART  # leave a valid part behind
+                        if copies.tokens == 0:  # all copy slots busy: wait for one before planning on
+                            await copies.acquire()
+                            copies.release()
+                        copying.append(copies.run(copy, upload.number(), segment, position, take))
+                    else:
+                        take = min(remaining, part_size - len(buffer))
+                        piece = Segment(segment.full_key, segment.start + position, take, segment.etag)
+                        async for block in read_blocks(client, [piece]):
+                            buffer += block
+                        if len(buffer) >= part_size:
+                            data = bytes(buffer)
+                            buffer = bytearray()
+                            await upload.upload(upload.number(), data)
+                    position += take
+            if buffer:
+                await upload.upload(upload.number(), bytes(buffer))
+        finally:
+            failures = []
+            for pending in copying:  # every copy settles before the upload completes or is aborted
+                try:
+                    await pending
+                except BaseException as exc:
+                    failures.append(exc)
+        if failures:
+            raise failures[0]
         await upload.complete(sum(segment.length for segment in segments))
     except BaseException:
         await upload.abort()

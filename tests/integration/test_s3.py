@@ -25,12 +25,16 @@ from typing import Any
 import pytest
 import pytest_twisted
 from twisted.internet import reactor
-from twisted.internet.defer import CancelledError
-from twisted.internet.task import deferLater
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.task import Clock, deferLater
 
+from angosd.oci.digest import Digest
+from angosd.registry import paths
+from angosd.registry.blobs import BlobStore
+from angosd.registry.uploads import UploadSessions
 from angosd.storage.errors import StorageError
 from angosd.storage.s3 import S3Driver
-from angosd.storage.s3_append import MIN_PART
+from angosd.storage.s3_append import COPY_CONCURRENCY, MIN_PART
 from tests.daemon import Daemon, Response
 from tests.integration.images import build_image, inspect_raw, manifest_digest, skopeo
 from tests.integration.ocihelpers import (
@@ -474,6 +478,89 @@ async def test_appends_become_parts_and_assemble_into_one_object(driver: S3Drive
     assert await driver.read("blobs/x/data") == data
     assert await driver.stat(key) is None
     assert [k for k in s3.keys(bucket)] == ["blobs/x/data"]
+
+
+def watch_copies(driver: S3Driver, fail_copy: int | None = None) -> dict[str, int]:
+    """Count the UploadPartCopy requests of ``driver`` and the most in flight at once; with
+    ``fail_copy`` the copy of that number (1-based) fails as a refused request would."""
+    seen = {"copies": 0, "in_flight": 0, "most": 0}
+    call = driver.client.call
+
+    async def counting(method: str, full_key: str | None, query: Any = (), headers: Any = None,
+                       body: bytes | None = None) -> Any:
+        if not (headers and "x-amz-copy-source-range" in headers):
+            return await call(method, full_key, query, headers, body)
+        seen["copies"] += 1
+        if seen["copies"] == fail_copy:
+            raise StorageError("copy refused")
+        seen["in_flight"] += 1
+        seen["most"] = max(seen["most"], seen["in_flight"])
+        try:
+            return await call(method, full_key, query, headers, body)
+        finally:
+            seen["in_flight"] -= 1
+
+    driver.client.call = counting  # type: ignore[method-assign]
+    return seen
+
+
+async def appended(driver: S3Driver, key: str, parts: int) -> bytes:
+    data = payload(parts * MIN_PART, seed=parts)
+    for index in range(parts):
+        writer = await driver.open_append(key)
+        writer.write(data[index * MIN_PART:(index + 1) * MIN_PART])
+        await writer.finish()
+    return data
+
+
+@pytest_twisted.ensureDeferred
+async def test_assembly_copies_parts_in_parallel_within_a_bound(driver: S3Driver, s3: S3Server) -> None:
+    parts = COPY_CONCURRENCY + 3
+    data = await appended(driver, "uploads/many/data", parts)
+    seen = watch_copies(driver)
+    await driver.move("uploads/many/data", "blobs/many/data")
+    assert seen["copies"] == parts
+    assert 1 < seen["most"] <= COPY_CONCURRENCY
+    assert await driver.read("blobs/many/data") == data
+    assert [k for k in s3.keys(driver.client.options.bucket)] == ["blobs/many/data"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_failed_part_copy_fails_the_move_and_changes_nothing(driver: S3Driver, s3: S3Server) -> None:
+    data = await appended(driver, "uploads/failing/data", 8)
+    seen = watch_copies(driver, fail_copy=3)
+    with pytest.raises(StorageError, match="copy refused"):
+        await driver.move("uploads/failing/data", "blobs/failing/data")
+    assert seen["in_flight"] == 0  # every other copy settled before the upload was aborted
+    assert await driver.stat("blobs/failing/data") is None
+    assert await driver.read("uploads/failing/data") == data
+
+
+@pytest_twisted.ensureDeferred
+async def test_chunks_in_other_processes_complete_without_reading_the_upload_again(driver: S3Driver) -> None:
+    """The hash state is saved as an object beside the upload: a process that did not
+    receive the chunks completes without a single read of the upload's bytes."""
+    rehashes = []
+    hash_object = driver.hash_object
+
+    def counted(key: str, algorithm: str) -> Deferred[str]:
+        rehashes.append(key)
+        return hash_object(key, algorithm)
+
+    driver.hash_object = counted  # type: ignore[method-assign]
+
+    def process() -> UploadSessions:
+        return UploadSessions(driver, BlobStore(driver), Clock(), 1 << 30)
+
+    session = await process().start("team/app")
+    data = payload(2 * MIN_PART + 5, seed=4)
+    for first, last in ((0, 1000), (1000, MIN_PART + 7), (MIN_PART + 7, len(data))):
+        sink = await process().open_sink("team/app", session, first)
+        sink.write(data[first:last])
+        await sink.finish()
+    assert await process().complete("team/app", session, Digest.of(data)) == len(data)
+    assert rehashes == []
+    assert await driver.read(paths.blob_data(Digest.of(data))) == data
 
 
 @pytest_twisted.ensureDeferred

@@ -13,6 +13,7 @@ from twisted.internet.task import Clock
 
 from angosd.oci.digest import Digest
 from angosd.oci.errors import BlobUnknown, BlobUploadUnknown, DigestInvalid, TooLarge
+from angosd.registry import paths
 from angosd.registry.blobs import BlobStore
 from angosd.registry.uploads import UploadOffsetMismatch, UploadSessions
 from angosd.storage.memory import MemoryDriver
@@ -33,7 +34,7 @@ CHUNKS = st.binary(max_size=16) | st.builds(filled, st.integers(0, 120), st.inte
 
 
 class CountingDriver(MemoryDriver):
-    """Counts rehashes, to tell the incremental hash from the fallback."""
+    """Counts rehashes, to tell the incremental (or resumed) hash from the fallback."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -49,8 +50,23 @@ class Upload:
     namespace: str
     algorithm: str | None
     data: bytearray = field(default_factory=bytearray)
-    #: Whether this daemon still holds the incremental hash of every byte.
-    hashed: bool = True
+    #: Whether this daemon holds, in memory, the hash state of every byte.
+    memory: bool = True
+    #: How many bytes the hash state saved beside the session covers (None: none saved).
+    saved: int | None = None
+
+    @property
+    def state_algorithm(self) -> str:
+        return self.algorithm or "sha256"
+
+    def resumable(self) -> bool:
+        """Whether a hash state of every byte can be had without reading them again."""
+        return self.memory or self.saved == len(self.data) or not self.data
+
+    def opened(self) -> bool:
+        """Opening a chunk loads the state into memory when there is one: True if so."""
+        self.memory = self.resumable()
+        return self.memory
 
 
 class UploadMachine(RuleBasedStateMachine):
@@ -98,17 +114,21 @@ class UploadMachine(RuleBasedStateMachine):
             assert caught.value.status == 416
             return
         sink = run(self.sessions.open_sink(upload.namespace, session, first))
+        resumable = upload.opened()
         assert sink.offset == size
         if size + len(chunk) > MAX_BLOB_SIZE:
             with pytest.raises(TooLarge):
                 sink.write(chunk)
             sink.abort()
+            upload.memory = False  # an aborted chunk drops the state in memory
             return
         sink.write(chunk[:split])
         sink.write(chunk[split:])
         assert sink.offset == size + len(chunk)
         run(sink.finish())
         upload.data += chunk
+        if resumable:
+            upload.saved = len(upload.data)
 
     @precondition(lambda self: self.live)
     @rule(data=st.data(), chunks=st.lists(CHUNKS, min_size=1, max_size=3))
@@ -123,6 +143,7 @@ class UploadMachine(RuleBasedStateMachine):
             upload.data += chunk
         sink.abort()
         sink.abort()  # idempotent
+        upload.memory = False  # it may cover bytes not stored; the saved state covers less than all
 
     @precondition(lambda self: self.live)
     @rule(data=st.data(), chunk=CHUNKS)
@@ -131,6 +152,7 @@ class UploadMachine(RuleBasedStateMachine):
         session, upload = self.pick(data)
         size = len(upload.data)
         sink = run(self.sessions.open_sink(upload.namespace, session, size))
+        resumable = upload.opened()
         for first in (size, None):
             with pytest.raises(UploadOffsetMismatch) as caught:
                 run(self.sessions.open_sink(upload.namespace, session, first))
@@ -142,15 +164,19 @@ class UploadMachine(RuleBasedStateMachine):
             upload.data += chunk
         run(sink.finish())
         run(sink.finish())  # idempotent
+        if resumable:
+            upload.saved = len(upload.data)
         # Released: the next request may write.
         run(self.sessions.open_sink(upload.namespace, session, len(upload.data))).abort()
+        upload.memory = False
 
     @rule()
     def restart(self) -> None:
-        """A new daemon over the same storage: every in-memory hash state is lost."""
+        """A new daemon over the same storage: every in-memory hash state is lost (the
+        saved ones are not)."""
         self.sessions = self.new_daemon()
         for upload in self.live.values():
-            upload.hashed = False
+            upload.memory = False
 
     @precondition(lambda self: self.live)
     @rule(data=st.data())
@@ -169,7 +195,7 @@ class UploadMachine(RuleBasedStateMachine):
         digest = Digest.of(body, upload.algorithm or algorithm)
         rehashes = self.driver.rehashes
         assert run(self.sessions.complete(upload.namespace, session, digest)) == len(body)
-        incremental = upload.hashed and (upload.algorithm or "sha256") == digest.algorithm
+        incremental = not body or (upload.resumable() and upload.state_algorithm == digest.algorithm)
         assert self.driver.rehashes == rehashes + (0 if incremental else 1)
         del self.live[session]
         self.dead[session] = upload.namespace
@@ -196,6 +222,8 @@ class UploadMachine(RuleBasedStateMachine):
             digest = Digest.of(body + b"\x00tampered", upload.algorithm or algorithm)
         with pytest.raises(DigestInvalid):
             run(self.sessions.complete(upload.namespace, session, digest))
+        if digest.algorithm == upload.state_algorithm:
+            upload.opened()
         # The session is kept whole: the client may resume or retry it.
         assert run(self.sessions.info(upload.namespace, session)).size == len(body)
         if (upload.namespace, digest) not in self.completed:
@@ -254,7 +282,8 @@ TestUploadSessions = UploadMachine.TestCase
 TestUploadSessions.settings = settings(stateful_step_count=40)
 
 
-def test_completion_after_restart_rehashes_and_verifies() -> None:
+@pytest.mark.parametrize("state_kept", [True, False])
+def test_completion_after_restart_resumes_or_rehashes_and_verifies(state_kept: bool) -> None:
     driver = CountingDriver()
     blobs = BlobStore(driver)
     clock = Clock()
@@ -263,6 +292,8 @@ def test_completion_after_restart_rehashes_and_verifies() -> None:
     sink = run(sessions.open_sink("ns", session, 0))
     sink.write(b"before ")
     run(sink.finish())
+    if not state_kept:
+        fired(driver.delete(paths.upload_hash_state("ns", session)))
 
     restarted = UploadSessions(driver, blobs, clock, MAX_BLOB_SIZE)
     sink = run(restarted.open_sink("ns", session, 7))
@@ -270,7 +301,7 @@ def test_completion_after_restart_rehashes_and_verifies() -> None:
     run(sink.finish())
     digest = Digest.of(b"before after", "sha512")
     assert run(restarted.complete("ns", session, digest)) == 12
-    assert driver.rehashes == 1
+    assert driver.rehashes == (0 if state_kept else 1)
     assert run(blobs.read_small(digest)) == b"before after"
 
 

@@ -56,7 +56,8 @@ class StartUpload(_UploadEndpoint):
         namespace = self.context.namespace(route)
         digest = Digest.parse(route.param("digest") or "")
         session = await uploads.start(namespace, digest.algorithm)
-        return await uploads.open_sink(namespace, session, 0)
+        # Completed (or cancelled) by this request: nothing would continue a saved hash state.
+        return await uploads.open_sink(namespace, session, 0, save_state=False)
 
     async def handle(self, request: RegistryRequest, route: Route) -> bytes:
         context = self.context
