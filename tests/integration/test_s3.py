@@ -28,7 +28,7 @@ from twisted.internet import reactor
 from twisted.internet.defer import CancelledError
 from twisted.internet.task import deferLater
 
-from angosd.storage.errors import StorageError
+from angosd.storage.errors import PathNotFound, StorageError
 from angosd.storage.s3 import S3Driver
 from angosd.storage.s3_append import MIN_PART
 from tests.daemon import Daemon, Response
@@ -474,6 +474,62 @@ async def test_appends_become_parts_and_assemble_into_one_object(driver: S3Drive
     assert await driver.read("blobs/x/data") == data
     assert await driver.stat(key) is None
     assert [k for k in s3.keys(bucket)] == ["blobs/x/data"]
+
+
+class RecordingHook:
+    """Sees every request the S3 client sends: (method, path, Range header or None)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str | None]] = []
+
+    def request(self, agent: Any, method: bytes, uri: bytes, headers: Any, body: Any) -> Any:
+        ranges = headers.getRawHeaders(b"Range") if headers is not None else None
+        path = uri.decode().split("?")[0].split("/", 3)[3]
+        self.seen.append((method.decode(), path, ranges[0].decode() if ranges else None))
+        return agent.request(method, uri, headers, body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_whole_object_is_read_with_one_get_and_a_range_with_one_ranged_get(s3: S3Server) -> None:
+    """Opening and streaming a whole object is one GET without Range (its answer gives the
+    size and ETag); a range asked after opening is one more GET, with Range and If-Match."""
+    from angosd.outbound.client import make_client
+    from angosd.storage.s3_client import S3Options
+    from tests.pools import started_pools
+    from tests.s3_server import s3_options
+    from tests.unit.test_storage_drivers import PausingConsumer, drain
+
+    hook = RecordingHook()
+    options = s3_options(s3, s3.new_bucket("one-get"))
+    assert isinstance(options, S3Options)
+    driver = S3Driver(reactor, make_client(reactor, hook=hook)[0], options, started_pools(reactor).io)
+    data = payload(3 * MiB + 17, seed=4)
+    await driver.write("blobs/big", data)
+    bucket_key = f"{options.bucket}/blobs/big"
+
+    hook.seen.clear()
+    handle = await driver.open_read("blobs/big")
+    assert handle.size == len(data)
+    consumer = PausingConsumer()
+    await drain(handle.write_to(consumer, 0, len(data) - 1), consumer)
+    assert consumer.received == data
+    assert hook.seen == [("GET", bucket_key, None)]
+
+    hook.seen.clear()
+    handle = await driver.open_read("blobs/big")
+    consumer = PausingConsumer()
+    await drain(handle.write_to(consumer, MiB, 2 * MiB), consumer)
+    assert consumer.received == data[MiB:2 * MiB + 1]
+    assert hook.seen == [("GET", bucket_key, None), ("GET", bucket_key, f"bytes={MiB}-{2 * MiB}")]
+
+    hook.seen.clear()
+    await driver.write("blobs/small", b"tiny")
+    hook.seen.clear()
+    assert await (await driver.open_read("blobs/small")).read_all() == b"tiny"
+    assert hook.seen == [("GET", f"{options.bucket}/blobs/small", None)]
+
+    with pytest.raises(PathNotFound):
+        await driver.open_read("blobs/missing")
 
 
 @pytest_twisted.ensureDeferred
