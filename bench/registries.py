@@ -149,8 +149,9 @@ def start_distribution(name: str, workdir: str, storage: str, tls: tuple[str, st
     two spaces); without ``AWS_CA_BUNDLE`` in its environment (its S3 driver panics on it)."""
     os.makedirs(workdir, exist_ok=True)
     port = free_port()
-    lines = ["version: 0.1", "log:", "  level: warn", "  accesslog:", "    disabled: true", "storage:", storage.rstrip(),
-             "  delete:", "    enabled: true", "  maintenance:", "    uploadpurging:", "      enabled: false",
+    lines = ["version: 0.1", "log:", "  level: warn", "  accesslog:", "    disabled: true", "storage:",
+             storage.rstrip(), "  delete:", "    enabled: true", "  maintenance:", "    uploadpurging:",
+             "      enabled: false",
              "http:", f"  addr: 127.0.0.1:{port}", "  secret: bench-not-a-secret"]
     if tls is not None:
         lines += ["  tls:", f"    certificate: {tls[0]}", f"    key: {tls[1]}"]
@@ -256,8 +257,9 @@ class Samples:
         """A markdown table: median (min-max) per target, each target's ratio to the first."""
         import statistics
 
-        head = f"| scenario | {' | '.join(f'{t} {unit}' for t in targets)} | ratio | peak RSS MiB ({' / '.join(targets)}) |"
-        rows = [head, "|" + "---|" * (len(targets) + 3)]
+        columns = " | ".join(f"{t} {unit}" for t in targets)
+        rows = [f"| scenario | {columns} | ratio | peak RSS MiB ({' / '.join(targets)}) |",
+                "|" + "---|" * (len(targets) + 3)]
         for scenario in scenarios:
             if (scenario, targets[0]) not in self.rates:
                 continue

@@ -155,6 +155,19 @@ def test_server_only_tls_negotiates_tls12_or_later_and_http11(tmp_path: Path, ca
     assert result.server.get_peer_certificate() is None
 
 
+@pytest.mark.parametrize("version", [SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION])
+def test_aes128_gcm_is_preferred_over_the_clients_order(tmp_path: Path, ca: CA, version: int) -> None:
+    client = client_context(ca)
+    client.set_min_proto_version(version)
+    client.set_max_proto_version(version)
+    client.set_cipher_list(b"ECDHE+AES256+AESGCM:ECDHE+CHACHA20:ECDHE+AES128+AESGCM")
+    client.set_tls13_ciphersuites(b"TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256")
+    result = handshake(build_context(server_files(tmp_path, ca)), client)
+    assert result.ok, result.server_error
+    assert result.client.get_cipher_name() in ("TLS_AES_128_GCM_SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+                                                "ECDHE-ECDSA-AES128-GCM-SHA256")
+
+
 def test_h2_only_clients_get_no_alpn_protocol(tmp_path: Path, ca: CA) -> None:
     result = handshake(build_context(server_files(tmp_path, ca)), client_context(ca, alpn=[b"h2"]))
     assert result.ok
