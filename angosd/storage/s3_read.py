@@ -4,7 +4,8 @@ A logical object is a list of `Segment` (byte ranges of bucket objects, in order
 segment for a plain object, the base object plus its parts for an append session (see
 `s3_append`). Streaming GETs the segments one after the other with ``Range`` (and
 ``If-Match`` on the ETag seen when the object was opened, so a replaced object fails
-instead of mixing versions), re-chunks the bytes into `CHUNK_SIZE` writes, and pauses
+instead of mixing versions), re-chunks the bytes into `CHUNK_SIZE` writes (each byte
+copied once, into its chunk), and pauses
 the upstream connection while the consumer is paused: memory stays at a few chunks.
 A connection lost mid-segment is resumed from the last byte received.
 
@@ -15,6 +16,7 @@ request; a range (or a second read) asks again with ``Range``.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
@@ -214,7 +216,7 @@ class SegmentProducer(StreamingProducer):
         self._expected = expected
         self._delivered = 0
         super().__init__(consumer)
-        self._buffer = bytearray()
+        self._buffer = _Pieces()
         self._current: Segment | None = None
         self._got = 0  # bytes of the current piece received
         self._attempts = 0
@@ -283,9 +285,10 @@ class SegmentProducer(StreamingProducer):
     def _received(self, data: bytes) -> None:
         if self._done or self._current is None:
             return
-        data = data[:self._current.length - self._got]
-        self._got += len(data)
-        self._buffer += data
+        wanted = self._current.length - self._got
+        piece: bytes | memoryview = data if len(data) <= wanted else memoryview(data)[:wanted]
+        self._got += len(piece)
+        self._buffer.append(piece)
         self._arm()
         self._balance()
         self._pump()
@@ -349,11 +352,9 @@ class SegmentProducer(StreamingProducer):
         try:
             while not self._paused and not self._done:
                 if len(self._buffer) >= CHUNK_SIZE:
-                    chunk = bytes(self._buffer[:CHUNK_SIZE])
-                    del self._buffer[:CHUNK_SIZE]
+                    chunk = self._buffer.take(CHUNK_SIZE)
                 elif self._eof and self._buffer:
-                    chunk = bytes(self._buffer)
-                    self._buffer.clear()
+                    chunk = self._buffer.take(len(self._buffer))
                 else:
                     break
                 self._delivered += len(chunk)
@@ -377,6 +378,49 @@ class SegmentProducer(StreamingProducer):
         if self._upstream is not None:
             self._upstream.stopProducing()
         self._buffer.clear()
+
+
+class _Pieces:
+    """Received bytes in arrival order, kept as received: `take` copies each byte once."""
+
+    def __init__(self) -> None:
+        self._pieces: deque[bytes | memoryview] = deque()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, piece: bytes | memoryview) -> None:
+        if piece:
+            self._pieces.append(piece)
+            self._size += len(piece)
+
+    def take(self, size: int) -> bytes:
+        """The first ``size`` bytes (at most `len`), removed."""
+        size = min(size, self._size)
+        first = self._pieces[0]
+        if len(first) == size and isinstance(first, bytes):
+            self._pieces.popleft()
+            self._size -= size
+            return first
+        taken: list[bytes | memoryview] = []
+        needed = size
+        while needed:
+            head = self._pieces[0]
+            if len(head) <= needed:
+                taken.append(self._pieces.popleft())
+                needed -= len(head)
+            else:
+                view = memoryview(head)
+                taken.append(view[:needed])
+                self._pieces[0] = view[needed:]
+                needed = 0
+        self._size -= size
+        return b"".join(taken)
+
+    def clear(self) -> None:
+        self._pieces.clear()
+        self._size = 0
 
 
 class _Discarding(Protocol):

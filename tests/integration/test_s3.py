@@ -640,6 +640,22 @@ def test_slicing_segments_maps_logical_ranges() -> None:
     assert slice_segments(segments, 9, 12) == []
 
 
+def test_received_pieces_are_taken_in_order_across_boundaries() -> None:
+    from angosd.storage.s3_read import _Pieces
+
+    data = payload(1_000, seed=3)
+    pieces = _Pieces()
+    for start, end in ((0, 300), (300, 300), (300, 301), (301, 700), (700, 1_000)):
+        pieces.append(memoryview(data)[start:end] if start % 2 else data[start:end])
+    assert len(pieces) == 1_000
+    assert [pieces.take(size) for size in (250, 51, 399, 1, 5_000)] == [
+        data[:250], data[250:301], data[301:700], data[700:701], data[701:]]
+    assert len(pieces) == 0 and not pieces
+    whole = payload(10, seed=4)
+    pieces.append(whole)
+    assert pieces.take(10) is whole  # a piece that is exactly a chunk is passed on, not copied
+
+
 def test_metadata_store_on_s3_beside_a_filesystem_blob_store(tmp_path: Path, s3: S3Server) -> None:
     """``[metadata_store.s3]``: tags, revisions and ownership records in the bucket, blob bytes
     and upload sessions in the filesystem store."""
