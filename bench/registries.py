@@ -244,22 +244,25 @@ def head_ok(server: Server, repository: str, digest: str) -> bool:
 
 @dataclass
 class Samples:
-    """MiB/s samples per (scenario, target), and peak RSS per (scenario, target)."""
+    """Per (scenario, target): MiB/s samples, peak RSS, server CPU seconds per GiB moved."""
 
     rates: dict[tuple[str, str], list[float]] = field(default_factory=dict)
     rss: dict[tuple[str, str], list[float]] = field(default_factory=dict)
+    cpu: dict[tuple[str, str], list[float]] = field(default_factory=dict)
 
-    def add(self, scenario: str, target: str, rate: float, rss: float) -> None:
+    def add(self, scenario: str, target: str, rate: float, rss: float, cpu_s_per_gib: float = float("nan")) -> None:
         self.rates.setdefault((scenario, target), []).append(rate)
         self.rss.setdefault((scenario, target), []).append(rss)
+        self.cpu.setdefault((scenario, target), []).append(cpu_s_per_gib)
 
     def table(self, scenarios: list[str], targets: list[str], unit: str = "MiB/s") -> str:
         """A markdown table: median (min-max) per target, each target's ratio to the first."""
         import statistics
 
         columns = " | ".join(f"{t} {unit}" for t in targets)
-        rows = [f"| scenario | {columns} | ratio | peak RSS MiB ({' / '.join(targets)}) |",
-                "|" + "---|" * (len(targets) + 3)]
+        names = " / ".join(targets)
+        rows = [f"| scenario | {columns} | ratio | peak RSS MiB ({names}) | server CPU s/GiB ({names}) |",
+                "|" + "---|" * (len(targets) + 4)]
         for scenario in scenarios:
             if (scenario, targets[0]) not in self.rates:
                 continue
@@ -271,5 +274,7 @@ class Samples:
                 cells.append(f"{median:.0f}{spread}")
             ratios = " / ".join(f"{m / medians[0]:.2f}x" for m in medians[1:])
             peaks = " / ".join(f"{max(self.rss.get((scenario, t), [float('nan')])):.0f}" for t in targets)
-            rows.append(f"| {scenario} | {' | '.join(cells)} | {ratios} | {peaks} |")
+            cpu = " / ".join(f"{statistics.median(self.cpu.get((scenario, t), [float('nan')])):.2f}"
+                             for t in targets)
+            rows.append(f"| {scenario} | {' | '.join(cells)} | {ratios} | {peaks} | {cpu} |")
         return "\n".join(rows)

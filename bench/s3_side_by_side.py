@@ -16,8 +16,8 @@ server, one after the other (interleaved), and times with curl:
   ``enable_blob_redirect = false``; distribution: ``storage.redirect.disable``), so the
   bytes stream through it.
 
-Prints a markdown table (median MiB/s, min-max, angosd / distribution, peak RSS of each
-server's process tree), and moto's CPU seconds per scenario. Distribution is started without
+Prints a markdown table (median MiB/s, min-max, angosd / distribution, peak RSS and CPU
+seconds per GiB of each server's process tree), and moto's CPU seconds per scenario. Distribution is started without
 ``AWS_CA_BUNDLE`` in its environment (its S3 driver panics at start when it is set).
 Figures only: nothing here passes or fails.
 """
@@ -89,10 +89,11 @@ class Timer:
         time.sleep(self.settle)
         assert self.s3.process is not None
         reset_peaks(server.pid)
-        moto_before = cpu_seconds(self.s3.process.pid)
+        moto_before, server_before = cpu_seconds(self.s3.process.pid), cpu_seconds(server.pid)
         seconds = action()
         rate = size_mb / seconds
-        self.samples.add(scenario, server.name, rate, peak_rss_mb(server.pid))
+        server_cpu = (cpu_seconds(server.pid) - server_before) * 1024 / size_mb
+        self.samples.add(scenario, server.name, rate, peak_rss_mb(server.pid), server_cpu)
         self.moto_cpu.setdefault((scenario, server.name), []).append(cpu_seconds(self.s3.process.pid) - moto_before)
         print(f"{server.name}: {scenario}: {rate:.0f} MiB/s", file=sys.stderr)
 

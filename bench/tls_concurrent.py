@@ -13,8 +13,8 @@ to each, then times:
 * ``concurrent``: ``--clients`` curls started together, each on its own blob (what a client
   does across the layers of an image); MiB/s = all bytes / wall time until the last one ends.
 
-Prints a markdown table (median, min-max, ratio to distribution, peak RSS of each server's
-process tree) and the cipher each server negotiated with curl. Figures only.
+Prints a markdown table (median, min-max, ratio to distribution, peak RSS and CPU seconds
+per GiB of each server's process tree) and the cipher each server negotiated with curl. Figures only.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from registries import (
     Samples,
     Server,
+    cpu_seconds,
     make_blob,
     peak_rss_mb,
     pull,
@@ -80,14 +81,18 @@ def round_for(name: str, start: object, blobs: list[tuple[str, str]], args: argp
         ciphers[name] = negotiated(server)
         subprocess.run(["sync"], check=True)
         time.sleep(args.settle)
-        reset_peaks(server.pid)
         for _ in range(args.repeat):
-            samples.add("single", name, args.size_mb / pull(server, "bench", blobs[0][1]), 0)
-        samples.rss[("single", name)][-1] = peak_rss_mb(server.pid)
+            reset_peaks(server.pid)
+            before = cpu_seconds(server.pid)
+            rate = args.size_mb / pull(server, "bench", blobs[0][1])
+            cpu = (cpu_seconds(server.pid) - before) * 1024 / args.size_mb
+            samples.add("single", name, rate, peak_rss_mb(server.pid), cpu)
         time.sleep(args.settle)
         reset_peaks(server.pid)
+        before = cpu_seconds(server.pid)
         rate = concurrent(server, [digest for _, digest in blobs], args.size_mb)
-        samples.add(f"concurrent x{len(blobs)}", name, rate, peak_rss_mb(server.pid))
+        cpu = (cpu_seconds(server.pid) - before) * 1024 / (args.size_mb * len(blobs))
+        samples.add(f"concurrent x{len(blobs)}", name, rate, peak_rss_mb(server.pid), cpu)
     finally:
         server.stop()
     print(f"{name}: {samples.rates[('single', name)][-1]:.0f} MiB/s single, {rate:.0f} MiB/s "
