@@ -26,6 +26,7 @@ from cryptography.x509.oid import NameOID
 from klein import Klein
 from OpenSSL import SSL
 from twisted.internet import reactor
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import ISSLTransport
@@ -41,7 +42,7 @@ from angosd.auth.identity import CertificateIdentity
 from angosd.auth.mtls import certificate_identity, identity_of_certificate
 from angosd.config import Config, ServerConfig, TlsConfig
 from angosd.http.site import RegistrySite
-from angosd.tls.records import PIECE
+from angosd.tls.records import PIECE, SEND_LIMIT
 from angosd.tls.server import ReloadingServerTLS, TlsError, build_context, listening_factory
 from tests.certs import CA, Issued, write_pem
 
@@ -633,6 +634,24 @@ async def test_large_and_small_writes_arrive_intact_in_order(tmp_path: Path, ca:
     try:
         received = await deferToThread(_tls_read_all, port.getHost().port, ca.write(tmp_path / "ca.pem"))
         assert received == b"".join(pieces)
+    finally:
+        await maybeDeferred(port.stopListening)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_tcp_connection_under_tls_sends_large_pieces(tmp_path: Path, ca: CA) -> None:
+    limits: list[int] = []
+
+    class Record(_Writes):
+        def connectionMade(self) -> None:
+            limits.append(cast(Any, self.transport).transport.SEND_LIMIT)
+            super().connectionMade()
+
+    _, port = _listen_tls(tmp_path, ca, lambda: Record([b"x"]))
+    try:
+        assert await deferToThread(_tls_read_all, port.getHost().port, ca.write(tmp_path / "ca.pem")) == b"x"
+        assert limits == [SEND_LIMIT]
+        assert SEND_LIMIT > FileDescriptor.SEND_LIMIT
     finally:
         await maybeDeferred(port.stopListening)
 
