@@ -2,7 +2,7 @@
 processes, curl transfers, and the peak RSS of a process tree.
 
 Used by ``tls_concurrent.py`` and ``s3_side_by_side.py``. Distribution is Debian's
-``docker-registry`` (2.8.2), configured like the shared harness's templates: access log off,
+``docker-registry`` (2.8.2), configured like registry_bench.py's templates: access log off,
 log level warn. Figures only: nothing here passes or fails.
 """
 
@@ -45,7 +45,7 @@ def make_blob(path: str, size_mb: int, seed: int = 0) -> str:
 
 
 def self_signed(directory: str) -> tuple[str, str]:
-    """A self-signed RSA-2048 certificate for 127.0.0.1 (as the shared harness makes): (cert, key)."""
+    """A self-signed RSA-2048 certificate for 127.0.0.1 (as registry_bench.py makes): (cert, key)."""
     cert, key = os.path.join(directory, "cert.pem"), os.path.join(directory, "key.pem")
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", cert,
                     "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1"],

@@ -9,7 +9,7 @@ Starts angosd (``[server.tls]``, the default number of workers) and Debian's doc
 to each, then times:
 
 * ``single``: one ``curl -k --http1.1`` GET of the first blob to /dev/null, ``--repeat`` times
-  (MiB/s from curl's ``time_total``, as the shared harness's ``tls_blob_pull``);
+  (MiB/s from curl's ``time_total``, as registry_bench.py's ``tls_blob_pull``);
 * ``concurrent``: ``--clients`` curls started together, each on its own blob (what a client
   does across the layers of an image); MiB/s = all bytes / wall time until the last one ends.
 
