@@ -108,8 +108,14 @@ def request_disconnected(request: object) -> bool:
     return bool(getattr(request, "_disconnected", False))
 
 
+#: Bytes an outgoing connection reads per ``recv`` (Twisted's default is 64 KiB).
+CLIENT_READ_SIZE = 256 * 1024
+
+
 def quiet_connection_pool(pool: HTTPConnectionPool) -> None:
-    """Make ``pool`` open connections without logging a line for each."""
+    """Make ``pool`` open connections without logging a line for each, reading
+    `CLIENT_READ_SIZE` bytes per ``recv`` (a response body passes through a deep stack of
+    protocols per read: fewer, larger reads cost less CPU per byte downloaded)."""
     pool._factory = _QuietClientFactory
 
 
@@ -117,6 +123,18 @@ class _QuietClientFactory(_HTTP11ClientFactory):
     """The pool's connection factory, without a log line per connection."""
 
     noisy = False
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        make_connection = protocol.makeConnection
+
+        def with_large_reads(transport: Any) -> None:
+            if hasattr(transport, "bufferSize"):
+                transport.bufferSize = CLIENT_READ_SIZE
+            make_connection(transport)
+
+        protocol.makeConnection = with_large_reads  # type: ignore[method-assign]  # per instance
+        return protocol
 
 
 # --------------------------------------------------------------------------- transports

@@ -15,10 +15,11 @@ driver, then prefixed.
   `hash_object` see base plus parts, and `move` assembles them into one object with a
   multipart upload. The design, and why it is safe under ``kill -9`` and with several
   daemons, is in `angosd.storage.s3_append`.
-- Downloads stream ranged GETs into the consumer with backpressure (`s3_read`);
-  ``fileno()`` is None. Objects of at most 64 KiB are read whole when opened, so such
-  a handle keeps its bytes even if the object is replaced; a larger handle pins the
-  object's ETag and fails (rather than mixing versions) if it was replaced.
+- Downloads stream into the consumer with backpressure (`s3_read`): a whole plain
+  object in the one GET that opened it, ranges with ranged GETs; ``fileno()`` is None.
+  Objects of at most 64 KiB are read whole when opened, so such a handle keeps its
+  bytes even if the object is replaced; a larger handle pins the object's ETag and fails
+  (rather than mixing versions) if it was replaced.
 - Failures: connection errors, timeouts, 5xx and 429 are retried with backoff
   (``max_attempts``); then, like refused credentials or a missing bucket, they raise a
   `StorageError` whose message says what to check (the API answers 503).
@@ -30,13 +31,13 @@ an object and a prefix at once, and a prefix disappears with its last object.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Coroutine
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred, fail
+from twisted.web.iweb import IResponse
 from zope.interface import implementer
 
 from angosd.storage.errors import InvalidPath, PathNotFound, StorageError
@@ -62,7 +63,7 @@ from angosd.storage.s3_append import (
     parts_prefix,
 )
 from angosd.storage.s3_client import APPEND_TOKEN, S3Client, S3Options, S3Response
-from angosd.storage.s3_read import Segment, SegmentHandle, read_blocks
+from angosd.storage.s3_read import OpenedHandle, Segment, SegmentHandle, discard, read_blocks
 
 T = TypeVar("T")
 _TEMP_PREFIX = ".tmp-"
@@ -71,7 +72,6 @@ _SNAPSHOT = 64 * 1024
 #: S3's longest key, in bytes, and the room an append part's name needs after its object's key.
 _MAX_KEY = 1024
 _PART_SUFFIX = len("/.tmp-parts/") + 32 + 1 + 20
-_CONTENT_RANGE_TOTAL = re.compile(r"/(\d+)\s*$")
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,6 +83,11 @@ class _Info:
 
 def _info(response: S3Response, size: int) -> _Info:
     return _Info(size, response.header("ETag"), response.header(APPEND_TOKEN))
+
+
+def _first(response: IResponse, name: str) -> str | None:
+    values = response.headers.getRawHeaders(name)
+    return values[0] if values else None
 
 
 def _same_service(first: S3Options, second: S3Options) -> bool:
@@ -224,18 +229,17 @@ class S3Driver:
     def open_read(self, key: str) -> Deferred[IReadHandle]:
         async def open_read() -> IReadHandle:
             full = self._full(key)
-            response = await self.client.call("GET", full, headers={"Range": f"bytes=0-{_SNAPSHOT - 1}"})
-            if response.status == 416:  # an empty object
-                info = await self._head(full, key)
-                if info is None:
-                    raise PathNotFound(key)
-            elif response.status in (200, 206):
-                total = _CONTENT_RANGE_TOTAL.search(response.header("Content-Range") or "")
-                info = _info(response, int(total.group(1)) if total else len(response.body))
-                if info.token is None and info.size <= _SNAPSHOT:
-                    return bytes_handle(response.body[:info.size])
-            else:
+            response = await self.client.open("GET", full)
+            if isinstance(response, S3Response):
                 raise self.client.error(response, "GET", key)
+            size, etag = response.length, _first(response, "ETag")
+            if _first(response, APPEND_TOKEN) is None and isinstance(size, int):
+                whole = OpenedHandle(self.client, self._reactor, Segment(full, 0, size, etag), response)
+                return bytes_handle(await whole.read_all()) if size <= _SNAPSHOT else whole
+            discard(response)  # an append session (base plus parts), or an answer without a length
+            info = await self._head(full, key)
+            if info is None:
+                raise PathNotFound(key)
             return SegmentHandle(self.client, self._reactor, await self._segments(full, info))
 
         return _run(open_read())

@@ -4,17 +4,24 @@ A logical object is a list of `Segment` (byte ranges of bucket objects, in order
 segment for a plain object, the base object plus its parts for an append session (see
 `s3_append`). Streaming GETs the segments one after the other with ``Range`` (and
 ``If-Match`` on the ETag seen when the object was opened, so a replaced object fails
-instead of mixing versions), re-chunks the bytes into `CHUNK_SIZE` writes, and pauses
+instead of mixing versions), re-chunks the bytes into `CHUNK_SIZE` writes (each byte
+copied once, into its chunk), and pauses
 the upstream connection while the consumer is paused: memory stays at a few chunks.
 A connection lost mid-segment is resumed from the last byte received.
+
+A plain object is opened with one GET whose headers give its size and ETag
+(`OpenedHandle`): reading it whole streams that same answer, so a full download costs one
+request; a range (or a second read) asks again with ``Range``.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import treq
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IConsumer, IDelayedCall
 from twisted.internet.protocol import Protocol
@@ -118,6 +125,63 @@ class SegmentHandle:
         pass
 
 
+@implementer(IReadHandle)
+class OpenedHandle:
+    """A plain object whose GET has been answered (headers read, body not yet).
+
+    Reading the whole object streams that answer; a range, or anything after the answer
+    was used or dropped, is read with new ranged GETs pinned to the same ETag. Until then
+    the answer's connection is paused, so nothing is buffered; `close` drops it.
+    """
+
+    def __init__(self, client: S3Client, clock: Any, segment: Segment, response: IResponse) -> None:
+        self._client = client
+        self._clock = clock
+        self._segment = segment
+        self._response: IResponse | None = response
+        self.size = segment.length
+
+    def _take(self) -> IResponse | None:
+        response, self._response = self._response, None
+        return response
+
+    def write_to(self, consumer: IConsumer, first: int, last: int) -> Deferred[None]:
+        response = self._take()
+        if response is not None and (first, last) != (0, self.size - 1):
+            discard(response)
+            response = None
+        pieces = slice_segments([self._segment], first, last)
+        return SegmentProducer(self._client, self._clock, pieces, last - first + 1, consumer,
+                               opened=response).start()
+
+    def fileno(self) -> int | None:
+        return None
+
+    def read_all(self) -> Deferred[bytes]:
+        response = self._take()
+        if response is None:
+            return SegmentHandle(self._client, self._clock, [self._segment]).read_all()
+
+        def check(data: bytes) -> bytes:
+            if len(data) != self.size:
+                raise StorageError(f"{self._segment.full_key}: S3 sent {len(data)} bytes instead of {self.size}")
+            return data
+
+        reading: Deferred[bytes] = treq.content(response)
+        reading.addTimeout(self._client.options.attempt_timeout, self._clock)
+        return reading.addCallback(check)
+
+    def close(self) -> None:
+        response = self._take()
+        if response is not None:
+            discard(response)
+
+
+def discard(response: IResponse) -> None:
+    """Drop an answer whose body is not wanted (its connection is closed, not reused)."""
+    response.deliverBody(_Discarding())
+
+
 class _Body(Protocol):
     def __init__(self, producer: SegmentProducer) -> None:
         self._producer = producer
@@ -135,20 +199,24 @@ class _Body(Protocol):
 class SegmentProducer(StreamingProducer):
     """Streams ``pieces`` into ``consumer`` as `CHUNK_SIZE` writes; ``expected`` bytes in all.
 
+    With ``opened``, the first piece's bytes come from that (unread) answer instead of a
+    new GET; it must start at the piece's first byte.
+
     `start` returns a Deferred that fires when everything was written or the consumer
     stopped us, and fails with `OSError` when the object is shorter than ``expected``
     (after the bytes that exist were written), or `StorageError` when S3 fails.
     """
 
     def __init__(self, client: S3Client, clock: Any, pieces: list[Segment], expected: int,
-                 consumer: IConsumer) -> None:
+                 consumer: IConsumer, opened: IResponse | None = None) -> None:
         self._client = client
+        self._opened_response = opened  # an answer already holding the first piece's bytes
         self._clock = clock
         self._pieces = list(pieces)
         self._expected = expected
         self._delivered = 0
         super().__init__(consumer)
-        self._buffer = bytearray()
+        self._buffer = _Pieces()
         self._current: Segment | None = None
         self._got = 0  # bytes of the current piece received
         self._attempts = 0
@@ -176,6 +244,11 @@ class SegmentProducer(StreamingProducer):
         self._current = self._pieces.pop(0)
         self._got = 0
         self._attempts = 0
+        opened, self._opened_response = self._opened_response, None
+        if opened is not None:
+            self._attempts = 1
+            self._opened(opened)
+            return
         self._request()
 
     def _request(self) -> None:
@@ -212,9 +285,10 @@ class SegmentProducer(StreamingProducer):
     def _received(self, data: bytes) -> None:
         if self._done or self._current is None:
             return
-        data = data[:self._current.length - self._got]
-        self._got += len(data)
-        self._buffer += data
+        wanted = self._current.length - self._got
+        piece: bytes | memoryview = data if len(data) <= wanted else memoryview(data)[:wanted]
+        self._got += len(piece)
+        self._buffer.append(piece)
         self._arm()
         self._balance()
         self._pump()
@@ -278,11 +352,9 @@ class SegmentProducer(StreamingProducer):
         try:
             while not self._paused and not self._done:
                 if len(self._buffer) >= CHUNK_SIZE:
-                    chunk = bytes(self._buffer[:CHUNK_SIZE])
-                    del self._buffer[:CHUNK_SIZE]
+                    chunk = self._buffer.take(CHUNK_SIZE)
                 elif self._eof and self._buffer:
-                    chunk = bytes(self._buffer)
-                    self._buffer.clear()
+                    chunk = self._buffer.take(len(self._buffer))
                 else:
                     break
                 self._delivered += len(chunk)
@@ -306,6 +378,49 @@ class SegmentProducer(StreamingProducer):
         if self._upstream is not None:
             self._upstream.stopProducing()
         self._buffer.clear()
+
+
+class _Pieces:
+    """Received bytes in arrival order, kept as received: `take` copies each byte once."""
+
+    def __init__(self) -> None:
+        self._pieces: deque[bytes | memoryview] = deque()
+        self._size = 0
+
+    def __len__(self) -> int:
+        return self._size
+
+    def append(self, piece: bytes | memoryview) -> None:
+        if piece:
+            self._pieces.append(piece)
+            self._size += len(piece)
+
+    def take(self, size: int) -> bytes:
+        """The first ``size`` bytes (at most `len`), removed."""
+        size = min(size, self._size)
+        first = self._pieces[0]
+        if len(first) == size and isinstance(first, bytes):
+            self._pieces.popleft()
+            self._size -= size
+            return first
+        taken: list[bytes | memoryview] = []
+        needed = size
+        while needed:
+            head = self._pieces[0]
+            if len(head) <= needed:
+                taken.append(self._pieces.popleft())
+                needed -= len(head)
+            else:
+                view = memoryview(head)
+                taken.append(view[:needed])
+                self._pieces[0] = view[needed:]
+                needed = 0
+        self._size -= size
+        return b"".join(taken)
+
+    def clear(self) -> None:
+        self._pieces.clear()
+        self._size = 0
 
 
 class _Discarding(Protocol):

@@ -40,8 +40,11 @@ RELOAD_INTERVAL = 2.0
 _log = Logger()
 
 _HTTP_1_1 = b"http/1.1"
-#: TLS 1.2 suites: forward secret AEAD only (TLS 1.3 suites are OpenSSL's defaults).
-_TLS12_CIPHERS = b"ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS"
+#: TLS 1.2 suites: forward secret AEAD only, AES-128-GCM first.
+_TLS12_CIPHERS = b"ECDHE+AES128+AESGCM:ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!DSS"
+#: TLS 1.3 suites in the server's order of preference. AES-128-GCM first, as Go's servers
+#: choose (OpenSSL's default puts AES-256 first): as safe, and cheaper per byte downloaded.
+_TLS13_CIPHERS = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256"
 #: Identifies our sessions; OpenSSL refuses to resume sessions of a verifying server without one.
 _SESSION_ID_CONTEXT = b"angosd"
 _PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
@@ -155,6 +158,7 @@ def build_context(tls: TlsConfig) -> SSL.Context:
     context.set_options(SSL.OP_NO_COMPRESSION | SSL.OP_CIPHER_SERVER_PREFERENCE | SSL.OP_NO_RENEGOTIATION)
     context.set_mode(SSL.MODE_RELEASE_BUFFERS)
     context.set_cipher_list(_TLS12_CIPHERS)
+    context.set_tls13_ciphersuites(_TLS13_CIPHERS)
     context.set_session_id(_SESSION_ID_CONTEXT)
     context.set_alpn_select_callback(_select_alpn)
     try:

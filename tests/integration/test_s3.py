@@ -32,7 +32,7 @@ from angosd.oci.digest import Digest
 from angosd.registry import paths
 from angosd.registry.blobs import BlobStore
 from angosd.registry.uploads import UploadSessions
-from angosd.storage.errors import StorageError
+from angosd.storage.errors import PathNotFound, StorageError
 from angosd.storage.s3 import S3Driver
 from angosd.storage.s3_append import COPY_CONCURRENCY, MIN_PART
 from tests.daemon import Daemon, Response
@@ -562,6 +562,61 @@ async def test_chunks_in_other_processes_complete_without_reading_the_upload_aga
     assert rehashes == []
     assert await driver.read(paths.blob_data(Digest.of(data))) == data
 
+class RecordingHook:
+    """Sees every request the S3 client sends: (method, path, Range header or None)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, str | None]] = []
+
+    def request(self, agent: Any, method: bytes, uri: bytes, headers: Any, body: Any) -> Any:
+        ranges = headers.getRawHeaders(b"Range") if headers is not None else None
+        path = uri.decode().split("?")[0].split("/", 3)[3]
+        self.seen.append((method.decode(), path, ranges[0].decode() if ranges else None))
+        return agent.request(method, uri, headers, body)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_whole_object_is_read_with_one_get_and_a_range_with_one_ranged_get(s3: S3Server) -> None:
+    """Opening and streaming a whole object is one GET without Range (its answer gives the
+    size and ETag); a range asked after opening is one more GET, with Range and If-Match."""
+    from angosd.outbound.client import make_client
+    from angosd.storage.s3_client import S3Options
+    from tests.pools import started_pools
+    from tests.s3_server import s3_options
+    from tests.unit.test_storage_drivers import PausingConsumer, drain
+
+    hook = RecordingHook()
+    options = s3_options(s3, s3.new_bucket("one-get"))
+    assert isinstance(options, S3Options)
+    driver = S3Driver(reactor, make_client(reactor, hook=hook)[0], options, started_pools(reactor).io)
+    data = payload(3 * MiB + 17, seed=4)
+    await driver.write("blobs/big", data)
+    bucket_key = f"{options.bucket}/blobs/big"
+
+    hook.seen.clear()
+    handle = await driver.open_read("blobs/big")
+    assert handle.size == len(data)
+    consumer = PausingConsumer()
+    await drain(handle.write_to(consumer, 0, len(data) - 1), consumer)
+    assert consumer.received == data
+    assert hook.seen == [("GET", bucket_key, None)]
+
+    hook.seen.clear()
+    handle = await driver.open_read("blobs/big")
+    consumer = PausingConsumer()
+    await drain(handle.write_to(consumer, MiB, 2 * MiB), consumer)
+    assert consumer.received == data[MiB:2 * MiB + 1]
+    assert hook.seen == [("GET", bucket_key, None), ("GET", bucket_key, f"bytes={MiB}-{2 * MiB}")]
+
+    hook.seen.clear()
+    await driver.write("blobs/small", b"tiny")
+    hook.seen.clear()
+    assert await (await driver.open_read("blobs/small")).read_all() == b"tiny"
+    assert hook.seen == [("GET", f"{options.bucket}/blobs/small", None)]
+
+    with pytest.raises(PathNotFound):
+        await driver.open_read("blobs/missing")
+
 
 @pytest_twisted.ensureDeferred
 async def test_a_second_writer_at_the_same_offset_is_refused(driver: S3Driver) -> None:
@@ -669,6 +724,22 @@ def test_slicing_segments_maps_logical_ranges() -> None:
     assert slice_segments(segments, 7, 7) == [Segment("p/7", 0, 1)]
     assert slice_segments(segments, 5, 20) == [Segment("p/3", 2, 2), Segment("p/7", 0, 2)]
     assert slice_segments(segments, 9, 12) == []
+
+
+def test_received_pieces_are_taken_in_order_across_boundaries() -> None:
+    from angosd.storage.s3_read import _Pieces
+
+    data = payload(1_000, seed=3)
+    pieces = _Pieces()
+    for start, end in ((0, 300), (300, 300), (300, 301), (301, 700), (700, 1_000)):
+        pieces.append(memoryview(data)[start:end] if start % 2 else data[start:end])
+    assert len(pieces) == 1_000
+    assert [pieces.take(size) for size in (250, 51, 399, 1, 5_000)] == [
+        data[:250], data[250:301], data[301:700], data[700:701], data[701:]]
+    assert len(pieces) == 0 and not pieces
+    whole = payload(10, seed=4)
+    pieces.append(whole)
+    assert pieces.take(10) is whole  # a piece that is exactly a chunk is passed on, not copied
 
 
 def test_metadata_store_on_s3_beside_a_filesystem_blob_store(tmp_path: Path, s3: S3Server) -> None:

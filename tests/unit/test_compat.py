@@ -332,3 +332,19 @@ def test_the_scan_finds_each_kind_of_use() -> None:
     for text in expected:
         assert any(text in use for use in uses), (text, uses)
     assert not any("_path" in use or "_fresh" in use for use in uses), uses
+
+
+def test_pooled_client_connections_read_large_pieces() -> None:
+    from twisted.internet import reactor
+    from twisted.web.client import HTTPConnectionPool
+
+    class Transport(StringTransport):
+        bufferSize = 64 * 1024  # a socket transport's read size, as Twisted sets it
+
+    pool = HTTPConnectionPool(reactor, persistent=False)
+    compat.quiet_connection_pool(pool)
+    factory = compat._QuietClientFactory(lambda protocol: None, None)
+    transport = Transport()
+    factory.buildProtocol(None).makeConnection(transport)
+    assert transport.bufferSize == compat.CLIENT_READ_SIZE > 64 * 1024
+    assert pool._factory is compat._QuietClientFactory

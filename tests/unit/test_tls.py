@@ -26,6 +26,7 @@ from cryptography.x509.oid import NameOID
 from klein import Klein
 from OpenSSL import SSL
 from twisted.internet import reactor
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import ISSLTransport
@@ -41,7 +42,7 @@ from angosd.auth.identity import CertificateIdentity
 from angosd.auth.mtls import certificate_identity, identity_of_certificate
 from angosd.config import Config, ServerConfig, TlsConfig
 from angosd.http.site import RegistrySite
-from angosd.tls.records import PIECE
+from angosd.tls.records import PIECE, SEND_LIMIT
 from angosd.tls.server import ReloadingServerTLS, TlsError, build_context, listening_factory
 from tests.certs import CA, Issued, write_pem
 
@@ -153,6 +154,19 @@ def test_server_only_tls_negotiates_tls12_or_later_and_http11(tmp_path: Path, ca
     assert result.client.get_protocol_version_name() in ("TLSv1.2", "TLSv1.3")
     assert result.client.get_alpn_proto_negotiated() == b"http/1.1"
     assert result.server.get_peer_certificate() is None
+
+
+@pytest.mark.parametrize("version", [SSL.TLS1_2_VERSION, SSL.TLS1_3_VERSION])
+def test_aes128_gcm_is_preferred_over_the_clients_order(tmp_path: Path, ca: CA, version: int) -> None:
+    client = client_context(ca)
+    client.set_min_proto_version(version)
+    client.set_max_proto_version(version)
+    client.set_cipher_list(b"ECDHE+AES256+AESGCM:ECDHE+CHACHA20:ECDHE+AES128+AESGCM")
+    client.set_tls13_ciphersuites(b"TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256")
+    result = handshake(build_context(server_files(tmp_path, ca)), client)
+    assert result.ok, result.server_error
+    assert result.client.get_cipher_name() in ("TLS_AES_128_GCM_SHA256", "ECDHE-RSA-AES128-GCM-SHA256",
+                                                "ECDHE-ECDSA-AES128-GCM-SHA256")
 
 
 def test_h2_only_clients_get_no_alpn_protocol(tmp_path: Path, ca: CA) -> None:
@@ -620,6 +634,24 @@ async def test_large_and_small_writes_arrive_intact_in_order(tmp_path: Path, ca:
     try:
         received = await deferToThread(_tls_read_all, port.getHost().port, ca.write(tmp_path / "ca.pem"))
         assert received == b"".join(pieces)
+    finally:
+        await maybeDeferred(port.stopListening)
+
+
+@pytest_twisted.ensureDeferred
+async def test_the_tcp_connection_under_tls_sends_large_pieces(tmp_path: Path, ca: CA) -> None:
+    limits: list[int] = []
+
+    class Record(_Writes):
+        def connectionMade(self) -> None:
+            limits.append(cast(Any, self.transport).transport.SEND_LIMIT)
+            super().connectionMade()
+
+    _, port = _listen_tls(tmp_path, ca, lambda: Record([b"x"]))
+    try:
+        assert await deferToThread(_tls_read_all, port.getHost().port, ca.write(tmp_path / "ca.pem")) == b"x"
+        assert limits == [SEND_LIMIT]
+        assert SEND_LIMIT > FileDescriptor.SEND_LIMIT
     finally:
         await maybeDeferred(port.stopListening)
 
