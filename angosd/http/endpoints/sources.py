@@ -44,6 +44,10 @@ class ContentSource(Protocol):
     async def tags(self, namespace: str) -> list[str]:
         """The namespace's tags, sorted; raises `NameUnknown`."""
 
+    async def tags_page(self, namespace: str, after: str | None, limit: int) -> tuple[list[str], bool]:
+        """At most ``limit`` of the namespace's tags after ``after``, sorted, and whether more
+        follow; raises `NameUnknown`."""
+
     async def referrers(self, namespace: str, subject: Digest, artifact_type: str | None) -> list[dict[str, Any]]:
         """Descriptors (JSON objects) of the manifests whose subject is ``subject``."""
 
@@ -66,6 +70,9 @@ class LocalSource:
 
     async def tags(self, namespace: str) -> list[str]:
         return await self._registry.manifests.list_tags(namespace)
+
+    async def tags_page(self, namespace: str, after: str | None, limit: int) -> tuple[list[str], bool]:
+        return await self._registry.manifests.list_tags_page(namespace, after, limit)
 
     async def referrers(self, namespace: str, subject: Digest, artifact_type: str | None) -> list[dict[str, Any]]:
         return [d.to_json() for d in await self._registry.manifests.referrers(namespace, subject, artifact_type)]
@@ -90,6 +97,11 @@ class PullThroughSource:
 
     async def tags(self, namespace: str) -> list[str]:
         return await self._cache.tags(namespace, self._repository)
+
+    async def tags_page(self, namespace: str, after: str | None, limit: int) -> tuple[list[str], bool]:
+        # Upstream tags come whole (merged with the cached ones); the page is cut from them.
+        tags = [tag for tag in await self.tags(namespace) if after is None or tag > after]
+        return tags[:limit], len(tags) > limit
 
     async def referrers(self, namespace: str, subject: Digest, artifact_type: str | None) -> list[dict[str, Any]]:
         return await self._cache.referrers(namespace, self._repository, subject, artifact_type)
