@@ -37,7 +37,7 @@ class PageRequest:
         """The route's ``n`` (``default`` when absent; at most `MAX_PAGE`) and ``last``.
 
         Raises `PaginationNumberInvalid` for a malformed ``n`` and ``invalid_marker`` for a
-        ``last`` that is not printable ASCII of at most 512 characters.
+        ``last`` that is not printable ASCII of at most 512 characters (an empty one is none).
         """
         n_text, last = route.param("n"), route.param("last")
         n = default
@@ -45,9 +45,9 @@ class PageRequest:
             if _COUNT.fullmatch(n_text) is None:  # ASCII only: isdigit() takes superscripts, other scripts
                 raise PaginationNumberInvalid(n_text[:20])
             n = min(int(n_text), MAX_PAGE)
-        if last is not None and _MARKER.fullmatch(last) is None:
+        if last is not None and last and _MARKER.fullmatch(last) is None:
             raise invalid_marker(f"invalid pagination marker {last[:40]!r}")
-        return cls(n, last)
+        return cls(n, last or None)
 
     def link(self, base: str, items: list[str], more: bool) -> dict[str, str]:
         """The ``Link`` header to the next page when ``more`` items follow ``items``."""

@@ -170,9 +170,24 @@ async function getJSON(path) {
   return (await request(path, { headers: { Accept: "application/json" } })).json();
 }
 
+// A paged listing whole: follows its Link headers (rel="next", same origin) and returns the
+// first page's body with `key` holding the items of every page.
+async function getAllPages(path, key) {
+  let body = null;
+  let next = path;
+  while (next) {
+    const response = await request(next, { headers: { Accept: "application/json" } });
+    const page = await response.json();
+    if (body === null) body = page; else body[key] = body[key].concat(page[key] || []);
+    const match = /<([^>]+)>;\s*rel="next"/.exec(response.headers.get("Link") || "");
+    next = match && match[1].startsWith("/v2/") ? match[1] : null;
+  }
+  return body;
+}
+
 const ext = {
-  repositories: () => getJSON("/v2/_ext/_repositories"),
-  namespaces: (repository) => getJSON(`/v2/_ext/${repository}/_namespaces`),
+  repositories: () => getAllPages("/v2/_ext/_repositories", "repositories"),
+  namespaces: (repository) => getAllPages(`/v2/_ext/${repository}/_namespaces`, "namespaces"),
   revisions: (namespace) => getJSON(`/v2/_ext/${namespace}/_revisions`),
   uploads: (namespace) => getJSON(`/v2/_ext/${namespace}/_uploads`),
 };
