@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 #: How long a directory must have been unchanged for its listing to be kept.
 SETTLED_NS = 2_000_000_000
 #: Names kept in all, across directories.
-MAX_NAMES = 200_000
+MAX_NAMES = 50_000
 #: Smaller directories are not kept: listing them costs about as much as a lookup.
 MIN_NAMES = 512
 
