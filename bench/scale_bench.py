@@ -165,9 +165,38 @@ def latency(target: Target, requests: list[tuple[str, str]], method: str, accept
     return percentile(times, 0.5), percentile(times, 0.99)
 
 
+def cpu_ticks(pids: list[int]) -> int:
+    """User and system clock ticks used so far by ``pids``."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as stat:
+                fields = stat.read().rsplit(")", 1)[1].split()
+        except FileNotFoundError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total
+
+
+def wait_idle(target: Target, timeout: float = 120.0) -> float:
+    """Wait until the registry's processes use less than 5% of a core over a second (start-up
+    work such as a first collection pass is over); the seconds waited."""
+    started = time.monotonic()
+    ticks = cpu_ticks(target.pids())
+    while time.monotonic() - started < timeout:
+        time.sleep(1.0)
+        now = cpu_ticks(target.pids())
+        if now - ticks <= os.sysconf("SC_CLK_TCK") * 0.05:
+            break
+        ticks = now
+    return time.monotonic() - started
+
+
 def measure(target: Target, summary: scale_store.Summary, angosd: bool) -> dict[str, str]:
-    """The figures of one registry on one store, by row name."""
+    """The figures of one registry on one store, by row name, once it is idle."""
     out: dict[str, str] = {}
+    waited = wait_idle(target)
+    print(f"  {target.name}: idle after {waited:.0f}s", flush=True)
     first, status, headers, _ = target.timed("/v2/_catalog?n=100")
     assert status == 200
     walked, pages, last_path, names = walk_catalog(target)
