@@ -18,6 +18,10 @@ Field names and types follow ``spec/API.md`` exactly; extra fields sit beside th
 
 A namespace's count of namespaces and its listing include namespaces that hold only an
 upload session, so abandoned uploads can be found and cancelled.
+
+``_repositories`` and ``_namespaces`` are paged like the catalog (``n``, ``last``, a ``Link``
+to the next page; `DEFAULT_PAGE` items when no ``n`` is given), and a page reads only the
+part of the store it lists, except each repository's namespace count.
 """
 
 from __future__ import annotations
