@@ -23,8 +23,8 @@ from collections.abc import Callable, Sequence
 SETTLED_NS = 2_000_000_000
 #: Names kept in all, across directories.
 MAX_NAMES = 50_000
-#: Smaller directories are not kept: listing them costs about as much as a lookup.
-MIN_NAMES = 512
+#: Smaller directories are not kept: they are listed inline (`angosd.storage.fs.INLINE_ENTRIES`).
+MIN_NAMES = 256
 
 
 def page_of(names: Sequence[str], after: str | None, limit: int) -> list[str]:
