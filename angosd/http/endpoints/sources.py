@@ -15,7 +15,7 @@ from angosd.oci.digest import Digest
 from angosd.oci.names import Reference
 from angosd.proxy.cache import BlobClient, PullThroughCache
 from angosd.registry.manifests import StoredManifest
-from angosd.registry.registry import Registry
+from angosd.registry.registry import Registry, paginate
 
 
 def cache_headers(state: str) -> dict[str, str]:
@@ -100,8 +100,7 @@ class PullThroughSource:
 
     async def tags_page(self, namespace: str, after: str | None, limit: int) -> tuple[list[str], bool]:
         # Upstream tags come whole (merged with the cached ones); the page is cut from them.
-        tags = [tag for tag in await self.tags(namespace) if after is None or tag > after]
-        return tags[:limit], len(tags) > limit
+        return paginate(await self.tags(namespace), limit, after)
 
     async def referrers(self, namespace: str, subject: Digest, artifact_type: str | None) -> list[dict[str, Any]]:
         return await self._cache.referrers(namespace, self._repository, subject, artifact_type)
