@@ -19,12 +19,16 @@ Field names and types follow ``spec/API.md`` exactly; extra fields sit beside th
 
 A namespace's count of namespaces and its listing include namespaces that hold only an
 upload session, so abandoned uploads can be found and cancelled.
+
+``_repositories`` and ``_namespaces`` are paged like the catalog (``n``, ``last``, a ``Link``
+to the next page; `DEFAULT_PAGE` items when no ``n`` is given), and a page reads only the
+part of the store it lists, except each repository's namespace count.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,13 +36,16 @@ from angosd.actions import Action, Route
 from angosd.config import Config, RepositoryConfig
 from angosd.http.endpoints.base import Handler
 from angosd.http.endpoints.digest_pages import DigestPage
+from angosd.http.endpoints.listings import DEFAULT_PAGE, PageRequest
 from angosd.http.request import RegistryRequest
 from angosd.http.responses import respond_json
 from angosd.oci import media_types as mt
 from angosd.oci.digest import Digest
-from angosd.oci.errors import ManifestUnknown, NameUnknown, OciError
+from angosd.oci.errors import ManifestUnknown, NameInvalid, NameUnknown, OciError
 from angosd.oci.manifest import Descriptor
-from angosd.oci.names import validate_name
+from angosd.oci.names import is_valid_name, validate_name
+from angosd.registry import paths
+from angosd.registry.listing import BATCH
 from angosd.registry.manifests import BATCH as RECORDS_BATCH
 from angosd.registry.registry import Registry
 from angosd.registry.summaries import ManifestSummary
@@ -121,65 +128,95 @@ class ExtensionAPI:
 
     # -- repositories and namespaces ---------------------------------------------------------
 
-    async def repositories(self) -> list[RepositoryView]:
-        """Configured repositories sorted by name; derived ones when none is configured."""
+    async def repositories(self) -> AsyncIterator[RepositoryView]:
+        """Configured repositories in name order; derived ones when none is configured
+        (each first name component of the store's directories, listed a batch at a time)."""
         config = self._config()
         if config.repositories:
-            return sorted((RepositoryView.of(r) for r in config.repositories), key=lambda r: r.name)
-        tops = sorted({name.split("/", 1)[0] for name in await self.registry.namespaces()})
-        return [RepositoryView(top, False, config.global_.immutable_tags, False) for top in tops]
+            for repository in sorted((RepositoryView.of(r) for r in config.repositories), key=lambda r: r.name):
+                yield repository
+            return
+        cursor: str | None = None
+        while True:
+            tops = await self.registry.driver.children_after(paths.REPOSITORIES, cursor, BATCH)
+            for top in tops:
+                if is_valid_name(top):
+                    yield RepositoryView(top, False, config.global_.immutable_tags, False)
+            if len(tops) < BATCH:
+                return
+            cursor = tops[-1]
 
-    async def namespaces_of(self, repository: str) -> list[str]:
-        """Namespaces of ``repository`` (see the module docstring), sorted.
+    async def namespaces_of(self, repository: str, after: str | None = None, limit: int | None = None,
+                            visible: Callable[[str], bool] = lambda _name: True) -> tuple[list[str], bool]:
+        """Namespaces of ``repository`` (see the module docstring) that ``visible`` accepts,
+        sorted: at most ``limit`` (all when None) after ``after``; and whether more follow.
 
         Raises `NameInvalid` for a malformed name and `NameUnknown` for an unknown
-        repository (or, with none configured, an empty prefix).
+        repository (or, with none configured, a prefix under which nothing is stored).
         """
         validate_name(repository)
         config = self._config()
         if not config.repositories:
-            found = await self.registry.namespaces(repository)
-            if not found:
+            found, more = await self.registry.namespaces_page(repository, after, limit, visible)
+            if not found and (after is None or not (await self.registry.namespaces_page(repository, None, 1))[0]):
                 raise NameUnknown(repository)
-            return found
+            return found, more
         if not any(r.name == repository for r in config.repositories):
             raise NameUnknown(repository)
-        owned = []
-        for name in await self.registry.namespaces(repository):
+
+        def owned(name: str) -> bool:
             owner = config.repository_for(name)
-            if owner is not None and owner.name == repository:
-                owned.append(name)
-        return owned
+            return owner is not None and owner.name == repository and visible(name)
+
+        return await self.registry.namespaces_page(repository, after, limit, owned)
 
     async def _list_repositories(self, request: RegistryRequest, route: Route) -> bytes:
         """Repositories the caller may see (it may list the repository's name or one of its
-        namespaces), each counting only the namespaces the caller may see."""
-        listed = []
-        for repository in await self.repositories():
-            count = sum(1 for name in await self.namespaces_of(repository.name) if self._visible(request, name))
+        namespaces), each counting only the namespaces the caller may see; a page of
+        `DEFAULT_PAGE` when no ``n`` is given, with a ``Link`` to the next one."""
+        wanted = PageRequest.of(route, DEFAULT_PAGE, NameInvalid)
+        listed: list[dict[str, Any]] = []
+        more = False
+        async for repository in self.repositories():
+            if wanted.last is not None and repository.name <= wanted.last:
+                continue
+            try:
+                every, _ = await self.namespaces_of(repository.name)
+            except NameUnknown:  # a derived repository whose namespaces hold nothing any more
+                continue
+            count = sum(1 for name in every if self._visible(request, name))
             if count == 0 and not self._visible(request, repository.name):
                 continue
+            if len(listed) == wanted.n:
+                more = True
+                break
             listed.append({"name": repository.name, "namespaces": count,
                            "is_pull_through": repository.is_pull_through,
                            "immutable_tags": repository.immutable_tags, "configured": repository.configured})
-        return respond_json(request, 200, {"repositories": listed})
+        headers = wanted.link("/v2/_ext/_repositories", [r["name"] for r in listed], more)
+        return respond_json(request, 200, {"repositories": listed}, headers=headers)
 
     async def _list_namespaces(self, request: RegistryRequest, route: Route) -> bytes:
+        """A page of the repository's namespaces the caller may see (`DEFAULT_PAGE` when no
+        ``n`` is given, with a ``Link`` to the next one), each with its counts."""
         name = route.namespace or ""
-        namespaces = [namespace for namespace in await self.namespaces_of(name) if self._visible(request, namespace)]
+        wanted = PageRequest.of(route, DEFAULT_PAGE, NameInvalid)
+        namespaces, more = await self.namespaces_of(name, wanted.last, wanted.n,
+                                                    lambda namespace: self._visible(request, namespace))
         listed = []
+        manifests = self.registry.manifests
         for namespace in namespaces:
-            manifests = self.registry.manifests
-            listed.append({"name": namespace, "manifests": len(await manifests.revisions(namespace)),
+            listed.append({"name": namespace, "manifests": await manifests.count_revisions(namespace),
                            "uploads": len(await self.registry.uploads.list(namespace)),
-                           "tags": len(await manifests.tags(namespace))})
+                           "tags": await manifests.count_tags(namespace)})
         config = self._config()
         repository = next((r for r in config.repositories if r.name == name), None)
         view = RepositoryView.of(repository) if repository is not None else \
             RepositoryView(name, False, config.global_.immutable_tags, False)
+        headers = wanted.link(f"/v2/_ext/{name}/_namespaces", namespaces, more)
         return respond_json(request, 200, {"namespaces": listed, "repository": view.name,
                                            "is_pull_through": view.is_pull_through,
-                                           "immutable_tags": view.immutable_tags})
+                                           "immutable_tags": view.immutable_tags}, headers=headers)
 
     # -- revisions and uploads ---------------------------------------------------------------
 

@@ -305,24 +305,60 @@ class ManifestStore:
                     continue
         return found
 
+    async def count_revisions(self, namespace: str) -> int:
+        """How many revisions ``namespace`` has, counted a page at a time."""
+        count = 0
+        for algorithm in await self._driver.children_after(paths.revisions_dir(namespace), None, 16):
+            count += await self._count(f"{paths.revisions_dir(namespace)}/{algorithm}")
+        return count
+
+    async def _count(self, directory: str) -> int:
+        count, after = 0, None
+        while True:
+            page = await self._driver.children_after(directory, after, 1000)
+            count += len(page)
+            if len(page) < 1000:
+                return count
+            after = page[-1]
+
     async def exists(self, namespace: str) -> bool:
-        """Whether ``namespace`` holds any revision or tag."""
-        if await self.tags(namespace):
+        """Whether ``namespace`` holds any revision or tag (a few entries read, whatever it holds)."""
+        if await self._driver.children_after(paths.tags_dir(namespace), None, 1):
             return True
         # Deleting the last revision leaves its (empty) algorithm directory behind.
-        for algorithm in await self._driver.children(paths.revisions_dir(namespace)):
-            if await self._driver.children(f"{paths.revisions_dir(namespace)}/{algorithm}"):
+        for algorithm in await self._driver.children_after(paths.revisions_dir(namespace), None, 16):
+            if await self._driver.children_after(f"{paths.revisions_dir(namespace)}/{algorithm}", None, 1):
                 return True
         return False
+
+    async def tags_page(self, namespace: str, after: str | None, limit: int) -> list[str]:
+        """At most ``limit`` tags of ``namespace`` after ``after``, sorted."""
+        return await self._driver.children_after(paths.tags_dir(namespace), after, limit)
+
+    async def count_tags(self, namespace: str) -> int:
+        """How many tags ``namespace`` has, counted a page at a time."""
+        return await self._count(paths.tags_dir(namespace))
 
     async def list_tags(self, namespace: str) -> list[str]:
         """Tags for the tags/list endpoint; raises `NameUnknown` for a namespace that never
         held a manifest (one whose manifests were all deleted lists no tags, as distribution does)."""
         tags = await self.tags(namespace)
-        if not tags and not await self.exists(namespace) \
-                and not await self._driver.children(paths.revisions_dir(namespace)):
-            raise NameUnknown(namespace)
+        if not tags:
+            await self.check_listed(namespace)
         return tags
+
+    async def list_tags_page(self, namespace: str, after: str | None, limit: int) -> tuple[list[str], bool]:
+        """One page of `list_tags`: at most ``limit`` tags after ``after``, and whether more follow."""
+        tags = await self.tags_page(namespace, after, limit + 1)
+        if not tags:
+            await self.check_listed(namespace)
+        return tags[:limit], len(tags) > limit
+
+    async def check_listed(self, namespace: str) -> None:
+        """Raise `NameUnknown` for a namespace that never held a manifest."""
+        if not await self.exists(namespace) \
+                and not await self._driver.children_after(paths.revisions_dir(namespace), None, 1):
+            raise NameUnknown(namespace)
 
     async def referrers(self, namespace: str, subject: Digest, artifact_type: str | None,
                         after: Digest | None = None, limit: int | None = None) -> list[Descriptor]:

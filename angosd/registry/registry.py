@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from twisted.internet.interfaces import IReactorTime
@@ -12,6 +12,7 @@ from angosd.oci.errors import NameUnknown
 from angosd.oci.names import validate_name
 from angosd.registry import paths
 from angosd.registry.blobs import BlobStore
+from angosd.registry.listing import namespaces_after
 from angosd.registry.manifests import ManifestStore
 from angosd.registry.parsing import ManifestParser
 from angosd.registry.pulls import PullTimes
@@ -106,41 +107,52 @@ class Registry:
 
     async def catalog(self) -> list[str]:
         """Every served namespace holding at least one manifest, sorted."""
-        found: list[str] = []
+        return (await self.catalog_page())[0]
 
-        async def visit(prefix: str, name: str) -> None:
-            children = await self.driver.children(prefix)
-            if "_manifests" in children and await self.manifests.exists(name):
-                found.append(name)
-            for child in children:
-                if not child.startswith("_"):
-                    await visit(f"{prefix}/{child}", f"{name}/{child}" if name else child)
+    async def catalog_page(self, after: str | None = None, limit: int | None = None,
+                           visible: Callable[[str], bool] = lambda _name: True) -> tuple[list[str], bool]:
+        """Served namespaces holding at least one manifest that ``visible`` accepts, sorted:
+        at most ``limit`` of them (all when None) after ``after``; and whether more follow.
+        Reads only the part of the store the page needs (`angosd.registry.listing`)."""
 
-        await visit(paths.REPOSITORIES, "")
-        return sorted(n for n in found if self._namespace_allowed(n))
+        async def holds(name: str) -> bool:
+            return self._namespace_allowed(name) and visible(name) and await self.manifests.exists(name)
+
+        return await _take(namespaces_after(self.driver, after, holds), limit)
 
     async def namespaces(self, under: str | None = None) -> list[str]:
-        """Served namespaces holding a manifest or an upload session, sorted.
+        """Every served namespace holding a manifest or an upload session (with ``under``,
+        see `namespaces_page`), sorted."""
+        return (await self.namespaces_page(under))[0]
+
+    async def namespaces_page(self, under: str | None = None, after: str | None = None, limit: int | None = None,
+                              visible: Callable[[str], bool] = lambda _name: True) -> tuple[list[str], bool]:
+        """Served namespaces holding a manifest or an upload session that ``visible`` accepts,
+        sorted: at most ``limit`` (all when None) after ``after``; and whether more follow.
 
         With ``under`` (a valid name), only ``under`` itself and the namespaces below
         ``under/``; only that part of the store is walked.
         """
-        found: list[str] = []
 
-        async def visit(prefix: str, name: str) -> None:
-            children = await self.driver.children(prefix)
-            if ("_manifests" in children and await self.manifests.exists(name)) or \
-                    ("_uploads" in children and await self.driver.children(paths.uploads_dir(name))):
-                found.append(name)
-            for child in children:
-                if not child.startswith("_"):
-                    await visit(f"{prefix}/{child}", f"{name}/{child}" if name else child)
+        async def holds(name: str) -> bool:
+            return (self._namespace_allowed(name) and visible(name)
+                    and (await self.manifests.exists(name)
+                         or bool(await self.driver.children_after(paths.uploads_dir(name), None, 1))))
 
-        if under is None:
-            await visit(paths.REPOSITORIES, "")
-        else:
-            await visit(paths.namespace_dir(validate_name(under)), under)
-        return sorted(n for n in found if self._namespace_allowed(n))
+        if under is not None:
+            validate_name(under)
+        return await _take(namespaces_after(self.driver, after, holds, under), limit)
+
+
+async def _take(names: AsyncIterator[str], limit: int | None) -> tuple[list[str], bool]:
+    """The first ``limit`` names (all when None), and whether more follow."""
+    found: list[str] = []
+    async for name in names:
+        if limit is not None and len(found) == limit:
+            await names.aclose()  # type: ignore[attr-defined]
+            return found, True
+        found.append(name)
+    return found, False
 
 
 def paginate(items: list[str], n: int | None, last: str | None) -> tuple[list[str], bool]:

@@ -1,7 +1,9 @@
 """Filesystem driver: objects are files under one root directory.
 
 Operations that only look or remove (stat, small reads, listings, deletes) run inline: on
-a local disk they take microseconds, far less than a thread hand-off. Those that create or
+a local disk they take microseconds, far less than a thread hand-off; a page of a large
+directory (`children_after`) is the exception: it is served on the pool from a kept sorted
+listing (`angosd.storage.listings`). Those that create or
 replace (writes, moves, opening an upload, links), appends, whole-file hashing and fsync run
 on the ``io`` thread pool given to the driver (`angosd.storage.pools`): a new directory
 waits for the filesystem journal, and replacing a large file frees its pages.
@@ -33,6 +35,7 @@ from angosd.storage.interface import (
     IReadHandle,
     IStorageDriver,
 )
+from angosd.storage.listings import SortedListings, page_of
 from angosd.storage.pools import BoundedPool, PoolStopped
 from angosd.storage.producers import PausingConsumer
 
@@ -57,6 +60,8 @@ def _inline(function: Callable[..., T], key: str, *args: Any) -> Deferred[T]:
         return fail(exc)
 
 
+#: Entries of a directory listed on the reactor thread at most; a larger one is listed on the pool.
+INLINE_ENTRIES = 256
 #: Bytes an append writer may hold queued before it pauses its producer, and resumes below.
 HIGH_WATER = 8 * 1024 * 1024
 LOW_WATER = 2 * 1024 * 1024
@@ -209,6 +214,7 @@ class FilesystemDriver:
         self.root = os.path.abspath(root)
         self._pool = pool
         self._sync = sync_to_disk
+        self._listings = SortedListings(lambda name: not name.startswith(_TEMP_PREFIX))
         os.makedirs(self.root, exist_ok=True)
 
     def local_path(self, key: str) -> str:
@@ -272,6 +278,27 @@ class FilesystemDriver:
             return sorted(e for e in entries if not e.startswith(_TEMP_PREFIX))
 
         return _inline(names, prefix)
+
+    def children_after(self, prefix: str, after: str | None, limit: int) -> Deferred[list[str]]:
+        # A directory of at most INLINE_ENTRIES entries is listed inline; a larger one on the
+        # pool, from the kept sorted listing when it is unchanged.
+        try:
+            path = self._path(prefix)
+            names: list[str] = []
+            with os.scandir(path) as entries:
+                for entry in entries:
+                    if len(names) == INLINE_ENTRIES:
+                        break
+                    names.append(entry.name)
+                else:
+                    return succeed(page_of(sorted(n for n in names if not n.startswith(_TEMP_PREFIX)), after, limit))
+        except (FileNotFoundError, NotADirectoryError):
+            return succeed([])
+        except OSError as exc:
+            return fail(_translate(exc, prefix))
+        except StorageError as exc:
+            return fail(exc)
+        return self._defer_to_thread(self._listings.page, path, after, limit).addErrback(_translate_failure, prefix)
 
     def walk(self, prefix: str) -> Deferred[list[str]]:
         def keys() -> list[str]:

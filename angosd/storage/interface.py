@@ -83,6 +83,11 @@ class IStorageDriver(Interface):
     def children(prefix: str) -> Deferred[list[str]]:
         """Sorted names directly below ``prefix`` (objects and sub-prefixes); [] if none."""
 
+    def children_after(prefix: str, after: str | None, limit: int) -> Deferred[list[str]]:
+        """The first ``limit`` names of `children` that sort after ``after`` (all when None):
+        one page of a listing, at a cost that does not grow with the whole listing where
+        the store allows (a large directory is listed off the reactor thread)."""
+
     def walk(prefix: str) -> Deferred[list[str]]:
         """Every object key below ``prefix``, relative to it, sorted."""
 

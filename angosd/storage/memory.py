@@ -25,6 +25,7 @@ from zope.interface import implementer
 from angosd.storage.errors import InvalidPath, OutOfSpace, PathNotFound, StorageError
 from angosd.storage.handles import bytes_handle
 from angosd.storage.interface import COPIED, LINKED, IAppendWriter, IReadHandle, IStorageDriver
+from angosd.storage.listings import page_of
 
 T = TypeVar("T")
 
@@ -207,6 +208,17 @@ class MemoryDriver:
             if not isinstance(node, _Directory):
                 return []
             return sorted(name for name in node.entries if not name.startswith(_TEMP_PREFIX))
+
+        return _run(names)
+
+    def children_after(self, prefix: str, after: str | None, limit: int) -> Deferred[list[str]]:
+        """A page of `children`."""
+
+        def names() -> list[str]:
+            node = self._find(_split(prefix))
+            if not isinstance(node, _Directory):
+                return []
+            return page_of(sorted(name for name in node.entries if not name.startswith(_TEMP_PREFIX)), after, limit)
 
         return _run(names)
 

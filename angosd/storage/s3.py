@@ -183,6 +183,27 @@ class S3Driver:
 
         return _run(children())
 
+    def children_after(self, prefix: str, after: str | None, limit: int) -> Deferred[list[str]]:
+        async def page() -> list[str]:
+            full = self._full(prefix) + "/"
+            names: list[str] = []
+            start = after
+            while len(names) < limit:
+                # One more than asked: the prefix ``after/`` sorts after ``after`` and is dropped.
+                wanted = limit - len(names) + 1
+                objects, prefixes = await self.client.list(full, "/", full + start if start is not None else None,
+                                                           wanted)
+                listed = sorted({key[len(full):] for key, _size in objects}
+                                | {common[len(full):].rstrip("/") for common in prefixes})
+                names += [name for name in listed
+                          if name and not name.startswith(_TEMP_PREFIX) and (after is None or name > after)]
+                if len(objects) + len(prefixes) < wanted or not listed:
+                    break
+                start = listed[-1]
+            return sorted(set(names))[:limit]
+
+        return _run(page())
+
     def walk(self, prefix: str) -> Deferred[list[str]]:
         async def walk() -> list[str]:
             full = self._full(prefix) + "/"

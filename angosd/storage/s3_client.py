@@ -348,8 +348,11 @@ class S3Client:
 
     # -- listings ---------------------------------------------------------------------------
 
-    async def list(self, full_prefix: str, delimiter: str | None) -> tuple[list[tuple[str, int]], list[str]]:
-        """Every ``(key, size)`` and common prefix below ``full_prefix``, all pages read."""
+    async def list(self, full_prefix: str, delimiter: str | None, start_after: str | None = None,
+                   limit: int | None = None) -> tuple[list[tuple[str, int]], list[str]]:
+        """Every ``(key, size)`` and common prefix below ``full_prefix``, all pages read; with
+        ``start_after``, only those after it (S3's ``StartAfter``); with ``limit``, reading
+        stops once that many keys and prefixes were listed (S3 counts both in ``MaxKeys``)."""
         objects: list[tuple[str, int]] = []
         prefixes: list[str] = []
         token: str | None = None
@@ -360,6 +363,10 @@ class S3Client:
                 query.append(("delimiter", delimiter))
             if token is not None:
                 query.append(("continuation-token", token))
+            elif start_after is not None:
+                query.append(("start-after", start_after))
+            if limit is not None:
+                query.append(("max-keys", str(max(1, min(1000, limit - len(objects) - len(prefixes))))))
             response = await self.call("GET", None, sorted(query))
             if response.status != 200:
                 raise self.error(response, "LIST", full_prefix)
@@ -370,6 +377,8 @@ class S3Client:
                 prefixes.append(unquote_plus(child_text(entry, "Prefix")))
             token = child_text(root, "NextContinuationToken") or None
             if child_text(root, "IsTruncated") != "true" or token is None:
+                return objects, prefixes
+            if limit is not None and len(objects) + len(prefixes) >= limit:
                 return objects, prefixes
 
     async def delete_keys(self, full_keys: Iterable[str]) -> None:

@@ -69,6 +69,17 @@ class SplitDriver:
             return result
         return ensureDeferred(self._merged("children", prefix))
 
+    def children_after(self, prefix: str, after: str | None, limit: int) -> Deferred[list[str]]:
+        if not spans_both(prefix):
+            result: Deferred[list[str]] = self._for(prefix).children_after(prefix, after, limit)
+            return result
+        return ensureDeferred(self._merged_page(prefix, after, limit))
+
+    async def _merged_page(self, prefix: str, after: str | None, limit: int) -> list[str]:
+        first = await self.metadata.children_after(prefix, after, limit)
+        second = await self.blobs.children_after(prefix, after, limit)
+        return sorted(set(first) | set(second))[:limit]
+
     def walk(self, prefix: str) -> Deferred[list[str]]:
         if not spans_both(prefix):
             result: Deferred[list[str]] = self._for(prefix).walk(prefix)

@@ -550,3 +550,38 @@ def test_links_built_from_the_url_stay_on_this_site(site: Site, page: Any, path:
     assert hrefs, "the page shows no link at all"
     for raw, resolved in hrefs:
         assert resolved.startswith(site.daemon.url + "/"), (path, raw, resolved)
+
+
+# -- paged listings --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def crowded(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Daemon]:
+    """No repository configured; 105 first name components and 130 namespaces below ``many``:
+    more than one page (100) of ``_ext/_repositories`` and of ``_ext/many/_namespaces``."""
+    base = tmp_path_factory.mktemp("crowded")
+    config = base / "angosd.toml"
+    config.write_text("[ui]\nenabled = true\n")
+    store = base / "store"
+    digest = "sha256:" + "ab" * 32
+    names = [f"top{number:03d}/x" for number in range(105)] + [f"many/app{number:03d}" for number in range(130)]
+    for name in names:  # a tag file is what makes a namespace listed; nothing here is pulled
+        tags = store / "repositories" / name / "_manifests" / "tags"
+        tags.mkdir(parents=True)
+        (tags / "t").write_text(digest)
+    daemon = Daemon(str(base / "work"), str(store), configs=(str(config),)).start()
+    try:
+        yield daemon
+    finally:
+        daemon.stop()
+
+
+def test_views_follow_every_page(crowded: Daemon, page: Any) -> None:
+    assert "link" in crowded.request("GET", "/v2/_ext/_repositories").headers
+    check = expect()
+    page.goto(crowded.url + "/")
+    check(page.locator("tbody tr")).to_have_count(106)
+    check(page.locator("tr[data-name=top104]")).to_be_visible()
+    page.goto(crowded.url + "/many")
+    check(page.locator("tbody tr")).to_have_count(130)
+    check(page.locator("tr[data-name='many/app129']")).to_be_visible()

@@ -27,7 +27,7 @@ from zope.interface import implementer
 from zope.interface.verify import verifyObject
 
 from angosd.storage.errors import InvalidPath, PathNotFound, StorageError
-from angosd.storage.fs import HIGH_WATER, FilesystemDriver, _write_all
+from angosd.storage.fs import HIGH_WATER, INLINE_ENTRIES, FilesystemDriver, _write_all
 from angosd.storage.interface import (
     COPIED,
     LINKED,
@@ -37,6 +37,7 @@ from angosd.storage.interface import (
     IReadHandle,
     IStorageDriver,
 )
+from angosd.storage.listings import SortedListings
 from angosd.storage.memory import MemoryDriver
 from angosd.storage.producers import CHUNK_SIZE
 from tests.pools import started_pools
@@ -137,6 +138,57 @@ async def test_children_sorted_and_without_temp_files(driver: IStorageDriver) ->
     assert await driver.children("d/zeta") == []
     # Temporary names are hidden from listings but still readable by key.
     assert await driver.read("d/.tmp-leftover") == b"d/.tmp-leftover"
+
+
+@pytest_twisted.ensureDeferred
+async def test_children_after_pages_children(driver: IStorageDriver) -> None:
+    for key in ("d/zeta", "d/alpha", "d/Beta", "d/sub/x", "d/other/deep/z", "d/other-x", "d/.tmp-leftover", "d/a"):
+        await driver.write(key, b".")
+    every = await driver.children("d")
+    for after in (None, "", "a", "alpha", "b", "other", "other-", "sub", "zeta", "zz"):
+        expected = [name for name in every if after is None or name > after]
+        for limit in (0, 1, 2, 3, 100):
+            assert await driver.children_after("d", after, limit) == expected[:limit], (after, limit)
+    assert await driver.children_after("nothing", None, 10) == []
+    assert await driver.children_after("d/zeta", None, 10) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_children_after_in_a_large_directory(driver: IStorageDriver) -> None:
+    names = [f"t{number:04d}" for number in range(INLINE_ENTRIES * 2 + 7)]
+    for name in reversed(names):
+        await driver.write(f"big/{name}", b".")
+    await driver.write("big/.tmp-x", b".")
+    walked: list[str] = []
+    after = None
+    while page := await driver.children_after("big", after, 100):
+        walked += page
+        after = page[-1]
+    assert walked == names
+    assert await driver.children_after("big", "t0100", 2) == ["t0101", "t0102"]
+    await driver.write("big/t0100a", b".")
+    await driver.delete("big/t0101")
+    assert await driver.children_after("big", "t0100", 2) == ["t0100a", "t0102"]
+
+
+def test_sorted_listings_follow_changes_and_stay_bounded(tmp_path: Any) -> None:
+    listings = SortedListings(lambda name: not name.startswith("."), max_names=1000, min_names=10)
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory in (first, second):
+        directory.mkdir()
+        for number in range(600):
+            (directory / f"n{number:03d}").write_bytes(b"")
+        os.utime(directory, ns=(1, 1))  # unchanged for long: the listing is kept
+    assert listings.page(str(first), "n100", 3) == ["n101", "n102", "n103"]
+    assert listings.held == 600
+    (first / "n100a").write_bytes(b"")  # the directory's time changes: listed again
+    assert listings.page(str(first), "n100", 2) == ["n100a", "n101"]
+    assert listings.held == 0  # changed just now: not kept
+    assert listings.page(str(second), None, 2) == ["n000", "n001"]
+    os.utime(first, ns=(2, 2))
+    assert listings.page(str(first), "n599", 2) == []
+    assert listings.held == 601  # at most 1000 names: the other directory's listing was dropped
+    assert listings.page(str(tmp_path / "missing"), None, 5) == []
 
 
 @pytest_twisted.ensureDeferred

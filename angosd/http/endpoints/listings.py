@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from dataclasses import dataclass
 
 from angosd.actions import Route
 from angosd.http.endpoints.base import Endpoint
@@ -12,67 +12,73 @@ from angosd.http.request import RegistryRequest
 from angosd.http.responses import respond_json
 from angosd.oci import media_types as mt
 from angosd.oci.digest import Digest
-from angosd.oci.errors import PaginationNumberInvalid
-from angosd.registry.registry import paginate
+from angosd.oci.errors import NameInvalid, OciError, PaginationNumberInvalid, TagInvalid
 
 #: A valid ``n``: one to nine ASCII digits.
 _COUNT = re.compile(r"[0-9]{1,9}")
+#: A valid ``last``: printable ASCII, no longer than a name can be.
+_MARKER = re.compile(r"[\x21-\x7e]{1,512}")
 #: The largest page a listing returns, whatever ``n`` asks for.
 MAX_PAGE = 10_000
+#: The page size of the catalog and the extension listings when ``n`` is not given (as distribution).
+DEFAULT_PAGE = 100
+#: The page size of a tag list when ``n`` is not given.
+DEFAULT_TAGS_PAGE = 1_000
 
 
-def visible_only(items: list[str], n: int | None, last: str | None,
-                 visible: Callable[[str], bool]) -> tuple[list[str], bool]:
-    """`paginate` over the ``visible`` items only, deciding visibility no further than the
-    page needs (its ``n`` items and one more, to know whether more follow)."""
-    found: list[str] = []
-    for item in items:
-        if last is not None and item <= last:
-            continue
-        if not visible(item):
-            continue
-        if n is not None and len(found) == n:
-            return found, True
-        found.append(item)
-    return found, False
+@dataclass(frozen=True, slots=True)
+class PageRequest:
+    """What a listing request asks for: at most ``n`` items after ``last``."""
 
+    n: int
+    last: str | None
 
-def page(route: Route, items: list[str], base: str,
-         visible: Callable[[str], bool] | None = None) -> tuple[list[str], dict[str, str]]:
-    """The page of ``items`` the route's ``n`` and ``last`` ask for, and its ``Link`` header
-    when more follow; raises `PaginationNumberInvalid` for a malformed ``n``. With
-    ``visible``, items it refuses are left out before paginating."""
-    n_text, last = route.param("n"), route.param("last")
-    n = None
-    if n_text is not None:
-        if _COUNT.fullmatch(n_text) is None:  # ASCII only: isdigit() takes superscripts, other scripts
-            raise PaginationNumberInvalid(n_text[:20])
-        n = min(int(n_text), MAX_PAGE)
-    items_page, more = paginate(items, n, last) if visible is None else visible_only(items, n, last, visible)
-    headers = {}
-    if more and items_page:
-        headers["Link"] = f'<{base}?n={n}&last={items_page[-1]}>; rel="next"'
-    return items_page, headers
+    @classmethod
+    def of(cls, route: Route, default: int, invalid_marker: type[OciError]) -> PageRequest:
+        """The route's ``n`` (``default`` when absent; at most `MAX_PAGE`) and ``last``.
+
+        Raises `PaginationNumberInvalid` for a malformed ``n`` and ``invalid_marker`` for a
+        ``last`` that is not printable ASCII of at most 512 characters (an empty one is none).
+        """
+        n_text, last = route.param("n"), route.param("last")
+        n = default
+        if n_text is not None:
+            if _COUNT.fullmatch(n_text) is None:  # ASCII only: isdigit() takes superscripts, other scripts
+                raise PaginationNumberInvalid(n_text[:20])
+            n = min(int(n_text), MAX_PAGE)
+        if last is not None and last and _MARKER.fullmatch(last) is None:
+            raise invalid_marker(f"invalid pagination marker {last[:40]!r}")
+        return cls(n, last or None)
+
+    def link(self, base: str, items: list[str], more: bool) -> dict[str, str]:
+        """The ``Link`` header to the next page when ``more`` items follow ``items``."""
+        if not (more and items):
+            return {}
+        return {"Link": f'<{base}?n={self.n}&last={items[-1]}>; rel="next"'}
 
 
 class Catalog(Endpoint):
     """``GET /v2/_catalog``: served namespaces holding a manifest that the caller may list
-    (`Authorizer.may_list`), paginated after that filtering."""
+    (`Authorizer.may_list`), paginated after that filtering: `DEFAULT_PAGE` names when no
+    ``n`` is given, and a ``Link`` to the next page. A page reads only what it lists."""
 
     async def handle(self, request: RegistryRequest, route: Route) -> bytes:
         authorizer = self.context.authorizer
-        names, headers = page(route, await self.context.registry.catalog(), "/v2/_catalog",
-                              lambda namespace: authorizer.may_list(request, namespace))
-        return respond_json(request, 200, {"repositories": names}, headers=headers)
+        wanted = PageRequest.of(route, DEFAULT_PAGE, NameInvalid)
+        names, more = await self.context.registry.catalog_page(
+            wanted.last, wanted.n, lambda namespace: authorizer.may_list(request, namespace))
+        return respond_json(request, 200, {"repositories": names}, headers=wanted.link("/v2/_catalog", names, more))
 
 
 class Tags(Endpoint):
-    """``GET /v2/NS/tags/list``: the namespace's tags (upstream ones too, for pull-through), paginated."""
+    """``GET /v2/NS/tags/list``: the namespace's tags (upstream ones too, for pull-through),
+    paginated (`DEFAULT_TAGS_PAGE` tags when no ``n`` is given)."""
 
     async def handle(self, request: RegistryRequest, route: Route) -> bytes:
         namespace = self.context.namespace(route)
-        tags = await self.context.source(namespace).tags(namespace)
-        names, headers = page(route, tags, f"/v2/{namespace}/tags/list")
+        wanted = PageRequest.of(route, DEFAULT_TAGS_PAGE, TagInvalid)
+        names, more = await self.context.source(namespace).tags_page(namespace, wanted.last, wanted.n)
+        headers = wanted.link(f"/v2/{namespace}/tags/list", names, more)
         return respond_json(request, 200, {"name": namespace, "tags": names}, headers=headers)
 
 

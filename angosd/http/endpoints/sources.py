@@ -15,7 +15,7 @@ from angosd.oci.digest import Digest
 from angosd.oci.names import Reference
 from angosd.proxy.cache import BlobClient, PullThroughCache
 from angosd.registry.manifests import StoredManifest
-from angosd.registry.registry import Registry
+from angosd.registry.registry import Registry, paginate
 
 
 def cache_headers(state: str) -> dict[str, str]:
@@ -44,6 +44,10 @@ class ContentSource(Protocol):
     async def tags(self, namespace: str) -> list[str]:
         """The namespace's tags, sorted; raises `NameUnknown`."""
 
+    async def tags_page(self, namespace: str, after: str | None, limit: int) -> tuple[list[str], bool]:
+        """At most ``limit`` of the namespace's tags after ``after``, sorted, and whether more
+        follow; raises `NameUnknown`."""
+
     async def referrers(self, namespace: str, subject: Digest, artifact_type: str | None,
                         after: Digest | None = None, limit: int | None = None) -> list[dict[str, Any]]:
         """Descriptors (JSON objects) of the manifests whose subject is ``subject``, in the
@@ -68,6 +72,9 @@ class LocalSource:
 
     async def tags(self, namespace: str) -> list[str]:
         return await self._registry.manifests.list_tags(namespace)
+
+    async def tags_page(self, namespace: str, after: str | None, limit: int) -> tuple[list[str], bool]:
+        return await self._registry.manifests.list_tags_page(namespace, after, limit)
 
     async def referrers(self, namespace: str, subject: Digest, artifact_type: str | None,
                         after: Digest | None = None, limit: int | None = None) -> list[dict[str, Any]]:
@@ -94,6 +101,10 @@ class PullThroughSource:
 
     async def tags(self, namespace: str) -> list[str]:
         return await self._cache.tags(namespace, self._repository)
+
+    async def tags_page(self, namespace: str, after: str | None, limit: int) -> tuple[list[str], bool]:
+        # Upstream tags come whole (merged with the cached ones); the page is cut from them.
+        return paginate(await self.tags(namespace), limit, after)
 
     async def referrers(self, namespace: str, subject: Digest, artifact_type: str | None,
                         after: Digest | None = None, limit: int | None = None) -> list[dict[str, Any]]:

@@ -186,8 +186,8 @@ async function getAllPages(path, key) {
 }
 
 const ext = {
-  repositories: () => getJSON("/v2/_ext/_repositories"),
-  namespaces: (repository) => getJSON(`/v2/_ext/${repository}/_namespaces`),
+  repositories: () => getAllPages("/v2/_ext/_repositories", "repositories"),
+  namespaces: (repository) => getAllPages(`/v2/_ext/${repository}/_namespaces`, "namespaces"),
   revisions: (namespace) => getAllPages(`/v2/_ext/${namespace}/_revisions?n=1000`, "revisions"),
   uploads: (namespace) => getJSON(`/v2/_ext/${namespace}/_uploads`),
 };
