@@ -64,12 +64,19 @@ def tree(pid: int) -> list[int]:
 
 def _name(pid: int) -> str:
     try:
+        with open(f"/proc/{pid}/comm") as comm:
+            name = comm.read().strip()
+        if name.startswith("angosd-"):
+            return name.removeprefix("angosd-")
+    except OSError:
+        pass
+    try:
         with open(f"/proc/{pid}/cmdline", "rb") as cmdline:
             args = cmdline.read().split(b"\0")
     except OSError:
         return "?"
     text = b" ".join(args).decode(errors="replace")
-    for marker, label in (("--index", "worker"), ("workers.fork", "fork server"), ("twistd", "daemon")):
+    for marker, label in (("--index", "worker"), ("twistd", "daemon")):
         if marker in text:
             if label == "worker":
                 index = args[args.index(b"--index") + 1].decode() if b"--index" in args else "?"

@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from angosd.daemon.workers.cpus import usable_cpus
 from tests.certs import CA
-from tests.daemon import REPO, Daemon, Response
+from tests.daemon import REPO, Daemon, Response, children, process_name
 from tests.integration.ocihelpers import image_manifest, payload, push_blob, push_manifest, wait_for
 from tests.integration.test_operations import NotifySocket, rewrite_unseen
 
@@ -386,6 +386,9 @@ def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
     daemon = start(tmp_path)
     workers = daemon.worker_pids()
     assert len(workers) == 2 and daemon.process is not None
+    fork_server = daemon.fork_server_pid()
+    assert fork_server is not None
+    workers.append(fork_server)
     daemon.process.kill()
     daemon.process.wait()
 
@@ -394,6 +397,57 @@ def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
                        for pid in workers)
 
     wait_for(gone, timeout=30)
+
+
+def test_workers_are_forked_by_the_fork_server_and_so_are_their_replacements(tmp_path: Path) -> None:
+    daemon = start(tmp_path)
+    try:
+        fork_server = daemon.fork_server_pid()
+        assert fork_server is not None
+        workers = daemon.worker_pids()
+        assert len(workers) == 2 and children(fork_server) == workers
+        assert {process_name(pid) for pid in workers} == {"angosd-worker"}
+        os.kill(workers[0], signal.SIGKILL)
+        wait_for(lambda: len(children(fork_server)) == 2 and workers[0] not in children(fork_server), timeout=30)
+        wait_for(lambda: f"(pid {workers[0]}) was killed by signal 9" in daemon.log(), timeout=30)
+        for keep in one_per_worker(daemon):
+            assert keep.request("GET", "/v2/").status == 200
+            keep.close()
+    finally:
+        daemon.stop()
+
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (an orphan's end may wait for init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def test_without_its_fork_server_the_supervisor_still_replaces_and_stops_workers(tmp_path: Path) -> None:
+    daemon = start(tmp_path)
+    try:
+        assert daemon.process is not None
+        fork_server = daemon.fork_server_pid()
+        assert fork_server is not None
+        forked = daemon.worker_pids()
+        os.kill(fork_server, signal.SIGKILL)
+        wait_for(lambda: f"the fork server (pid {fork_server}) is gone" in daemon.log(), timeout=30)
+        # The forked workers outlive it; the end of one is still seen (on its pidfd), and its
+        # replacement is a new interpreter, the supervisor's child.
+        os.kill(forked[0], signal.SIGKILL)
+        wait_for(lambda: f"(pid {forked[0]}) ended (exit status unknown)" in daemon.log(), timeout=30)
+        wait_for(lambda: len(daemon.worker_pids()) == 1, timeout=30)
+        replacement = daemon.worker_pids()[0]
+        assert replacement not in forked and process_name(replacement) != "angosd-worker"
+        for _ in range(20):
+            assert daemon.request("GET", "/v2/").status == 200
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(30) == 0
+        assert not _running(forked[1]), "the orphaned forked worker was stopped too"
+    finally:
+        daemon.stop()
 
 
 # --------------------------------------------------------------------------- TLS, systemd, listening

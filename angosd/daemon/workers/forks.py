@@ -1,0 +1,494 @@
+"""The fork server: workers forked from a process that has already imported everything.
+
+A worker started as a new interpreter imports the whole daemon again (~40 MiB of private
+memory per process). Instead, the supervisor imports what a worker runs and forks a *fork
+server* once, while it builds its service tree (`ForkServer.start`): no reactor runs yet, no
+thread exists, nothing listens. Every object is first moved to the garbage collector's
+permanent generation (`gc.freeze`, so collections never write to the shared pages; with no
+collection first, which would leave holes that new objects fill, writing to shared pages).
+For each worker the supervisor sends the fork server the worker's options, environment and
+five descriptors (standard input, output, error, the listening socket, the status pipe); it
+forks, and the child puts them on descriptors 0 to 4, closes every other one, installs a new
+reactor and runs the worker's entry point (`angosd.daemon.workers.main`). The supervisor, its fork server and all
+workers share the pages of the imported code.
+
+The supervisor sees a forked worker through `ForkedProcess`, a process transport like the
+one ``reactor.spawnProcess`` returns: its protocol gets the worker's output and its end
+(`ProcessDone`/`ProcessTerminated`, reported by the fork server, which reaps it), and
+``signalProcess`` signals it through a pidfd (never another process that reused the pid).
+
+Guarantees kept from `angosd.daemon.workers.supervisor`: the descriptor layout is the same;
+standard input reaches end of file when the supervisor ends (only the supervisor holds its
+writing end); a worker that dies is reported and replaced. The fork server ends when the
+supervisor does (end of file on its socket). If it ends first, the workers it forked keep
+running (their end is then seen on their pidfds, with no exit status) and replacements are
+started as new interpreters (``reactor.spawnProcess``, as without a fork server).
+"""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import functools
+import gc
+import json
+import os
+import select
+import signal
+import socket
+import sys
+import threading
+import traceback
+from collections.abc import Callable
+from os import _exit  # a forked child never returns into its parent's code
+from typing import Any
+
+from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
+from twisted.internet.interfaces import IReadDescriptor
+from twisted.internet.main import CONNECTION_DONE
+from twisted.internet.protocol import ProcessProtocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+__all__ = ["FORK_SERVER_NAME", "WORKER_NAME", "ForkServer", "ForkedProcess"]
+
+_log = Logger()
+
+#: The process names (``/proc/PID/comm``) of the fork server and of forked workers.
+FORK_SERVER_NAME = "angosd-forks"
+WORKER_NAME = "angosd-worker"
+#: Seconds the supervisor waits for the fork server to answer a request.
+ANSWER_TIMEOUT = 10.0
+_MESSAGE = 1 << 20
+#: How many descriptors a request carries (the worker's 0 to 4).
+_FDS = 5
+#: Objects of the supervisor the fork server keeps alive: their descriptors are closed there,
+#: and freeing them would close whatever descriptor later reuses the number.
+_KEPT: list[Any] = []
+
+
+def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] = ()) -> None:  # type: ignore[assignment]
+    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
+    sock.sendmsg([json.dumps(message).encode()], ancillary)
+
+
+def _receive(sock: socket.socket, max_fds: int) -> tuple[dict[str, Any] | None, list[int]]:
+    """One message and the descriptors it carries; (None, []) at end of file."""
+    data, ancillary, _flags, _address = sock.recvmsg(_MESSAGE, socket.CMSG_SPACE(max_fds * 4))
+    fds: list[int] = []
+    for level, kind, payload in ancillary:
+        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+            received = array.array("i")
+            received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
+            fds.extend(received)
+    if not data:
+        for fd in fds:
+            os.close(fd)
+        return None, []
+    return json.loads(data), fds
+
+
+def _set_name(name: str) -> None:
+    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
+        comm.write(name)
+
+
+# ---------------------------------------------------------------------- the fork server's side
+
+
+def _serve(sock: socket.socket, run: Callable[[list[str]], None]) -> None:
+    """The fork server's loop (in the forked child); returns when the supervisor is gone."""
+    _set_name(FORK_SERVER_NAME)
+    with contextlib.suppress(OSError):
+        os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only
+    for name in ("SIGINT", "SIGHUP", "SIGTERM"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN if name != "SIGTERM" else signal.SIG_DFL)
+    for fd in _open_fds():
+        if fd > 2 and fd != sock.fileno():
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+    signal.set_wakeup_fd(wake_write)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
+    sock.setblocking(True)
+    while True:
+        try:
+            readable, _, _ = select.select([sock.fileno(), wake_read], [], [])
+        except InterruptedError:
+            continue
+        if wake_read in readable:
+            with contextlib.suppress(BlockingIOError):
+                os.read(wake_read, 4096)
+            _reap(sock)
+        if sock.fileno() in readable:
+            request, fds = _receive(sock, _FDS)
+            if request is None:
+                return
+            _fork_worker(sock, request, fds, (wake_read, wake_write), run)
+
+
+def _open_fds() -> list[int]:
+    try:
+        return [int(entry) for entry in os.listdir("/proc/self/fd")]
+    except OSError:
+        return list(range(3, 256))
+
+
+def _reap(sock: socket.socket) -> None:
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        with contextlib.suppress(OSError):
+            _send(sock, {"ended": pid, "status": status})
+
+
+def _fork_worker(sock: socket.socket, request: dict[str, Any], fds: list[int], own: tuple[int, int],
+                 run: Callable[[list[str]], None]) -> None:
+    if len(fds) != _FDS:
+        for fd in fds:
+            os.close(fd)
+        _send(sock, {"error": f"expected {_FDS} descriptors, got {len(fds)}"})
+        return
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        _send(sock, {"error": exc.strerror or str(exc)})
+        return
+    if pid == 0:
+        code = 1
+        try:
+            code = _become_worker(request, fds, sock, own, run)
+        except BaseException:  # whatever happens, the child must not return into the loop
+            traceback.print_exc()
+        finally:
+            with contextlib.suppress(Exception):
+                sys.stdout.flush()
+                sys.stderr.flush()
+            _exit(code)
+    for fd in fds:
+        os.close(fd)
+    pidfd = os.pidfd_open(pid)
+    try:
+        _send(sock, {"pid": pid}, [pidfd])
+    finally:
+        os.close(pidfd)
+
+
+def _become_worker(request: dict[str, Any], fds: list[int], sock: socket.socket, own: tuple[int, int],
+                   run: Callable[[list[str]], None]) -> int:
+    """In the forked child: take the worker's descriptors and environment, run it; its exit status."""
+    signal.set_wakeup_fd(-1)
+    for name in ("SIGCHLD", "SIGHUP", "SIGTERM"):
+        signal.signal(getattr(signal, name), signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    high = [_above(fd) for fd in fds]
+    for target, fd in enumerate(high):
+        os.dup2(fd, target, inheritable=True)
+    keep = set(range(_FDS))
+    for fd in _open_fds():
+        if fd not in keep:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+    _KEPT.append(sock)  # its descriptor is closed; never let the object close a reused number
+    _KEPT.append(own)
+    os.environ.clear()
+    os.environ.update(request["env"])
+    if "uid" in request and (os.getuid(), os.getgid()) != (request["uid"], request["gid"]):
+        from twisted.python.util import switchUID
+
+        switchUID(request["uid"], request["gid"])
+    _set_name(WORKER_NAME)
+    _new_reactor()
+    _metrics_mode()
+    gc.enable()
+    try:
+        run(list(request["options"]))
+    except SystemExit as exit:
+        return exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+    return 0
+
+
+def _above(fd: int) -> int:
+    """A copy of ``fd`` numbered above the worker's descriptors (so moving them clobbers none)."""
+    import fcntl
+
+    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64)
+
+
+def _new_reactor() -> None:
+    """Replace the supervisor's reactor (its descriptors are closed here) by a new one of the same kind."""
+    import twisted.internet
+    from twisted.internet.main import installReactor
+
+    old = sys.modules.pop("twisted.internet.reactor", None)
+    if old is None:
+        return
+    _KEPT.append(old)
+    with contextlib.suppress(AttributeError):
+        del twisted.internet.reactor
+    installReactor(type(old)())  # type: ignore[call-arg]
+
+
+def _metrics_mode() -> None:
+    """prometheus-client chose its value class when the supervisor imported it (no multiprocess
+    directory then); choose again now that the worker's environment names one."""
+    with contextlib.suppress(ImportError):
+        from prometheus_client import values
+
+        values.ValueClass = values.get_value_class()
+
+
+# ---------------------------------------------------------------------- the supervisor's side
+
+
+class ForkServer:
+    """The supervisor's end of its fork server (see the module docstring)."""
+
+    def __init__(self, sock: socket.socket, pid: int) -> None:
+        self._sock = sock
+        self.pid = pid
+        self._processes: dict[int, ForkedProcess] = {}
+        self._reactor: Any = None
+        self.alive = True
+
+    @classmethod
+    def start(cls, run: Callable[[list[str]], None]) -> ForkServer | None:
+        """Fork the fork server; each worker it forks calls ``run(options)`` (its entry point,
+        which may exit) on a new reactor. Import what ``run`` needs first: workers are forked
+        from this process's state. None (start workers as new interpreters) when this process runs
+        threads: a fork would copy locks they may hold."""
+        if threading.active_count() > 1 or not hasattr(os, "pidfd_open"):
+            return None
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        gc.freeze()  # the supervisor's own collections leave the shared pages alone too
+        pid = os.fork()
+        if pid == 0:
+            code = 0
+            try:
+                parent.close()
+                _KEPT.append(parent)
+                _serve(child, run)
+            except BaseException:  # the fork server must never return into the supervisor's code
+                traceback.print_exc()
+                code = 1
+            finally:
+                _exit(code)
+        child.close()
+        parent.settimeout(ANSWER_TIMEOUT)
+        return cls(parent, pid)
+
+    def attach(self, reactor: Any) -> None:
+        """Start reading the fork server's reports on ``reactor`` (at the supervisor's start)."""
+        if self._reactor is None:
+            self._reactor = reactor
+            reactor.addReader(_ServerReader(self))
+
+    def spawn(self, reactor: Any, protocol: ProcessProtocol, options: list[str], env: dict[str, str],
+              listen_fd: int) -> ForkedProcess:
+        """Fork a worker running ``options`` in ``env`` on the listening socket ``listen_fd``.
+
+        Raises `OSError` when the fork server cannot (it is gone, or the fork failed)."""
+        if not self.alive:
+            raise OSError("the fork server is gone")
+        self.attach(reactor)
+        stdin_read, stdin_write = os.pipe2(os.O_CLOEXEC)
+        out_read, out_write = os.pipe2(os.O_CLOEXEC)
+        err_read, err_write = os.pipe2(os.O_CLOEXEC)
+        status_read, status_write = os.pipe2(os.O_CLOEXEC)
+        theirs = [stdin_read, out_write, err_write, listen_fd, status_write]
+        ours = {"stdin": stdin_write, 1: out_read, 2: err_read, 4: status_read}
+        try:
+            _send(self._sock, {"options": options, "env": env, "uid": os.getuid(), "gid": os.getgid()}, theirs)
+            answer = self._answer()
+        except BaseException:
+            for fd in ours.values():
+                os.close(fd)
+            raise
+        finally:
+            for fd in theirs:
+                if fd != listen_fd:
+                    os.close(fd)
+        pid, pidfd = answer
+        process = ForkedProcess(reactor, protocol, pid, pidfd, ours)
+        self._processes[pid] = process
+        return process
+
+    def _answer(self) -> tuple[int, int]:
+        """The fork server's answer to a request; the end reports read meanwhile are kept for later."""
+        while True:
+            try:
+                message, fds = _receive(self._sock, 1)
+            except TimeoutError:
+                raise OSError("the fork server did not answer") from None
+            if message is None:
+                self._gone()
+                raise OSError("the fork server is gone")
+            if "ended" in message:
+                self._reactor.callLater(0, self._report, message)
+                continue
+            if "error" in message:
+                raise OSError(message["error"])
+            return int(message["pid"]), fds[0]
+
+    def read(self) -> bool:
+        """Read one report from the socket (it is readable); False once the fork server is gone."""
+        try:
+            message, _fds = _receive(self._sock, 1)
+        except (BlockingIOError, TimeoutError):
+            return True
+        except OSError:
+            message = None
+        if message is None:
+            self._gone()
+            return False
+        self._report(message)
+        return True
+
+    def _report(self, message: dict[str, Any]) -> None:
+        process = self._processes.pop(int(message.get("ended", -1)), None)
+        if process is not None:
+            process.exited(int(message["status"]))
+
+    def _gone(self) -> None:
+        if not self.alive:
+            return
+        self.alive = False
+        _log.error("the fork server (pid {pid}) is gone; new workers start as new interpreters", pid=self.pid)
+        processes, self._processes = self._processes, {}
+        for process in processes.values():
+            process.watch_pidfd()
+
+    def fileno(self) -> int:
+        return self._sock.fileno()
+
+
+@implementer(IReadDescriptor)
+class _ServerReader:
+    def __init__(self, server: ForkServer) -> None:
+        self._server = server
+
+    def fileno(self) -> int:
+        return self._server.fileno()
+
+    def doRead(self) -> Failure | None:
+        return None if self._server.read() else Failure(CONNECTION_DONE)
+
+    def connectionLost(self, reason: Failure) -> None:
+        pass
+
+    def logPrefix(self) -> str:
+        return "fork-server"
+
+
+@implementer(IReadDescriptor)
+class _Reader:
+    """Reads one descriptor until end of file, calling ``data`` then ``lost``."""
+
+    def __init__(self, fd: int, data: Callable[[bytes], None], lost: Callable[[], None]) -> None:
+        self._fd = fd
+        self._data = data
+        self._lost = lost
+        os.set_blocking(fd, False)
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def doRead(self) -> Failure | None:
+        try:
+            data = os.read(self._fd, 65536)
+        except BlockingIOError:
+            return None
+        except OSError:
+            data = b""
+        if not data:
+            return Failure(CONNECTION_DONE)
+        self._data(data)
+        return None
+
+    def connectionLost(self, reason: Failure) -> None:
+        os.close(self._fd)
+        self._lost()
+
+    def logPrefix(self) -> str:
+        return "worker-pipe"
+
+
+class ForkedProcess:
+    """A forked worker as seen by the supervisor: the part of Twisted's process transport it
+    uses (``pid``, ``signalProcess``). Its protocol's ``processEnded`` is called once the
+    worker has exited and its output pipes are closed, as for a spawned process."""
+
+    def __init__(self, reactor: Any, protocol: ProcessProtocol, pid: int, pidfd: int, fds: dict[Any, int]) -> None:
+        self._reactor = reactor
+        self._protocol = protocol
+        self.pid: int | None = pid
+        self._pidfd: int | None = pidfd
+        self._stdin: int | None = fds["stdin"]
+        self._status: int | None = None
+        self._exited = False
+        self._open = {fd for name, fd in fds.items() if name != "stdin"}
+        self._pidfd_reader: _Reader | None = None
+        protocol.makeConnection(self)
+        for name, fd in fds.items():
+            if name != "stdin":
+                reactor.addReader(_Reader(fd, functools.partial(protocol.childDataReceived, name),
+                                          functools.partial(self._pipe_lost, fd, name)))
+
+    def signalProcess(self, signalID: str | int) -> None:
+        """Send ``signalID`` (``"TERM"``, ``"KILL"``, ``"HUP"``... or a number) to the worker."""
+        if self._exited or self._pidfd is None:
+            raise ProcessExitedAlready()
+        number = signalID if isinstance(signalID, int) else getattr(signal, f"SIG{signalID}")
+        try:
+            signal.pidfd_send_signal(self._pidfd, number)
+        except ProcessLookupError:
+            raise ProcessExitedAlready() from None
+
+    def _pipe_lost(self, fd: int, child: Any) -> None:
+        self._open.discard(fd)
+        self._protocol.childConnectionLost(child)
+        self._maybe_ended()
+
+    def exited(self, status: int | None) -> None:
+        """The worker has exited with wait status ``status`` (None: unknown)."""
+        if self._exited:
+            return
+        self._exited = True
+        self._status = status
+        self._maybe_ended()
+
+    def watch_pidfd(self) -> None:
+        """The fork server is gone: learn the worker's end from its pidfd (no exit status)."""
+        if self._exited or self._pidfd is None:
+            return
+        fd = os.dup(self._pidfd)
+        self._pidfd_reader = _Reader(fd, lambda data: None, lambda: self.exited(None))
+        self._reactor.addReader(self._pidfd_reader)
+
+    def _maybe_ended(self) -> None:
+        if not self._exited or self._open:
+            return
+        if self._stdin is not None:
+            os.close(self._stdin)
+            self._stdin = None
+        if self._pidfd is not None:
+            os.close(self._pidfd)
+            self._pidfd = None
+        status = self._status
+        if status is None:
+            reason = Failure(ProcessTerminated(None, None, None))
+        elif os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0:
+            reason = Failure(ProcessDone(status))
+        elif os.WIFSIGNALED(status):
+            reason = Failure(ProcessTerminated(None, os.WTERMSIG(status), status))
+        else:
+            reason = Failure(ProcessTerminated(os.WEXITSTATUS(status), None, status))
+        self.pid = None
+        self._protocol.processEnded(reason)
