@@ -160,20 +160,22 @@ def make_blob(path: str, size_mb: int) -> str:
 
 
 def _curl(*args: str) -> str:
-    return subprocess.run(["curl", "-sS", "-f", "-H", "Expect:", *args], capture_output=True, text=True,
-                          check=True).stdout
+    result = subprocess.run(["curl", "-sS", "-f", "-H", "Expect:", *args], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"curl {' '.join(args)} failed ({result.returncode}): {result.stderr.strip()}")
+    return result.stdout
 
 
 def push(url: str, path: str, digest: str) -> None:
-    """A monolithic push: POST, then PUT with the whole body."""
+    """A monolithic push: POST, then PUT with the whole body (streamed from the file)."""
     headers = _curl("-D", "-", "-o", "/dev/null", "-X", "POST", f"{url}/v2/bench/memory/blobs/uploads/")
     location = next(line.split(":", 1)[1].strip() for line in headers.splitlines()
                     if line.lower().startswith("location:"))
     if location.startswith("/"):
         location = url + location
     separator = "&" if "?" in location else "?"
-    _curl("-o", "/dev/null", "-X", "PUT", "-H", "Content-Type: application/octet-stream", "--data-binary",
-          f"@{path}", f"{location}{separator}digest={digest}")
+    _curl("-o", "/dev/null", "-X", "PUT", "-H", "Content-Type: application/octet-stream", "-T", path,
+          f"{location}{separator}digest={digest}")
 
 
 def pull(url: str, digest: str) -> None:
