@@ -14,7 +14,10 @@ a push and a pull).
 
 PSS (proportional set size) charges each shared page to the processes sharing it in equal
 parts, so the PSS of all processes adds up to the memory the daemon really holds; RSS counts a
-shared page in every process. Figures only: nothing here passes or fails.
+shared page in every process. The file-backed part of PSS (libpython, libcrypto...) is shared
+with every other process mapping the same files, so it is lower on a busy machine running
+other Python processes than on a quiet one; "PSS anon" does not depend on them. Figures only:
+nothing here passes or fails.
 """
 
 from __future__ import annotations
@@ -110,8 +113,8 @@ def total(rows: list[Usage], name: str) -> float:
 
 def table(title: str, rows: list[Usage]) -> str:
     """A Markdown table: one line per process, then the total."""
-    head = "| process | pid | PSS | RSS | private | shared | PSS anon |"
-    lines = [f"**{title}** (MiB)", "", head, "|---|---|---|---|---|---|---|"]
+    head = "| process | pid | PSS | RSS | private | shared | PSS anon | PSS file |"
+    lines = [f"**{title}** (MiB)", "", head, "|---|---|---|---|---|---|---|---|"]
 
     def line(name: str, pid: str, values: list[float]) -> str:
         return f"| {name} | {pid} | " + " | ".join(f"{value:.1f}" for value in values) + " |"
@@ -119,10 +122,10 @@ def table(title: str, rows: list[Usage]) -> str:
     for row in rows:
         lines.append(line(row.name, str(row.pid), [
             row.mib("Pss"), row.mib("Rss"), row.mib("Private_Clean") + row.mib("Private_Dirty"),
-            row.mib("Shared_Clean") + row.mib("Shared_Dirty"), row.mib("Pss_Anon")]))
+            row.mib("Shared_Clean") + row.mib("Shared_Dirty"), row.mib("Pss_Anon"), row.mib("Pss_File")]))
     lines.append(line("**total**", "", [
         total(rows, "Pss"), total(rows, "Rss"), total(rows, "Private_Clean") + total(rows, "Private_Dirty"),
-        total(rows, "Shared_Clean") + total(rows, "Shared_Dirty"), total(rows, "Pss_Anon")]))
+        total(rows, "Shared_Clean") + total(rows, "Shared_Dirty"), total(rows, "Pss_Anon"), total(rows, "Pss_File")]))
     return "\n".join(lines)
 
 
@@ -236,11 +239,12 @@ def main() -> None:
             finally:
                 daemon.stop()
             summary.append((label, len(results["idle"]), results))
-        print("| daemon | processes | idle PSS / RSS | push PSS / RSS | pull PSS / RSS |")
-        print("|---|---|---|---|---|")
+        print("| daemon | processes | idle PSS / RSS | push PSS / RSS | pull PSS / RSS | idle PSS anon / file |")
+        print("|---|---|---|---|---|---|")
         for label, count, results in summary:
             cells = [f"{total(results[mode], 'Pss'):.1f} / {total(results[mode], 'Rss'):.1f}"
                      if mode in results else "-" for mode in ("idle", "push", "pull")]
+            cells.append(f"{total(results['idle'], 'Pss_Anon'):.1f} / {total(results['idle'], 'Pss_File'):.1f}")
             print(f"| {label} | {count} | " + " | ".join(cells) + " |")
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
