@@ -267,6 +267,9 @@ class ForkServer:
         if threading.active_count() > 1 or not hasattr(os, "pidfd_open"):
             return None
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        for stream in (sys.stdout, sys.stderr):  # or the children would write what is buffered again
+            with contextlib.suppress(Exception):
+                stream.flush()
         gc.freeze()  # the supervisor's own collections leave the shared pages alone too
         pid = os.fork()
         if pid == 0:
