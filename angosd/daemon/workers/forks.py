@@ -254,6 +254,7 @@ class ForkServer:
     def __init__(self, sock: socket.socket, pid: int) -> None:
         self._sock = sock
         self.pid = pid
+        self._pidfd = os.pidfd_open(pid)  # this process's child: not reaped yet, so no other process
         self._processes: dict[int, ForkedProcess] = {}
         self._reactor: Any = None
         self.alive = True
@@ -292,6 +293,7 @@ class ForkServer:
         if self._reactor is None:
             self._reactor = reactor
             reactor.addReader(_ServerReader(self))
+            reactor.addReader(_Reader(self._pidfd, lambda data: None, self._ended))
 
     def spawn(self, reactor: Any, protocol: ProcessProtocol, options: list[str], env: dict[str, str],
               listen_fd: int) -> ForkedProcess:
@@ -358,6 +360,16 @@ class ForkServer:
         process = self._processes.pop(int(message.get("ended", -1)), None)
         if process is not None:
             process.exited(int(message["status"]))
+
+    def _ended(self) -> None:
+        """The fork server's pidfd is readable (it has exited) or no longer watched (the reactor
+        is stopping): reap it if it has exited (Twisted reaps only the processes it spawned)."""
+        try:
+            pid, _status = os.waitpid(self.pid, os.WNOHANG)
+        except ChildProcessError:
+            pid = self.pid
+        if pid != 0:
+            self._gone()
 
     def _gone(self) -> None:
         if not self.alive:
