@@ -12,6 +12,9 @@ forks, and the child puts them on descriptors 0 to 4, closes every other one, in
 reactor and runs the worker's entry point (`angosd.daemon.workers.main`). The supervisor, its fork server and all
 workers share the pages of the imported code.
 
+This module is the supervisor's side; the fork server's loop and what a forked child does to
+become a worker are in `angosd.daemon.workers.forkserver`.
+
 The supervisor sees a forked worker through `ForkedProcess`, a process transport like the
 one ``reactor.spawnProcess`` returns: its protocol gets the worker's output and its end
 (`ProcessDone`/`ProcessTerminated`, reported by the fork server, which reaps it), and
@@ -27,20 +30,16 @@ started as new interpreters (``reactor.spawnProcess``, as without a fork server)
 
 from __future__ import annotations
 
-import array
 import contextlib
 import functools
 import gc
-import json
 import os
-import select
 import signal
 import socket
 import sys
 import threading
 import traceback
 from collections.abc import Callable
-from os import _exit  # a forked child never returns into its parent's code
 from typing import Any
 
 from twisted.internet.error import ProcessDone, ProcessExitedAlready, ProcessTerminated
@@ -51,201 +50,14 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-__all__ = ["FORK_SERVER_NAME", "WORKER_NAME", "ForkServer", "ForkedProcess"]
+from angosd.daemon.workers.forkserver import KEPT, exit_child, receive, send, serve
+
+__all__ = ["ANSWER_TIMEOUT", "ForkServer", "ForkedProcess"]
 
 _log = Logger()
 
-#: The process names (``/proc/PID/comm``) of the fork server and of forked workers.
-FORK_SERVER_NAME = "angosd-forks"
-WORKER_NAME = "angosd-worker"
 #: Seconds the supervisor waits for the fork server to answer a request.
 ANSWER_TIMEOUT = 10.0
-_MESSAGE = 1 << 20
-#: How many descriptors a request carries (the worker's 0 to 4).
-_FDS = 5
-#: Objects of the supervisor the fork server keeps alive: their descriptors are closed there,
-#: and freeing them would close whatever descriptor later reuses the number.
-_KEPT: list[Any] = []
-
-
-def _send(sock: socket.socket, message: dict[str, Any], fds: list[int] = ()) -> None:  # type: ignore[assignment]
-    ancillary = [(socket.SOL_SOCKET, socket.SCM_RIGHTS, array.array("i", fds).tobytes())] if fds else []
-    sock.sendmsg([json.dumps(message).encode()], ancillary)
-
-
-def _receive(sock: socket.socket, max_fds: int) -> tuple[dict[str, Any] | None, list[int]]:
-    """One message and the descriptors it carries; (None, []) at end of file."""
-    data, ancillary, _flags, _address = sock.recvmsg(_MESSAGE, socket.CMSG_SPACE(max_fds * 4))
-    fds: list[int] = []
-    for level, kind, payload in ancillary:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            received = array.array("i")
-            received.frombytes(payload[: len(payload) - len(payload) % received.itemsize])
-            fds.extend(received)
-    if not data:
-        for fd in fds:
-            os.close(fd)
-        return None, []
-    return json.loads(data), fds
-
-
-def _set_name(name: str) -> None:
-    with contextlib.suppress(OSError), open("/proc/self/comm", "w") as comm:
-        comm.write(name)
-
-
-# ---------------------------------------------------------------------- the fork server's side
-
-
-def _serve(sock: socket.socket, run: Callable[[list[str]], None]) -> None:
-    """The fork server's loop (in the forked child); returns when the supervisor is gone."""
-    _set_name(FORK_SERVER_NAME)
-    with contextlib.suppress(OSError):
-        os.setpgid(0, 0)  # a terminal's Ctrl-C reaches the supervisor only
-    for name in ("SIGINT", "SIGHUP", "SIGTERM"):
-        signal.signal(getattr(signal, name), signal.SIG_IGN if name != "SIGTERM" else signal.SIG_DFL)
-    for fd in _open_fds():
-        if fd > 2 and fd != sock.fileno():
-            with contextlib.suppress(OSError):
-                os.close(fd)
-    wake_read, wake_write = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-    signal.set_wakeup_fd(wake_write)
-    signal.signal(signal.SIGCHLD, lambda *_: None)
-    sock.setblocking(True)
-    while True:
-        try:
-            readable, _, _ = select.select([sock.fileno(), wake_read], [], [])
-        except InterruptedError:
-            continue
-        if wake_read in readable:
-            with contextlib.suppress(BlockingIOError):
-                os.read(wake_read, 4096)
-            _reap(sock)
-        if sock.fileno() in readable:
-            request, fds = _receive(sock, _FDS)
-            if request is None:
-                return
-            _fork_worker(sock, request, fds, (wake_read, wake_write), run)
-
-
-def _open_fds() -> list[int]:
-    try:
-        return [int(entry) for entry in os.listdir("/proc/self/fd")]
-    except OSError:
-        return list(range(3, 256))
-
-
-def _reap(sock: socket.socket) -> None:
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:
-            return
-        if pid == 0:
-            return
-        with contextlib.suppress(OSError):
-            _send(sock, {"ended": pid, "status": status})
-
-
-def _fork_worker(sock: socket.socket, request: dict[str, Any], fds: list[int], own: tuple[int, int],
-                 run: Callable[[list[str]], None]) -> None:
-    if len(fds) != _FDS:
-        for fd in fds:
-            os.close(fd)
-        _send(sock, {"error": f"expected {_FDS} descriptors, got {len(fds)}"})
-        return
-    try:
-        pid = os.fork()
-    except OSError as exc:
-        for fd in fds:
-            os.close(fd)
-        _send(sock, {"error": exc.strerror or str(exc)})
-        return
-    if pid == 0:
-        code = 1
-        try:
-            code = _become_worker(request, fds, sock, own, run)
-        except BaseException:  # whatever happens, the child must not return into the loop
-            traceback.print_exc()
-        finally:
-            with contextlib.suppress(Exception):
-                sys.stdout.flush()
-                sys.stderr.flush()
-            _exit(code)
-    for fd in fds:
-        os.close(fd)
-    pidfd = os.pidfd_open(pid)
-    try:
-        _send(sock, {"pid": pid}, [pidfd])
-    finally:
-        os.close(pidfd)
-
-
-def _become_worker(request: dict[str, Any], fds: list[int], sock: socket.socket, own: tuple[int, int],
-                   run: Callable[[list[str]], None]) -> int:
-    """In the forked child: take the worker's descriptors and environment, run it; its exit status."""
-    signal.set_wakeup_fd(-1)
-    for name in ("SIGCHLD", "SIGHUP", "SIGTERM"):
-        signal.signal(getattr(signal, name), signal.SIG_DFL)
-    signal.signal(signal.SIGINT, signal.default_int_handler)
-    high = [_above(fd) for fd in fds]
-    for target, fd in enumerate(high):
-        os.dup2(fd, target, inheritable=True)
-    keep = set(range(_FDS))
-    for fd in _open_fds():
-        if fd not in keep:
-            with contextlib.suppress(OSError):
-                os.close(fd)
-    _KEPT.append(sock)  # its descriptor is closed; never let the object close a reused number
-    _KEPT.append(own)
-    os.environ.clear()
-    os.environ.update(request["env"])
-    if "uid" in request and (os.getuid(), os.getgid()) != (request["uid"], request["gid"]):
-        from twisted.python.util import switchUID
-
-        switchUID(request["uid"], request["gid"])
-    _set_name(WORKER_NAME)
-    _new_reactor()
-    _metrics_mode()
-    gc.enable()
-    try:
-        run(list(request["options"]))
-    except SystemExit as exit:
-        return exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
-    return 0
-
-
-def _above(fd: int) -> int:
-    """A copy of ``fd`` numbered above the worker's descriptors (so moving them clobbers none)."""
-    import fcntl
-
-    return fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 64)
-
-
-def _new_reactor() -> None:
-    """Replace the supervisor's reactor (its descriptors are closed here) by a new one of the same kind."""
-    import twisted.internet
-    from twisted.internet.main import installReactor
-
-    old = sys.modules.pop("twisted.internet.reactor", None)
-    if old is None:
-        return
-    _KEPT.append(old)
-    with contextlib.suppress(AttributeError):
-        del twisted.internet.reactor
-    installReactor(type(old)())  # type: ignore[call-arg]
-
-
-def _metrics_mode() -> None:
-    """prometheus-client chose its value class when the supervisor imported it (no multiprocess
-    directory then); choose again now that the worker's environment names one."""
-    with contextlib.suppress(ImportError):
-        from prometheus_client import values
-
-        values.ValueClass = values.get_value_class()
-
-
-# ---------------------------------------------------------------------- the supervisor's side
 
 
 class ForkServer:
@@ -277,13 +89,13 @@ class ForkServer:
             code = 0
             try:
                 parent.close()
-                _KEPT.append(parent)
-                _serve(child, run)
+                KEPT.append(parent)
+                serve(child, run)
             except BaseException:  # the fork server must never return into the supervisor's code
                 traceback.print_exc()
                 code = 1
             finally:
-                _exit(code)
+                exit_child(code)
         child.close()
         parent.settimeout(ANSWER_TIMEOUT)
         return cls(parent, pid)
@@ -310,7 +122,7 @@ class ForkServer:
         theirs = [stdin_read, out_write, err_write, listen_fd, status_write]
         ours = {"stdin": stdin_write, 1: out_read, 2: err_read, 4: status_read}
         try:
-            _send(self._sock, {"options": options, "env": env, "uid": os.getuid(), "gid": os.getgid()}, theirs)
+            send(self._sock, {"options": options, "env": env, "uid": os.getuid(), "gid": os.getgid()}, theirs)
             answer = self._answer()
         except BaseException:
             for fd in ours.values():
@@ -329,7 +141,7 @@ class ForkServer:
         """The fork server's answer to a request; the end reports read meanwhile are kept for later."""
         while True:
             try:
-                message, fds = _receive(self._sock, 1)
+                message, fds = receive(self._sock, 1)
             except TimeoutError:
                 raise OSError("the fork server did not answer") from None
             if message is None:
@@ -345,7 +157,7 @@ class ForkServer:
     def read(self) -> bool:
         """Read one report from the socket (it is readable); False once the fork server is gone."""
         try:
-            message, _fds = _receive(self._sock, 1)
+            message, _fds = receive(self._sock, 1)
         except (BlockingIOError, TimeoutError):
             return True
         except OSError:
