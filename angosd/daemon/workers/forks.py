@@ -76,7 +76,7 @@ class ForkServer:
         """Fork the fork server; each worker it forks calls ``run(options)`` (its entry point,
         which may exit) on a new reactor. Import what ``run`` needs first: workers are forked
         from this process's state. None (start workers as new interpreters) when this process runs
-        threads: a fork would copy locks they may hold."""
+        threads (a fork would copy locks they may hold) or the kernel has no pidfds."""
         if threading.active_count() > 1 or not hasattr(os, "pidfd_open"):
             return None
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
@@ -98,7 +98,12 @@ class ForkServer:
                 exit_child(code)
         child.close()
         parent.settimeout(ANSWER_TIMEOUT)
-        return cls(parent, pid)
+        try:
+            return cls(parent, pid)
+        except OSError:  # no pidfd_open in this kernel (before Linux 5.3): its end ends the fork server
+            parent.close()
+            os.waitpid(pid, 0)
+            return None
 
     def attach(self, reactor: Any) -> None:
         """Start reading the fork server's reports on ``reactor`` (at the supervisor's start)."""
