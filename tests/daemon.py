@@ -41,6 +41,15 @@ def children(pid: int) -> list[int]:
     return sorted(found)
 
 
+def process_name(pid: int) -> str:
+    """``/proc/PID/comm`` ("" once the process is gone)."""
+    try:
+        with open(f"/proc/{pid}/comm") as comm:
+            return comm.read().strip()
+    except OSError:
+        return ""
+
+
 @dataclass
 class Daemon:
     """One angosd process. ``root`` is its storage; ``workdir`` holds its log."""
@@ -117,10 +126,20 @@ class Daemon:
             self.process.wait()
 
     def worker_pids(self) -> list[int]:
-        """The daemon's worker processes (none with one worker: the daemon serves itself)."""
+        """The daemon's worker processes (none with one worker: the daemon serves itself): its
+        children, those of its fork server in place of the fork server."""
         if self.process is None or self.process.poll() is not None:
             return []
-        return children(self.process.pid)
+        found = []
+        for pid in children(self.process.pid):
+            found += children(pid) if process_name(pid) == "angosd-forks" else [pid]
+        return sorted(found)
+
+    def fork_server_pid(self) -> int | None:
+        """The daemon's fork server (a supervisor's child that forks its workers), if any."""
+        if self.process is None or self.process.poll() is not None:
+            return None
+        return next((pid for pid in children(self.process.pid) if process_name(pid) == "angosd-forks"), None)
 
     def request(self, method: str, path: str, body: bytes | None = None,
                 headers: dict[str, str] | None = None) -> Response:

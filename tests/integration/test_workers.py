@@ -26,7 +26,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from angosd.daemon.workers.cpus import usable_cpus
 from tests.certs import CA
-from tests.daemon import REPO, Daemon, Response
+from tests.daemon import REPO, Daemon, Response, children, process_name
 from tests.integration.ocihelpers import image_manifest, payload, push_blob, push_manifest, wait_for
 from tests.integration.test_operations import NotifySocket, rewrite_unseen
 
@@ -42,6 +42,12 @@ def start(base: Path, *configs: str, env: dict[str, str] | None = None) -> Daemo
     daemon = Daemon(str(base / "work"), str(base / "store"), configs=configs, workers=2, env=env or {}).start()
     wait_for(lambda: "all 2 workers are ready" in daemon.log(), timeout=30)
     return daemon
+
+
+def replaced(workers: list[int], killed: int) -> bool:
+    """Two workers, ``killed`` not among them (from one listing: a forked worker is reaped by the
+    fork server a moment before the supervisor hears of it and replaces it)."""
+    return len(workers) == 2 and killed not in workers
 
 
 def config(base: Path, text: str, name: str = "angosd.toml") -> str:
@@ -272,7 +278,7 @@ def test_metrics_add_up_across_workers_and_survive_a_replaced_worker(tmp_path: P
         killed = first.pid
         first.close()
         os.kill(killed, signal.SIGKILL)
-        wait_for(lambda: len(daemon.worker_pids()) == 2 and killed not in daemon.worker_pids(), timeout=30)
+        wait_for(lambda: replaced(daemon.worker_pids(), killed), timeout=30)
         wait_for(lambda: daemon.log().count("RegistrySite starting on") >= 3, timeout=30)
         after = api_version_count(second.request("GET", "/metrics"))
         assert after >= before, "the killed worker's requests stay counted"
@@ -311,7 +317,7 @@ def test_a_killed_worker_is_replaced_and_loses_nothing_acknowledged(tmp_path: Pa
         wait_for(lambda: upload_size(daemon, location) >= MiB)
         killed = first.pid
         os.kill(killed, signal.SIGKILL)
-        wait_for(lambda: len(daemon.worker_pids()) == 2 and killed not in daemon.worker_pids(), timeout=30)
+        wait_for(lambda: replaced(daemon.worker_pids(), killed), timeout=30)
         assert f"(pid {killed}) was killed by signal 9" in daemon.log()
         first.close()
 
@@ -386,6 +392,9 @@ def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
     daemon = start(tmp_path)
     workers = daemon.worker_pids()
     assert len(workers) == 2 and daemon.process is not None
+    fork_server = daemon.fork_server_pid()
+    assert fork_server is not None
+    workers.append(fork_server)
     daemon.process.kill()
     daemon.process.wait()
 
@@ -394,6 +403,57 @@ def test_workers_stop_when_their_supervisor_is_killed(tmp_path: Path) -> None:
                        for pid in workers)
 
     wait_for(gone, timeout=30)
+
+
+def test_workers_are_forked_by_the_fork_server_and_so_are_their_replacements(tmp_path: Path) -> None:
+    daemon = start(tmp_path)
+    try:
+        fork_server = daemon.fork_server_pid()
+        assert fork_server is not None
+        workers = daemon.worker_pids()
+        assert len(workers) == 2 and children(fork_server) == workers
+        assert {process_name(pid) for pid in workers} == {"angosd-worker"}
+        os.kill(workers[0], signal.SIGKILL)
+        wait_for(lambda: replaced(children(fork_server), workers[0]), timeout=30)
+        wait_for(lambda: f"(pid {workers[0]}) was killed by signal 9" in daemon.log(), timeout=30)
+        for keep in one_per_worker(daemon):
+            assert keep.request("GET", "/v2/").status == 200
+            keep.close()
+    finally:
+        daemon.stop()
+
+
+def _running(pid: int) -> bool:
+    """``pid`` exists and is not a zombie (an orphan's end may wait for init to reap it)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_bytes().rsplit(b")", 1)[1].split()[0] != b"Z"
+    except OSError:
+        return False
+
+
+def test_without_its_fork_server_the_supervisor_still_replaces_and_stops_workers(tmp_path: Path) -> None:
+    daemon = start(tmp_path)
+    try:
+        assert daemon.process is not None
+        fork_server = daemon.fork_server_pid()
+        assert fork_server is not None
+        forked = daemon.worker_pids()
+        os.kill(fork_server, signal.SIGKILL)
+        wait_for(lambda: f"the fork server (pid {fork_server}) is gone" in daemon.log(), timeout=30)
+        # The forked workers outlive it; the end of one is still seen (on its pidfd), and its
+        # replacement is a new interpreter, the supervisor's child.
+        os.kill(forked[0], signal.SIGKILL)
+        wait_for(lambda: f"(pid {forked[0]}) ended (exit status unknown)" in daemon.log(), timeout=30)
+        wait_for(lambda: len(daemon.worker_pids()) == 1, timeout=30)
+        replacement = daemon.worker_pids()[0]
+        assert replacement not in forked and process_name(replacement) != "angosd-worker"
+        for _ in range(20):
+            assert daemon.request("GET", "/v2/").status == 200
+        daemon.process.send_signal(signal.SIGTERM)
+        assert daemon.process.wait(30) == 0
+        assert not _running(forked[1]), "the orphaned forked worker was stopped too"
+    finally:
+        daemon.stop()
 
 
 # --------------------------------------------------------------------------- TLS, systemd, listening
@@ -516,7 +576,7 @@ def test_a_unix_socket_is_shared_and_keeps_its_mode(tmp_path: Path) -> None:
         assert all(get() == 200 for _ in range(10))
         killed = daemon.worker_pids()[0]
         os.kill(killed, signal.SIGKILL)
-        wait_for(lambda: len(daemon.worker_pids()) == 2 and killed not in daemon.worker_pids(), timeout=30)
+        wait_for(lambda: replaced(daemon.worker_pids(), killed), timeout=30)
         wait_for(lambda: daemon.log().count("ready: listening on") >= 4, timeout=30)
         assert path.exists() and oct(path.stat().st_mode & 0o777) == oct(0o660), "a stopping worker leaves the file"
         assert all(get() == 200 for _ in range(10))

@@ -7,6 +7,8 @@ that socket, and keeps them running. One module per job:
 - `cpus`: the default N (usable cores);
 - `listening`: the shared socket, bound by the supervisor, adopted by each worker;
 - `supervisor`: starting, replacing, signalling and stopping workers;
+- `forks`, `forkserver`: the fork server, which forks the workers from the supervisor's imports
+  (shared memory): the supervisor's side, the fork server's side;
 - `parent`: the supervisor's service tree (socket, workers, GC, systemd);
 - `main`: a worker process;
 - `status`, `logrelay`: what a worker tells its supervisor (state, log events);

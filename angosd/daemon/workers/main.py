@@ -146,8 +146,10 @@ def run(reactor: Any, options: WorkerOptions) -> int:
     return status["code"]
 
 
-def main(argv: list[str] | None = None) -> None:
-    """The worker's entry point (see the module docstring); never returns."""
+def main(argv: list[str] | None = None, forked: bool = False) -> None:
+    """The worker's entry point (see the module docstring); never returns. ``forked``: this
+    process was forked by the fork server (`angosd.daemon.workers.forks`), whose log buffer
+    holds the supervisor's early events, not this worker's."""
     with contextlib.suppress(OSError):
         os.setpgid(0, 0)
     signal.signal(signal.SIGHUP, signal.SIG_IGN)  # until the reload handler is installed
@@ -160,7 +162,7 @@ def main(argv: list[str] | None = None) -> None:
     from angosd.daemon.workers.logrelay import relay_observer
 
     log_file = open(1, "w", encoding="utf-8", errors="replace", closefd=False)  # noqa: SIM115 - lives as long as the process
-    globalLogBeginner.beginLoggingTo([relay_observer(log_file)], redirectStandardIO=True)
+    globalLogBeginner.beginLoggingTo([relay_observer(log_file)], discardBuffer=forked, redirectStandardIO=True)
     from twisted.internet import reactor
 
     sys.exit(run(reactor, options))

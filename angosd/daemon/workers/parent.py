@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import sys
@@ -15,6 +16,7 @@ from angosd.config import Config
 from angosd.daemon import systemd
 from angosd.daemon.live import LiveConfig
 from angosd.daemon.overrides import Overrides
+from angosd.daemon.workers.forks import ForkServer
 from angosd.daemon.workers.listening import SharedSocket
 from angosd.daemon.workers.rundir import RunDirectory
 from angosd.daemon.workers.supervisor import WorkerCommand, WorkerSupervisor
@@ -34,6 +36,8 @@ _SUPERVISOR_ONLY = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID", "LISTEN_FD
                     "prometheus_multiproc_dir")
 #: Carries the supervisor's ``sys.path`` to its workers (so they import the same code).
 _PATH_VARIABLE = "ANGOSD_WORKER_SYS_PATH"
+#: The worker's module: named, not imported here, since it imports `angosd.daemon.service`, which imports this one.
+_WORKER_MODULE = "angosd.daemon.workers.main"
 _BOOT = ("import json, os, sys; sys.path[:] = json.loads(os.environ.pop('ANGOSD_WORKER_SYS_PATH')); "
          "from angosd.daemon.workers.main import main; main()")
 
@@ -41,14 +45,29 @@ _BOOT = ("import json, os, sys; sys.path[:] = json.loads(os.environ.pop('ANGOSD_
 def worker_command(paths: Sequence[str], overrides: Overrides, run_dir: RunDirectory, index: int) -> WorkerCommand:
     """How to start worker ``index``: this Python with this process's import path, the same
     configuration files and overrides, the run directory; systemd's variables left out."""
-    args = [sys.executable, "-c", _BOOT, "--run-dir", run_dir.path, "--index", str(index),
-            *overrides.worker_arguments()]
+    options = ["--run-dir", run_dir.path, "--index", str(index), *overrides.worker_arguments()]
     for path in paths:
-        args += ["-c", path]
+        options += ["-c", path]
     env = {name: value for name, value in os.environ.items() if name not in _SUPERVISOR_ONLY}
     env["PROMETHEUS_MULTIPROC_DIR"] = run_dir.metrics
     env[_PATH_VARIABLE] = json.dumps(sys.path)
-    return WorkerCommand(sys.executable, args, env)
+    return WorkerCommand(sys.executable, [sys.executable, "-c", _BOOT, *options], env, tuple(options))
+
+
+def _worker_modules() -> None:
+    """Import what a worker runs, for the fork server to inherit (`angosd.daemon.service`, which
+    calls this module, is imported already)."""
+    import angosd.daemon.systemd
+    import angosd.daemon.workers.listening
+    import angosd.daemon.workers.logrelay
+    import angosd.daemon.workers.status  # noqa: F401
+
+    importlib.import_module(_WORKER_MODULE)
+
+
+def _forked_worker(options: list[str]) -> None:
+    """A worker forked by the fork server (`angosd.daemon.workers.forks`)."""
+    importlib.import_module(_WORKER_MODULE).main(options, forked=True)
 
 
 def build_supervisor_service(config: Config, reactor: Any, count: int, listen: str, paths: Sequence[str],
@@ -73,6 +92,9 @@ def build_supervisor_service(config: Config, reactor: Any, count: int, listen: s
         coordination_directory,
     )
 
+    # First, while no thread runs and nothing is open: the workers are forked from this state.
+    _worker_modules()  # before the fork: shared by this process, the fork server and every worker
+    forks = ForkServer.start(_forked_worker)
     pools = build_pools(config, reactor)  # the garbage collector's storage work, policy checks
     security = build_security(config, reactor, pools)
     check_observability(config)  # ConfigError: tracing without its SDK, an audit log that cannot be opened
@@ -87,7 +109,7 @@ def build_supervisor_service(config: Config, reactor: Any, count: int, listen: s
     shared = SharedSocket(endpoint, listen)
     supervisor = WorkerSupervisor(
         reactor, count, shared, lambda index: worker_command(worker_paths, worker_overrides, run_dir, index),
-        run_dir, stop_timeout=lambda: 2 * live.config.global_.shutdown_drain_secs + STOP_MARGIN)
+        run_dir, stop_timeout=lambda: 2 * live.config.global_.shutdown_drain_secs + STOP_MARGIN, forks=forks)
 
     def reload() -> bool:
         reloaded = live.reload()

@@ -1,7 +1,8 @@
 """The supervisor: starts the worker processes, keeps them running, stops them.
 
-Each worker is ``python -m angosd.daemon.workers.main`` (see there) started with
-``reactor.spawnProcess``; its descriptors:
+Each worker runs `angosd.daemon.workers.main` (see there), forked by the fork server
+(`angosd.daemon.workers.forks`) when there is one, else started with ``reactor.spawnProcess``
+as a new interpreter; either way its descriptors are:
 
 ====  ==========================================================================
 0     a pipe the supervisor never writes to: end of file means the supervisor is gone
@@ -45,6 +46,7 @@ from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 
 from angosd.daemon.shutdown import exit_normally
+from angosd.daemon.workers.forks import ForkServer
 from angosd.daemon.workers.listening import SharedSocket
 from angosd.daemon.workers.logrelay import LogRelay
 from angosd.daemon.workers.rundir import RunDirectory
@@ -72,6 +74,8 @@ class WorkerCommand:
     executable: str
     args: list[str]
     env: dict[str, str]
+    #: The worker's own options (what `angosd.daemon.workers.main` parses), for a forked worker.
+    options: tuple[str, ...] = ()
 
 
 class Backoff:
@@ -119,6 +123,8 @@ def _ending(reason: Failure) -> str:
     if isinstance(value, ProcessTerminated):
         if value.signal is not None:
             return f"was killed by signal {value.signal}"
+        if value.exitCode is None:
+            return "ended (exit status unknown)"
         return f"exited with status {value.exitCode}"
     return f"ended ({reason.getErrorMessage()})"
 
@@ -157,8 +163,9 @@ class WorkerSupervisor(Service):
 
     def __init__(self, reactor: Any, count: int, socket: SharedSocket, command: Callable[[int], WorkerCommand],
                  run_dir: RunDirectory, stop_timeout: Callable[[], float],
-                 heartbeat_timeout: float = HEARTBEAT_TIMEOUT) -> None:
+                 heartbeat_timeout: float = HEARTBEAT_TIMEOUT, forks: ForkServer | None = None) -> None:
         self._reactor = reactor
+        self._forks = forks
         self._socket = socket
         self._command = command
         self._run_dir = run_dir
@@ -196,9 +203,14 @@ class WorkerSupervisor(Service):
             return
         command = self._command(slot.index)
         child_fds: dict[int, int | str] = {0: "w", 1: "r", 2: "r", LISTEN_FD: self._socket.fileno, STATUS_FD: "r"}
+        process: Any
         try:
-            process = self._reactor.spawnProcess(_WorkerProtocol(self, slot), command.executable, command.args,
-                                                 env=command.env, childFDs=child_fds)
+            if self._forks is not None and self._forks.alive:
+                process = self._forks.spawn(self._reactor, _WorkerProtocol(self, slot), list(command.options),
+                                            command.env, self._socket.fileno)
+            else:
+                process = self._reactor.spawnProcess(_WorkerProtocol(self, slot), command.executable, command.args,
+                                                     env=command.env, childFDs=child_fds)
         except OSError as exc:
             delay = slot.backoff.delay(0.0)
             _log.error("cannot start worker {index}: {error}; trying again in {delay:.1f}s", index=slot.index,
@@ -211,7 +223,8 @@ class WorkerSupervisor(Service):
         _log.info("worker {index} started (pid {pid})", index=slot.index, pid=slot.pid)
 
     def _record(self) -> None:
-        self._run_dir.record([os.getpid(), *self.pids])
+        forks = [self._forks.pid] if self._forks is not None and self._forks.alive else []
+        self._run_dir.record([os.getpid(), *forks, *self.pids])
 
     def _status(self, slot: _Slot, fields: dict[str, str]) -> None:
         """A status message from ``slot``'s worker."""
