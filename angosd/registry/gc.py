@@ -49,15 +49,16 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from twisted.application.internet import TimerService
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from angosd.oci.digest import Digest
 from angosd.oci.errors import OciError
@@ -69,11 +70,15 @@ from angosd.storage.interface import IStorageDriver
 from angosd.storage.pools import BoundedPool
 
 _log = Logger()
+T = TypeVar("T")
 
 #: Seconds a pass works before it yields to the reactor (when it has a `Cooperate`).
-SLICE = 0.001
+SLICE = 0.00025
 #: Manifests larger than this are parsed on the ``cpu`` pool (when the collector has one).
 PARSE_INLINE_MAX = 16 * 1024
+
+#: Candidates marked or swept at once (each is a few storage operations on its own blob).
+CONCURRENT = 16
 
 Cooperate = Callable[[], Awaitable[None]]
 
@@ -209,6 +214,17 @@ def manifest_references(body: bytes) -> frozenset[Digest]:
         if key != "subject":
             visit(value)
     return frozenset(found)
+
+
+async def _concurrently(work: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run coroutines side by side; their results in order, or the first failure once all ended."""
+    if not work:
+        return []
+    results = await DeferredList([ensureDeferred(item) for item in work], consumeErrors=True)
+    for succeeded, result in results:
+        if not succeeded:
+            cast(Failure, result).raiseException()
+    return [result for _succeeded, result in results]
 
 
 # --------------------------------------------------------------------------- the collector
@@ -354,6 +370,8 @@ class GarbageCollector:
             await self._recover_trash(scan, marks)
         now = self._clock.seconds()
         unseen_marks = set(marks)
+        to_mark: list[Digest] = []
+        to_sweep: list[tuple[Digest, Mark, int]] = []
         async for entry in blob_entries(self._driver):
             await self._step()
             if entry.digest is None:
@@ -376,26 +394,45 @@ class GarbageCollector:
                 report.reclaimable_bytes += size
                 continue
             if mark is None:
-                await self._mark(digest, now)
-                report.marked += 1
+                to_mark.append(digest)
+                if len(to_mark) >= CONCURRENT:
+                    await self._mark_all(to_mark, now, report)
             elif mark.since + grace > now or mark.since >= scan.started:
                 report.pending += 1
             elif scan.unreadable:
                 report.reclaimable += 1
                 report.reclaimable_bytes += size
             else:
-                outcome = await self._sweep(digest, mark)
-                if outcome == "reclaimed":
-                    report.reclaimed += 1
-                    report.reclaimed_bytes += size
-                elif outcome == "restored":
-                    report.restored += 1
+                to_sweep.append((digest, mark, size))
+                if len(to_sweep) >= CONCURRENT:
+                    await self._sweep_all(to_sweep, report)
+        await self._mark_all(to_mark, now, report)
+        await self._sweep_all(to_sweep, report)
         if not dry_run:
             for digest in sorted(unseen_marks, key=str):
                 await self._step()
                 if await self._driver.stat(paths.blob_data(digest)) is None:
                     await self._unmark(digest)
         return report
+
+    async def _mark_all(self, digests: list[Digest], now: float, report: GcReport) -> None:
+        """Mark distinct candidates concurrently (their writes overlap on the io pool); empties ``digests``."""
+        batch = list(digests)
+        digests.clear()
+        await _concurrently([self._mark(digest, now) for digest in batch])
+        report.marked += len(batch)
+
+    async def _sweep_all(self, candidates: list[tuple[Digest, Mark, int]], report: GcReport) -> None:
+        """Sweep distinct candidates concurrently; empties ``candidates``."""
+        batch = list(candidates)
+        candidates.clear()
+        outcomes = await _concurrently([self._sweep(digest, mark) for digest, mark, _size in batch])
+        for (_digest, _mark, size), outcome in zip(batch, outcomes, strict=True):
+            if outcome == "reclaimed":
+                report.reclaimed += 1
+                report.reclaimed_bytes += size
+            elif outcome == "restored":
+                report.restored += 1
 
     async def scan(self) -> Scan:
         """Every referenced and every owned digest, from all namespaces' revisions and markers."""
