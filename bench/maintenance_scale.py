@@ -13,8 +13,10 @@ only ever replace or unlink files, never write into one, so the original stays i
 - ``angosd scrub --dry-run`` and ``angosd prune --dry-run``: wall time, peak RSS (``wait4``);
 - ``angosd prune`` for real with a keep rule that keeps ~30% of the tags (tags ending in
   0 or 2), so it deletes ~70% of them;
-- one garbage collection pass as the daemon runs it (`GarbageCollector` with the reactor
-  cooperator and the cpu pool, in a process of its own: ``--gc-pass``), after the prune;
+- garbage collection passes as the daemon runs them (`GarbageCollector` with the reactor
+  cooperator and the cpu pool, in a process of its own: ``--gc-pass``): a dry one on the
+  store as written (everything live: the same work as ``garbage-collect --dry-run``), then,
+  after the real prune, one that marks what it released and one that sweeps it;
 - ``docker-registry garbage-collect --dry-run`` and ``garbage-collect --delete-untagged``
   (on a copy) on the distribution layout of the same content;
 - the daemon with ``--workers 1``, then with the default workers: RSS and PSS of all its
@@ -111,8 +113,9 @@ def linked_copy(source: str, target: str) -> str:
 # --------------------------------------------------------------------------- one GC pass
 
 
-def gc_pass(config_path: str) -> None:
-    """``--gc-pass``: one pass as the daemon runs it; prints its report and seconds as JSON."""
+def gc_pass(config_path: str, dry_run: bool) -> None:
+    """``--gc-pass``: one pass as the daemon runs it (``--dry``: writing nothing); prints its
+    report and seconds as JSON."""
     from twisted.internet import task
     from twisted.internet.defer import ensureDeferred
 
@@ -131,7 +134,7 @@ def gc_pass(config_path: str) -> None:
 
         async def run() -> None:
             started = time.monotonic()
-            report = await collector.collect()
+            report = await collector.collect(dry_run)
             print(json.dumps({"seconds": time.monotonic() - started, "summary": report.summary(),
                               "yields": collector.yields}))
 
@@ -206,6 +209,25 @@ def sample_memory(daemon: Daemon, stop: threading.Event, peak: dict[str, float])
         stop.wait(0.1)
 
 
+def cpu_seconds(pid: int) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as stat:
+        fields = stat.read().rsplit(b")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def settle(pid: int, timeout: float = 900) -> None:
+    """Wait until ``pid`` (the supervisor, which runs the collector) used under 0.05 s of CPU in
+    a second: its first pass is over (at most ``timeout`` seconds)."""
+    deadline = time.monotonic() + timeout
+    before = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(1)
+        now = cpu_seconds(pid)
+        if now - before < 0.05:
+            return
+        before = now
+
+
 def daemon_figures(root: str, workdir: str, workers: int, paths: list[str], window: float) -> dict[str, Any]:
     """Idle (after the first pass), then passes back to back (``gc_grace_secs = 1``)."""
     figures: dict[str, Any] = {}
@@ -218,8 +240,10 @@ def daemon_figures(root: str, workdir: str, workers: int, paths: list[str], wind
                 deadline = time.monotonic() + 600
                 while metric(daemon, 'angosd_gc_runs_total') < 1 and time.monotonic() < deadline:
                     time.sleep(0.2)
+            elif phase == "idle":  # the supervisor's first pass (passes run back to back in the other phase)
+                settle(daemon.process.pid if daemon.process else 0)
             else:
-                time.sleep(min(window, 5))
+                time.sleep(2)
             peak: dict[str, float] = {}
             stop = threading.Event()
             sampler = threading.Thread(target=sample_memory, args=(daemon, stop, peak), daemon=True)
@@ -260,6 +284,7 @@ def measure(tags: int, work: str, window: float, with_daemon: bool) -> dict[str,
     result["scrub_dry"] = timed(angosd("scrub", "--dry-run", "-c", plain), env)
     rules = angosd_config(os.path.join(work, "rules.toml"), angosd_root, 0, json.dumps(KEEP_RULE))
     result["prune_dry"] = timed(angosd("prune", "--dry-run", "-c", rules), env)
+    result["gc_pass_dry"] = _gc_pass([sys.executable, os.path.abspath(__file__), "--gc-pass", plain, "--dry"], env)
 
     copy = linked_copy(angosd_root, os.path.join(work, "angosd-copy"))
     rules_copy = angosd_config(os.path.join(work, "rules-copy.toml"), copy, 0, json.dumps(KEEP_RULE))
@@ -268,10 +293,7 @@ def measure(tags: int, work: str, window: float, with_daemon: bool) -> dict[str,
     result["prune"]["tags_deleted"] = before - sum(1 for _ in _tag_files(copy))
     # The first pass marks what the prune released, the second one (grace 0) reclaims it.
     for name in ("gc_pass_mark", "gc_pass_sweep"):
-        run = timed([sys.executable, os.path.abspath(__file__), "--gc-pass", rules_copy], env)
-        report = json.loads(run.pop("last_line"))
-        result[name] = {**run, "seconds": round(report["seconds"], 2), "process_seconds": run["seconds"],
-                        "summary": report["summary"], "yields": report["yields"]}
+        result[name] = _gc_pass([sys.executable, os.path.abspath(__file__), "--gc-pass", rules_copy], env)
     shutil.rmtree(copy, ignore_errors=True)
 
     dist_config = os.path.join(work, "distribution.yml")
@@ -292,6 +314,13 @@ def measure(tags: int, work: str, window: float, with_daemon: bool) -> dict[str,
     return result
 
 
+def _gc_pass(command: list[str], env: dict[str, str]) -> dict[str, Any]:
+    run = timed(command, env)
+    report = json.loads(run.pop("last_line"))
+    return {**run, "seconds": round(report["seconds"], 2), "process_seconds": run["seconds"],
+            "summary": report["summary"], "yields": report["yields"]}
+
+
 def _tag_files(root: str) -> Any:
     for directory, _subdirs, files in os.walk(os.path.join(root, "repositories")):
         if os.path.basename(directory) == "tags" and os.path.basename(os.path.dirname(directory)) == "_manifests":
@@ -299,15 +328,16 @@ def _tag_files(root: str) -> Any:
 
 
 def table(results: list[dict[str, Any]]) -> str:
-    rows = ["| tags | scrub --dry-run | prune --dry-run | prune (deleted) | GC pass mark / sweep | "
+    rows = ["| tags | scrub --dry-run | prune --dry-run | prune (deleted) | GC pass dry / mark / sweep | "
             "distribution gc --dry-run / --delete-untagged |",
             "|---|---|---|---|---|---|"]
     for r in results:
         cell = {key: f"{r[key]['seconds']} s, {r[key]['peak_rss_mib']} MiB" for key in
-                ("scrub_dry", "prune_dry", "prune", "gc_pass_mark", "gc_pass_sweep",
+                ("scrub_dry", "prune_dry", "prune", "gc_pass_dry", "gc_pass_mark", "gc_pass_sweep",
                  "distribution_gc_dry", "distribution_gc_untagged")}
         rows.append(f"| {r['tags']} | {cell['scrub_dry']} | {cell['prune_dry']} | {cell['prune']} "
-                    f"({r['prune']['tags_deleted']}) | {cell['gc_pass_mark']} / {cell['gc_pass_sweep']} "
+                    f"({r['prune']['tags_deleted']}) | {cell['gc_pass_dry']} / {cell['gc_pass_mark']} / "
+                    f"{cell['gc_pass_sweep']} "
                     f"| {cell['distribution_gc_dry']} / {cell['distribution_gc_untagged']} |")
     return "\n".join(rows)
 
@@ -319,9 +349,10 @@ def main() -> None:
     parser.add_argument("--window", type=float, default=10.0, help="seconds of GETs per daemon phase")
     parser.add_argument("--no-daemon", action="store_true", help="skip the daemon figures")
     parser.add_argument("--gc-pass", metavar="CONFIG", help=argparse.SUPPRESS)
+    parser.add_argument("--dry", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.gc_pass:
-        gc_pass(args.gc_pass)
+        gc_pass(args.gc_pass, args.dry)
         return
     work = args.work or tempfile.mkdtemp(prefix="maintenance-scale-")
     os.makedirs(work, exist_ok=True)
