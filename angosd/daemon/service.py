@@ -191,7 +191,7 @@ def _daemon(config: Config, reactor: Any, paths: Sequence[str], overrides: Overr
     PullTimeFlusher(registry.pulls, reactor).setServiceParent(back)  # flushes every few seconds and at stop
     if role.collect_garbage:
         collector_service(registry.driver, registry.blobs, reactor,  # online garbage collection
-                          lambda: live.config.global_.gc_grace_secs, gc_observer(metrics, audit)
+                          lambda: live.config.global_.gc_grace_secs, gc_observer(metrics, audit), cpu=pools.cpu
                           ).setServiceParent(back)
         recorder = MirrorRecorder()
         schedule = mirror_service(lambda: live.config, reactor, registry, app.cache, recorder)  # [mirror]

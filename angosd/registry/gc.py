@@ -7,13 +7,16 @@ A blob is *garbage* when
 - no manifest revision anywhere references it: it is not a revision's own manifest, nor
   the config, a layer, a blob or a child manifest of any stored revision, in any
   namespace. A revision's ``subject`` is not a reference (a referrer does not keep its
-  subject alive). References are read from the manifests themselves on every pass and
-  cached per manifest digest (manifests are immutable), so there is no reference record
-  that could drift: a layer that namespace A revoked (``DELETE`` blob) stays as long as a
-  manifest of A (or of anyone) still lists it.
+  subject alive). References are read from the manifests themselves on every pass (no
+  cache: memory must not grow with the store), so there is no reference record that
+  could drift: a layer that namespace A revoked (``DELETE`` blob) stays as long as a
+  manifest of A (or of anyone) still lists it. What a pass learns is kept in
+  `DigestSet`s, 8 bytes a digest.
 
 A pass never stops the world: it is a sequence of small atomic storage operations,
-yielding to the reactor every few hundred blobs. It has two phases per blob:
+yielding to the reactor whenever it has worked for `SLICE` seconds, and parsing large
+manifests on the ``cpu`` pool, so a request waits at most about one slice for it. It has
+two phases per blob:
 
 1. *Mark.* Garbage seen for the first time gets a candidate mark
    ``_gc/marks/<alg>/<hex>`` holding the time and a random token.
@@ -44,30 +47,38 @@ from __future__ import annotations
 
 import contextlib
 import json
+import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from twisted.application.internet import TimerService
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from angosd.oci.digest import Digest
 from angosd.oci.errors import OciError
 from angosd.registry import paths
 from angosd.registry.blobs import BlobStore
+from angosd.registry.digestset import DigestSet
 from angosd.storage.errors import OutOfSpace, PathNotFound, StorageError
 from angosd.storage.interface import IStorageDriver
+from angosd.storage.pools import BoundedPool
 
 _log = Logger()
+T = TypeVar("T")
 
-#: Blobs (or namespaces) handled between two yields to the reactor.
-BATCH = 200
-#: Manifest digests whose references are cached in memory.
-MAX_CACHED_MANIFESTS = 200_000
+#: Seconds a pass works before it yields to the reactor (when it has a `Cooperate`).
+SLICE = 0.00025
+#: Manifests larger than this are parsed on the ``cpu`` pool (when the collector has one).
+PARSE_INLINE_MAX = 16 * 1024
+
+#: Candidates marked or swept at once (each is a few storage operations on its own blob).
+CONCURRENT = 16
 
 Cooperate = Callable[[], Awaitable[None]]
 
@@ -95,11 +106,12 @@ PassObserver = Callable[["GcReport | None", Any], None]
 
 
 def collector_service(driver: IStorageDriver, blobs: BlobStore, clock: IReactorTime,
-                      grace: Callable[[], int], observe: PassObserver | None = None) -> TimerService:
+                      grace: Callable[[], int], observe: PassObserver | None = None,
+                      cpu: BoundedPool | None = None) -> TimerService:
     """The daemon's online collector: a pass now and every `interval_for` the grace period
-    (as configured at start) seconds, yielding to the reactor as it goes. ``observe`` hears
-    of each pass (metrics)."""
-    collector = GarbageCollector(driver, blobs, clock, grace, reactor_cooperator(clock))
+    (as configured at start) seconds, yielding to the reactor every `SLICE` and parsing
+    large manifests on ``cpu``. ``observe`` hears of each pass (metrics)."""
+    collector = GarbageCollector(driver, blobs, clock, grace, reactor_cooperator(clock), cpu=cpu)
     collector.observe = observe
     service = TimerService(interval_for(grace()), collector.collect_logged)
     service.clock = clock
@@ -109,11 +121,14 @@ def collector_service(driver: IStorageDriver, blobs: BlobStore, clock: IReactorT
 # --------------------------------------------------------------------------- walking the store
 
 
-async def namespaces(driver: IStorageDriver) -> list[str]:
-    """Every namespace that has anything stored (manifests, blobs, referrers, uploads), sorted."""
+async def namespaces(driver: IStorageDriver, step: Cooperate | None = None) -> list[str]:
+    """Every namespace that has anything stored (manifests, blobs, referrers, uploads), sorted.
+    ``step`` is awaited before each directory is listed."""
     found: list[str] = []
 
     async def visit(prefix: str, name: str) -> None:
+        if step is not None:
+            await step()
         children = await driver.children(prefix)
         if name and any(child.startswith("_") for child in children):
             found.append(name)
@@ -201,6 +216,17 @@ def manifest_references(body: bytes) -> frozenset[Digest]:
     return frozenset(found)
 
 
+async def _concurrently(work: list[Coroutine[Any, Any, T]]) -> list[T]:
+    """Run coroutines side by side; their results in order, or the first failure once all ended."""
+    if not work:
+        return []
+    results = await DeferredList([ensureDeferred(item) for item in work], consumeErrors=True)
+    for succeeded, result in results:
+        if not succeeded:
+            cast(Failure, result).raiseException()
+    return [result for _succeeded, result in results]
+
+
 # --------------------------------------------------------------------------- the collector
 
 
@@ -225,11 +251,12 @@ class Mark:
 
 @dataclass(slots=True)
 class Scan:
-    """What a pass learnt from the namespaces before looking at blobs."""
+    """What a pass learnt from the namespaces before looking at blobs (a `DigestSet` may
+    hold a digest never added: such a blob is kept, which is safe)."""
 
     started: float
-    referenced: set[Digest] = field(default_factory=set)
-    owned: set[Digest] = field(default_factory=set)
+    referenced: DigestSet = field(default_factory=DigestSet)
+    owned: DigestSet = field(default_factory=DigestSet)
     #: Revisions whose manifest could not be read as JSON: nothing is swept while any exists.
     unreadable: list[str] = field(default_factory=list)
 
@@ -265,30 +292,38 @@ class GarbageCollector:
     """Mark-and-sweep over a store that is in use (see the module docstring).
 
     ``grace`` is asked at the start of every pass (it may follow a reloaded
-    configuration). ``cooperate`` is awaited every `BATCH` items; None never yields
-    (tests on a fake clock). One pass runs at a time per collector.
+    configuration). ``cooperate`` is awaited whenever the pass has worked `SLICE` seconds
+    (measured with ``timer``) since it last yielded; None never yields (tests on a fake
+    clock, maintenance commands). Manifests above `PARSE_INLINE_MAX` bytes are parsed on
+    ``cpu`` when given. One pass runs at a time per collector.
     """
 
     def __init__(self, driver: IStorageDriver, blobs: BlobStore, clock: IReactorTime, grace: Callable[[], int],
-                 cooperate: Cooperate | None = None) -> None:
+                 cooperate: Cooperate | None = None, cpu: BoundedPool | None = None,
+                 timer: Callable[[], float] = time.monotonic) -> None:
         self._driver = driver
         self._clock = clock
         self._grace = grace
         self._cooperate = cooperate
+        self._cpu = cpu
+        self._timer = timer
         self._memory_marks: dict[Digest, Mark] = {}
-        self._references: dict[Digest, frozenset[Digest]] = {}
         self._running = False
         self.observe: PassObserver | None = None
-        self._steps = 0
+        self._slice_started = timer()
+        #: Times this collector yielded to the reactor (for tests and figures).
+        self.yields = 0
         blobs.touch_listeners.append(self._touched)
 
     def _touched(self, digest: Digest) -> None:
         self._memory_marks.pop(digest, None)
 
     async def _step(self) -> None:
-        self._steps += 1
-        if self._cooperate is not None and self._steps % BATCH == 0:
-            await self._cooperate()
+        if self._cooperate is None or self._timer() - self._slice_started < SLICE:
+            return
+        self.yields += 1
+        await self._cooperate()
+        self._slice_started = self._timer()
 
     # -- one pass ----------------------------------------------------------------------------
 
@@ -334,7 +369,9 @@ class GarbageCollector:
         if not dry_run:
             await self._recover_trash(scan, marks)
         now = self._clock.seconds()
-        seen: set[Digest] = set()
+        unseen_marks = set(marks)
+        to_mark: list[Digest] = []
+        to_sweep: list[tuple[Digest, Mark, int]] = []
         async for entry in blob_entries(self._driver):
             await self._step()
             if entry.digest is None:
@@ -343,7 +380,7 @@ class GarbageCollector:
             size = await self._driver.stat(paths.blob_data(digest))
             if size is None:
                 continue
-            seen.add(digest)
+            unseen_marks.discard(digest)
             report.blobs += 1
             owners = await self._driver.children(paths.blob_owners(digest))
             if owners or digest in scan.referenced or digest in scan.owned:
@@ -357,30 +394,50 @@ class GarbageCollector:
                 report.reclaimable_bytes += size
                 continue
             if mark is None:
-                await self._mark(digest, now)
-                report.marked += 1
+                to_mark.append(digest)
+                if len(to_mark) >= CONCURRENT:
+                    await self._mark_all(to_mark, now, report)
             elif mark.since + grace > now or mark.since >= scan.started:
                 report.pending += 1
             elif scan.unreadable:
                 report.reclaimable += 1
                 report.reclaimable_bytes += size
             else:
-                outcome = await self._sweep(digest, mark)
-                if outcome == "reclaimed":
-                    report.reclaimed += 1
-                    report.reclaimed_bytes += size
-                elif outcome == "restored":
-                    report.restored += 1
+                to_sweep.append((digest, mark, size))
+                if len(to_sweep) >= CONCURRENT:
+                    await self._sweep_all(to_sweep, report)
+        await self._mark_all(to_mark, now, report)
+        await self._sweep_all(to_sweep, report)
         if not dry_run:
-            for digest in marks:
-                if digest not in seen and await self._driver.stat(paths.blob_data(digest)) is None:
+            for digest in sorted(unseen_marks, key=str):
+                await self._step()
+                if await self._driver.stat(paths.blob_data(digest)) is None:
                     await self._unmark(digest)
         return report
+
+    async def _mark_all(self, digests: list[Digest], now: float, report: GcReport) -> None:
+        """Mark distinct candidates concurrently (their writes overlap on the io pool); empties ``digests``."""
+        batch = list(digests)
+        digests.clear()
+        await _concurrently([self._mark(digest, now) for digest in batch])
+        report.marked += len(batch)
+
+    async def _sweep_all(self, candidates: list[tuple[Digest, Mark, int]], report: GcReport) -> None:
+        """Sweep distinct candidates concurrently; empties ``candidates``."""
+        batch = list(candidates)
+        candidates.clear()
+        outcomes = await _concurrently([self._sweep(digest, mark) for digest, mark, _size in batch])
+        for (_digest, _mark, size), outcome in zip(batch, outcomes, strict=True):
+            if outcome == "reclaimed":
+                report.reclaimed += 1
+                report.reclaimed_bytes += size
+            elif outcome == "restored":
+                report.restored += 1
 
     async def scan(self) -> Scan:
         """Every referenced and every owned digest, from all namespaces' revisions and markers."""
         scan = Scan(self._clock.seconds())
-        for namespace in await namespaces(self._driver):
+        for namespace in await namespaces(self._driver, self._step):
             await self._step()
             scan.owned.update(await owned_digests(self._driver, namespace))
             for revision in await revision_digests(self._driver, namespace):
@@ -395,21 +452,16 @@ class GarbageCollector:
 
     async def _references_of(self, manifest: Digest) -> frozenset[Digest] | None:
         """The manifest's references; empty when its bytes are gone, None when unreadable."""
-        cached = self._references.get(manifest)
-        if cached is not None:
-            return cached
         try:
             body = await self._driver.read(paths.blob_data(manifest))
         except PathNotFound:
             return frozenset()  # lost bytes reference nothing we could know; scrub reports it
         try:
-            references = manifest_references(body)
+            if self._cpu is not None and len(body) > PARSE_INLINE_MAX:
+                return await self._cpu.run(manifest_references, body)
+            return manifest_references(body)
         except ValueError:
             return None
-        if len(self._references) >= MAX_CACHED_MANIFESTS:
-            self._references.clear()
-        self._references[manifest] = references
-        return references
 
     # -- marks -------------------------------------------------------------------------------
 
@@ -417,6 +469,7 @@ class GarbageCollector:
         marks: dict[Digest, Mark] = {}
         for algorithm in await self._driver.children(paths.GC_MARKS):
             for name in await self._driver.children(f"{paths.GC_MARKS}/{algorithm}"):
+                await self._step()
                 try:
                     digest = Digest(algorithm, name)
                 except OciError:

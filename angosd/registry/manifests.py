@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -222,8 +222,10 @@ class ManifestStore:
             raise ManifestUnknown(str(reference)) from None
         return StoredManifest(digest, revision.media_type, body)
 
-    async def delete(self, namespace: str, reference: Reference) -> None:
-        """By tag: remove the tag only. By digest: remove the revision and its tags."""
+    async def delete(self, namespace: str, reference: Reference, tags: Collection[str] | None = None) -> None:
+        """By tag: remove the tag only. By digest: remove the revision and its tags: every tag
+        pointing at it, or only those of ``tags`` when the caller has just listed them (a
+        caller deleting many revisions of a namespace then reads its tags once, not once each)."""
         if reference.tag is not None:
             if await self._driver.stat(paths.tag(namespace, reference.tag)) is None:
                 raise ManifestUnknown(str(reference))
@@ -232,7 +234,7 @@ class ManifestStore:
         assert reference.digest is not None
         digest = reference.digest
         revision = await self.revision(namespace, digest)
-        for count, tag in enumerate(await self.tags(namespace), 1):
+        for count, tag in enumerate(await self.tags(namespace) if tags is None else tags, 1):
             if await self._tag_target(namespace, tag) == digest:
                 await self._driver.delete(paths.tag(namespace, tag))
             if count % BATCH == 0:

@@ -321,7 +321,8 @@ class Pruner:
                 continue
             if revision.subject is not None:
                 subjects[digest] = revision.subject
-        tagged_now = set((await manifests.tags_of(namespace)).keys())
+        tags_now = await manifests.tags_of(namespace)
+        tagged_now = set(tags_now)
         protected = await self._protect(namespace, newer | tagged_now, current_revisions, subjects)
         dropped: set[Digest] = set()
         for digest in _parents_first(plan.revisions, subjects):
@@ -337,7 +338,7 @@ class Pruner:
                 continue
             dropped |= await self._references(digest)
             with contextlib.suppress(ManifestUnknown, BlobUnknown):
-                await manifests.delete(namespace, Reference(digest=digest))
+                await manifests.delete(namespace, Reference(digest=digest), tags=tags_now.get(digest, ()))
             applied.revisions.append(digest)
         applied.revoked.extend(await self._revoke_unreferenced(namespace, dropped))
         return applied

@@ -39,9 +39,11 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Literal, cast
 
+from twisted.internet.defer import DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from angosd.oci.digest import Digest
 from angosd.oci.errors import OciError
@@ -63,6 +65,8 @@ from angosd.registry.uploads import may_be_in_creation
 from angosd.storage.errors import PathNotFound, StorageError
 
 Kind = Literal["repair", "quarantine", "cleanup"]
+#: Blobs checked (hashed) at once.
+HASH_BATCH = 16
 #: ``progress(phase, done, total)``: how far a phase is.
 ProgressCallback = Callable[[str, int, int], None]
 
@@ -119,8 +123,9 @@ class Scrubber:
         #: Blobs and revisions quarantined by this run (also when only reported).
         self._gone_blobs: set[Digest] = set()
         self._gone_revisions: set[tuple[str, Digest]] = set()
-        self._forward: set[tuple[str, Digest]] = set()
-        self._reverse: set[tuple[str, Digest]] = set()
+        #: Reverse ownership records whose forward marker was missing when their blob was
+        #: checked (few: only broken ones); judged again once every namespace was checked.
+        self._suspect_reverse: set[tuple[str, Digest]] = set()
 
     def _found(self, kind: Kind, message: str) -> None:
         finding = Finding(kind, message)
@@ -129,10 +134,20 @@ class Scrubber:
 
     async def run(self) -> ScrubReport:
         """Check everything; returns the findings (acted upon unless ``dry_run``)."""
-        entries = [entry async for entry in blob_entries(self._driver)]
-        for done, entry in enumerate(entries, 1):
-            await self._check_blob(entry)
-            self._progress("verifying blobs", done, len(entries))
+        total = 0
+        async for _entry in blob_entries(self._driver):  # counted first, so memory stays flat
+            total += 1
+        done = 0
+        batch: list[BlobEntry] = []
+        async for entry in blob_entries(self._driver):
+            batch.append(entry)
+            if len(batch) >= HASH_BATCH:
+                done += await self._check_blobs(batch)
+                self._progress("verifying blobs", done, total)
+                batch = []
+        if batch:
+            done += await self._check_blobs(batch)
+            self._progress("verifying blobs", done, total)
         names = await namespaces(self._driver)
         self._report.namespaces = len(names)
         for done, namespace in enumerate(names, 1):
@@ -167,6 +182,16 @@ class Scrubber:
 
     # -- blobs -------------------------------------------------------------------------------
 
+    async def _check_blobs(self, batch: list[BlobEntry]) -> int:
+        """Check distinct blobs concurrently (their hashing overlaps on the io pool); raises
+        the first failure once all are done. Returns how many were checked."""
+        results = await DeferredList([ensureDeferred(self._check_blob(entry)) for entry in batch],
+                                     consumeErrors=True)
+        for succeeded, result in results:
+            if not succeeded:
+                cast(Failure, result).raiseException()
+        return len(batch)
+
     async def _check_blob(self, entry: BlobEntry) -> None:
         digest = entry.digest
         if digest is None:
@@ -176,7 +201,9 @@ class Scrubber:
             return
         for owner in await self._driver.children(paths.blob_owners(digest)):
             if is_valid_name(paths.owner_namespace(owner)):
-                self._reverse.add((paths.owner_namespace(owner), digest))
+                namespace = paths.owner_namespace(owner)
+                if await self._driver.stat(paths.owned_blob(namespace, digest)) is None:
+                    self._suspect_reverse.add((namespace, digest))
                 continue
             self._found("cleanup", f"{digest}: reverse ownership record {owner!r} names no namespace: removed")
             if not self._dry_run:
@@ -226,7 +253,7 @@ class Scrubber:
     async def _check_ownership(self, namespace: str) -> None:
         referenced: set[Digest] | None = None
         for digest in await owned_digests(self._driver, namespace):
-            self._forward.add((namespace, digest))
+            self._suspect_reverse.discard((namespace, digest))
             if not await self._blob_present(digest):
                 if referenced is None:
                     referenced = await self._references(namespace)
@@ -238,12 +265,10 @@ class Scrubber:
                                            "upload; repeating its PUT completes it): removed")
                 if not self._dry_run:
                     await self._drop_ownership(namespace, digest)
-            elif (namespace, digest) not in self._reverse:
-                if await self._driver.stat(paths.blob_owner(digest, namespace)) is None:
-                    self._found("repair", f"{namespace}: reverse ownership record of {digest} recreated")
-                    if not self._dry_run:
-                        await self._driver.write(paths.blob_owner(digest, namespace), b"")
-                self._reverse.add((namespace, digest))
+            elif await self._driver.stat(paths.blob_owner(digest, namespace)) is None:
+                self._found("repair", f"{namespace}: reverse ownership record of {digest} recreated")
+                if not self._dry_run:
+                    await self._driver.write(paths.blob_owner(digest, namespace), b"")
 
     async def _references(self, namespace: str) -> set[Digest]:
         """What the revisions of ``namespace`` reference (their own digests included); an
@@ -289,8 +314,7 @@ class Scrubber:
                     if await self._driver.stat(key) is not None:
                         await self._quarantine_revision(namespace, digest, key, "its manifest bytes are gone")
                     continue
-                if (namespace, digest) not in self._forward and \
-                        await self._driver.stat(paths.owned_blob(namespace, digest)) is None:
+                if await self._driver.stat(paths.owned_blob(namespace, digest)) is None:
                     self._found("repair", f"{namespace}@{digest}: ownership of its manifest recreated")
                     if not self._dry_run:
                         await self._regrant(namespace, digest)
@@ -415,7 +439,7 @@ class Scrubber:
     # -- reverse index -----------------------------------------------------------------------
 
     async def _check_reverse_markers(self) -> None:
-        for namespace, digest in sorted(self._reverse - self._forward, key=lambda item: (item[0], str(item[1]))):
+        for namespace, digest in sorted(self._suspect_reverse, key=lambda item: (item[0], str(item[1]))):
             if await self._driver.stat(paths.owned_blob(namespace, digest)) is not None:
                 continue  # granted meanwhile
             if await self._driver.stat(paths.blob_owner(digest, namespace)) is None:

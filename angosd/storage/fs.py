@@ -1,11 +1,11 @@
 """Filesystem driver: objects are files under one root directory.
 
-Operations that only look or remove (stat, small reads, listings, deletes) run inline: on
-a local disk they take microseconds, far less than a thread hand-off; a page of a large
-directory (`children_after`) is the exception: it is served on the pool from a kept sorted
-listing (`angosd.storage.listings`). Those that create or
-replace (writes, moves, opening an upload, links), appends, whole-file hashing and fsync run
-on the ``io`` thread pool given to the driver (`angosd.storage.pools`): a new directory
+Operations that only look or remove one object (stat, small reads, listings, deletes) run
+inline: on a local disk they take microseconds, far less than a thread hand-off. A page of a
+large directory (`children_after`) is the exception: it is served on the pool from a kept
+sorted listing (`angosd.storage.listings`). Those that create or replace (writes, moves,
+opening an upload, links), removing a tree, appends, whole-file hashing and fsync run on the
+``io`` thread pool given to the driver (`angosd.storage.pools`): a new or removed directory
 waits for the filesystem journal, and replacing a large file frees its pages.
 """
 
@@ -321,10 +321,13 @@ class FilesystemDriver:
         return _inline(remove, key)
 
     def delete_tree(self, prefix: str) -> Deferred[None]:
-        def remove_tree() -> None:
-            shutil.rmtree(self._path(prefix), ignore_errors=True)
-
-        return _inline(remove_tree, prefix)
+        # On the pool: a tree grows without bound, and each rmdir waits for the filesystem
+        # journal (over 1 ms each under write load: 8 of a GC sweep's 14 s at 2,300 blobs).
+        try:
+            path = self._path(prefix)
+        except StorageError as exc:
+            return fail(exc)
+        return self._defer_to_thread(shutil.rmtree, path, True).addErrback(_translate_failure, prefix)
 
     def move(self, source: str, destination: str) -> Deferred[None]:
         def rename() -> None:

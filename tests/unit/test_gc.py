@@ -5,20 +5,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import pytest
-from twisted.internet.defer import Deferred, fail
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
 
 from angosd.oci import media_types as mt
 from angosd.oci.digest import Digest
 from angosd.oci.names import Reference
-from angosd.registry import paths
+from angosd.registry import gc, paths
 from angosd.registry.gc import GarbageCollector, GcReport, interval_for, manifest_references
 from angosd.registry.registry import Limits, Registry
 from angosd.storage.errors import PathNotFound, StorageError
 from angosd.storage.memory import MemoryDriver
+from angosd.storage.pools import BoundedPool
 from tests.unit.helpers import fired, push_blob, run
 
 CONFIG_TYPE = "application/vnd.oci.image.config.v1+json"
@@ -453,3 +454,77 @@ def test_interval_follows_the_grace_period_within_bounds() -> None:
     assert interval_for(0) == 1.0
     assert interval_for(300) == 300.0
     assert interval_for(86400) == 3600.0
+
+
+# Sharing the reactor -------------------------------------------------------------------------
+
+
+class SlowDriver(HookedDriver):
+    """A memory driver whose every look costs ``cost`` seconds of a virtual clock."""
+
+    def __init__(self, cost: float) -> None:
+        super().__init__()
+        self.now = 0.0
+        self.cost = cost
+
+    def read(self, key: str) -> Deferred[bytes]:
+        self.now += self.cost
+        return super().read(key)
+
+    def stat(self, key: str) -> Deferred[int | None]:
+        self.now += self.cost
+        return super().stat(key)
+
+    def children(self, prefix: str) -> Deferred[list[str]]:
+        self.now += self.cost
+        return super().children(prefix)
+
+
+def test_a_pass_yields_whenever_it_has_worked_a_slice() -> None:
+    store = Store()
+    driver = SlowDriver(gc.SLICE / 4)
+    store.driver = driver
+    store.registry = Registry(driver, store.clock, Limits())
+    for n in range(40):
+        store.image(f"team{n % 4}/app{n}", "v1", f"layer {n}".encode())
+        store.blob(f"team{n % 4}/app{n}", f"loose {n}".encode())
+    stretches: list[float] = []
+    last = [driver.now]
+
+    async def cooperate() -> None:
+        stretches.append(driver.now - last[0])
+        last[0] = driver.now
+
+    collector = GarbageCollector(driver, store.registry.blobs, store.clock, lambda: 0, cooperate,
+                                 timer=lambda: driver.now)
+    started = last[0] = driver.now
+    report = run(collector.collect())
+    assert report.blobs == 3 * 40 + 1  # manifests, layers, loose blobs, and the shared "{}"
+    assert collector.yields == len(stretches) >= (driver.now - started) / (2 * gc.SLICE)
+    # Between two yields: one slice, plus the few looks of the step that crossed it (and of
+    # the phase changes); a loop over the 40 namespaces or 121 blobs without steps is far more.
+    assert max(stretches) <= gc.SLICE + 8 * driver.cost
+
+
+def test_large_manifests_are_parsed_on_the_cpu_pool() -> None:
+    store = Store()
+    big_layer = b"x" * 10
+    store.blob("ns", b"{}")
+    store.blob("ns", big_layer)
+    body = json.dumps({"schemaVersion": 2, "mediaType": mt.OCI_MANIFEST, "config": descriptor(CONFIG_TYPE, b"{}"),
+                       "layers": [descriptor(LAYER_TYPE, big_layer)],
+                       "annotations": {"padding": "p" * gc.PARSE_INLINE_MAX}}).encode()
+    big = store.manifest("ns", "big", body)
+    small = store.image("ns", "small", b"small layer")
+    parsed: list[bytes] = []
+
+    class Pool:
+        def run(self, function: Callable[[bytes], Any], data: bytes) -> Deferred[Any]:
+            parsed.append(data)
+            return succeed(function(data))
+
+    collector = GarbageCollector(store.driver, store.registry.blobs, store.clock, lambda: 0,
+                                 cpu=cast(BoundedPool, Pool()))
+    assert run(collector.scan()).referenced.__contains__(Digest.of(big_layer))
+    assert parsed == [body]
+    assert big in run(collector.scan()).referenced and small in run(collector.scan()).referenced

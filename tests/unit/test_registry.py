@@ -163,6 +163,28 @@ def test_delete_by_digest_removes_revision_tags_referrer_and_ownership() -> None
         run(registry.manifests.delete("ns", Reference(digest=digest)))
 
 
+def test_delete_by_digest_with_listed_tags_reads_only_those() -> None:
+    registry, driver = make_registry()
+    digest = put(registry, "ns", "a", image(b"gone"))
+    put(registry, "ns", "b", image(b"gone"))
+    for number in range(20):
+        put(registry, "ns", f"other{number}", image(f"kept {number}".encode()))
+    reads: list[str] = []
+    read = driver.read
+
+    def counting(key: str) -> Any:
+        reads.append(key)
+        return read(key)
+
+    driver.read = counting  # type: ignore[method-assign]
+    # "b" points at the revision but is not listed: a caller that lists tags answers for them.
+    run(registry.manifests.delete("ns", Reference(digest=digest), tags=["a", "other3"]))
+    assert [key for key in reads if "/_manifests/tags/" in key] == [paths.tag("ns", "a"), paths.tag("ns", "other3")]
+    assert run(registry.manifests.tags("ns")) == ["b", *sorted(f"other{number}" for number in range(20))]
+    with pytest.raises(ManifestUnknown):
+        run(registry.manifests.revision("ns", digest))
+
+
 def test_delete_by_digest_keeps_other_namespaces() -> None:
     registry, _ = make_registry()
     body = image()

@@ -122,7 +122,7 @@ def build_supervisor_service(config: Config, reactor: Any, count: int, listen: s
     back.setServiceParent(top)
     driver = build_driver(config, reactor, pools)
     blobs = BlobStore(driver)
-    gc = collector_service(driver, blobs, reactor, lambda: live.config.global_.gc_grace_secs)
+    gc = collector_service(driver, blobs, reactor, lambda: live.config.global_.gc_grace_secs, cpu=pools.cpu)
     gc.setServiceParent(back)
     _mirror(config, reactor, live, run_dir).setServiceParent(back)
     # Abandoned uploads, purged under the upload locks the workers take (same coordination).
