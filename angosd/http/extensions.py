@@ -234,8 +234,9 @@ class ExtensionAPI:
         parsed unless its summary is missing: `ManifestStore.summary`), the back-references
         naming each revision's tags and parent indexes (each checked against the tag or the
         index), the parents' summaries and the revisions' referrers. A namespace written
-        before back-references existed (not `ManifestStore.is_linked`) has its tags and
-        indexes read in full instead, pausing every `RECORDS_BATCH` records for other requests.
+        before back-references existed (not `ManifestStore.is_linked`, until a scrub adds
+        them) has its tags and indexes read in full instead, pausing every `RECORDS_BATCH`
+        records for other requests.
         """
         manifests = self.registry.manifests
         if page is not None and page.last is not None \

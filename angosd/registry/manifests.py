@@ -176,6 +176,36 @@ class ManifestStore:
         if await self._driver.stat(paths.linked(namespace)) is None and not await self.exists(namespace):
             await self._driver.write(paths.linked(namespace), b"")
 
+    async def add_links(self, namespace: str) -> bool:
+        """Give a namespace written before back-references existed the back-references of its
+        tags and index children, then its marker (`is_linked`); False when it had them already.
+
+        Safe beside pushes: one that sets a tag or stores an index meanwhile writes its own
+        back-reference first, and one written here for a tag re-pointed meanwhile is stale,
+        which `tags_on` ignores.
+        """
+        if await self.is_linked(namespace):
+            return False
+        for count, tag in enumerate(await self.tags(namespace), 1):
+            target = await self._tag_target(namespace, tag)
+            if target is not None:
+                await self._driver.write(paths.tagged(namespace, target, tag), b"")
+            if count % BATCH == 0:
+                await self.breathe()
+        for count, digest in enumerate(await self.revisions(namespace), 1):
+            if count % BATCH == 0:
+                await self.breathe()
+            try:
+                if (await self.revision(namespace, digest)).media_type not in mt.INDEXES:
+                    continue
+                summary = await self.summary(namespace, digest)
+            except ManifestUnknown:
+                continue
+            for child in summary.children:
+                await self._driver.write(paths.parent(namespace, child.digest, digest), b"")
+        await self._driver.write(paths.linked(namespace), b"")
+        return True
+
     async def is_linked(self, namespace: str) -> bool:
         """Whether `tags_on` and `parents_of` are complete for ``namespace``."""
         return await self._driver.stat(paths.linked(namespace)) is not None
