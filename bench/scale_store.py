@@ -7,8 +7,9 @@ Writes, below ``OUT``:
 
 - ``angosd/``: an angosd filesystem store (the daemon's ``--root``): blob bytes under
   ``blobs/<alg>/<hh>/<hex>/data`` with their reverse ownership markers (``owners/``),
-  and per namespace the ownership markers (``_blobs``), revision records, tags and
-  referrer entries, exactly as a push through angosd leaves them (`angosd.registry.paths`).
+  and per namespace the ownership markers (``_blobs``), revision records, tags, the tags'
+  back-references, the ``linked`` marker and referrer entries, exactly as a push through
+  angosd leaves them (`angosd.registry.paths`).
 - ``distribution/``: the same content as a CNCF distribution 2.x store (the
   ``rootdirectory`` of ``docker-registry``): ``docker/registry/v2/blobs`` (hard links to
   the same bytes when both sit on one filesystem) and per repository ``_layers``,
@@ -70,6 +71,9 @@ class Summary:
     #: (namespace, tag, manifest digest, layer digest) of a spread of images.
     samples: list[tuple[str, str, str, str]] = field(default_factory=list)
     seconds: float = 0.0
+    #: Whether the angosd store has the tags' back-references and each namespace's ``linked``
+    #: marker (a store generated before them gets them from `ensure`).
+    linked: bool = False
 
 
 def _sha256(data: bytes) -> str:
@@ -165,6 +169,7 @@ class StoreWriter:
                   "subject": f"sha256:{subject[0]}" if subject is not None else None,
                   "artifact_type": recorded_type}
         base = os.path.join(self.angosd, "repositories", namespace)
+        self._file(os.path.join(base, "_manifests", "linked"), b"")
         self._file(os.path.join(base, "_manifests", "revisions", "sha256", digest), json.dumps(record).encode())
         if subject is not None:
             entry = {"mediaType": OCI_MANIFEST, "digest": f"sha256:{digest}", "size": size}
@@ -180,6 +185,8 @@ class StoreWriter:
         """Point ``tag`` at a revision in both layouts."""
         self._file(os.path.join(self.angosd, "repositories", namespace, "_manifests", "tags", tag),
                    f"sha256:{digest}".encode())
+        self._file(os.path.join(self.angosd, "repositories", namespace, "_manifests", "tagged", "sha256", digest,
+                                tag), b"")
         base = os.path.join(self.distribution, "repositories", namespace, "_manifests", "tags", tag)
         link = f"sha256:{digest}".encode()
         self._file(os.path.join(base, "index", "sha256", digest, "link"), link)
@@ -250,6 +257,7 @@ def generate(out: str, tags: int, repos: int, big_tags: int = 10_000, referrers:
     summary.repositories = repos
     summary.blobs = writer.blob_count
     summary.seconds = round(time.monotonic() - started, 2)
+    summary.linked = True
     with open(os.path.join(out, "store.json"), "w") as handle:
         json.dump(asdict(summary), handle, indent=1)
     return summary
@@ -263,11 +271,34 @@ def load(out: str) -> Summary:
     return Summary(**data)
 
 
+def link(out: str, summary: Summary) -> None:
+    """Add to a store generated before them the tags' back-references and the namespaces'
+    ``linked`` markers, as pushes through angosd write them."""
+    for directory, _subdirectories, files in os.walk(os.path.join(out, "angosd", "repositories")):
+        if not directory.endswith(os.path.join("_manifests", "tags")):
+            continue
+        manifests = os.path.dirname(directory)
+        for tag in files:
+            with open(os.path.join(directory, tag)) as handle:
+                algorithm, hex_digest = handle.read().strip().split(":", 1)
+            tagged = os.path.join(manifests, "tagged", algorithm, hex_digest)
+            os.makedirs(tagged, exist_ok=True)
+            open(os.path.join(tagged, tag), "wb").close()
+    for directory, subdirectories, _files in os.walk(os.path.join(out, "angosd", "repositories")):
+        if os.path.basename(directory) == "_manifests" and "revisions" in subdirectories:
+            open(os.path.join(directory, "linked"), "wb").close()
+    summary.linked = True
+    with open(os.path.join(out, "store.json"), "w") as handle:
+        json.dump(asdict(summary), handle, indent=1)
+
+
 def ensure(out: str, tags: int, repos: int, **options: int) -> Summary:
     """The store below ``out``, generated unless one of the same size is already there."""
     if os.path.exists(os.path.join(out, "store.json")):
         summary = load(out)
         if summary.tags == tags and summary.repositories == repos:
+            if not summary.linked:
+                link(out, summary)
             return summary
     shutil.rmtree(out, ignore_errors=True)
     os.makedirs(out)

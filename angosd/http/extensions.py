@@ -10,7 +10,7 @@ Field names and types follow ``spec/API.md`` exactly; extra fields sit beside th
   belong to that repository (a nested repository keeps its own), holding a manifest or
   an upload session. An unknown repository is 404 ``NAME_UNKNOWN``; with no repository
   configured, REPO is a plain namespace prefix (404 when nothing is stored under it).
-- ``GET /v2/_ext/NS/_revisions``: manifest revisions, newest push first, in pages
+- ``GET /v2/_ext/NS/_revisions``: manifest revisions in the order of their digests, in pages
   (``n``, ``last``, ``Link``: `DigestPage`), each with its tags, the index that
   lists it (``parent``), push and last-pull times (epoch seconds), plus ``children``,
   ``platform``, ``referrers`` (manifests whose subject it is, and Docker attestation
@@ -22,7 +22,8 @@ upload session, so abandoned uploads can be found and cancelled.
 
 ``_repositories`` and ``_namespaces`` are paged like the catalog (``n``, ``last``, a ``Link``
 to the next page; `DEFAULT_PAGE` items when no ``n`` is given), and a page reads only the
-part of the store it lists, except each repository's namespace count.
+part of the store it lists: a repository's ``namespaces`` counts at most `COUNT_LIMIT` of them
+(``namespaces_more`` is true when it holds more).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ from angosd.http.request import RegistryRequest
 from angosd.http.responses import respond_json
 from angosd.oci import media_types as mt
 from angosd.oci.digest import Digest
-from angosd.oci.errors import ManifestUnknown, NameInvalid, NameUnknown, OciError
+from angosd.oci.errors import ManifestUnknown, NameInvalid, NameUnknown
 from angosd.oci.manifest import Descriptor
 from angosd.oci.names import is_valid_name, validate_name
 from angosd.registry import paths
@@ -54,6 +55,9 @@ from angosd.registry.summaries import ManifestSummary
 #: the empty config (an artifact with it declares ``artifactType`` itself).
 IMAGE_CONFIGS = frozenset({"application/vnd.oci.image.config.v1+json",
                            "application/vnd.docker.container.image.v1+json", mt.OCI_EMPTY})
+#: The most namespaces ``_repositories`` counts for one repository (``namespaces_more`` says
+#: when it has more), so that a page costs the same whatever the store holds.
+COUNT_LIMIT = 10
 #: Annotations BuildKit puts on the index entry of an attestation manifest.
 DOCKER_REFERENCE_TYPE = "vnd.docker.reference.type"
 DOCKER_REFERENCE_DIGEST = "vnd.docker.reference.digest"
@@ -172,7 +176,7 @@ class ExtensionAPI:
 
     async def _list_repositories(self, request: RegistryRequest, route: Route) -> bytes:
         """Repositories the caller may see (it may list the repository's name or one of its
-        namespaces), each counting only the namespaces the caller may see; a page of
+        namespaces), each counting (up to `COUNT_LIMIT`) only the namespaces the caller may see; a page of
         `DEFAULT_PAGE` when no ``n`` is given, with a ``Link`` to the next one."""
         wanted = PageRequest.of(route, DEFAULT_PAGE, NameInvalid)
         listed: list[dict[str, Any]] = []
@@ -181,16 +185,17 @@ class ExtensionAPI:
             if wanted.last is not None and repository.name <= wanted.last:
                 continue
             try:
-                every, _ = await self.namespaces_of(repository.name)
+                counted, beyond = await self.namespaces_of(repository.name, None, COUNT_LIMIT,
+                                                           lambda name: self._visible(request, name))
             except NameUnknown:  # a derived repository whose namespaces hold nothing any more
                 continue
-            count = sum(1 for name in every if self._visible(request, name))
+            count = len(counted)
             if count == 0 and not self._visible(request, repository.name):
                 continue
             if len(listed) == wanted.n:
                 more = True
                 break
-            listed.append({"name": repository.name, "namespaces": count,
+            listed.append({"name": repository.name, "namespaces": count, "namespaces_more": beyond,
                            "is_pull_through": repository.is_pull_through,
                            "immutable_tags": repository.immutable_tags, "configured": repository.configured})
         headers = wanted.link("/v2/_ext/_repositories", [r["name"] for r in listed], more)
@@ -221,72 +226,59 @@ class ExtensionAPI:
     # -- revisions and uploads ---------------------------------------------------------------
 
     async def revisions(self, namespace: str, page: DigestPage | None = None) -> tuple[list[dict[str, Any]], bool]:
-        """The revisions of ``namespace`` as listed by ``_revisions``, newest push first: the
-        ``page`` asked for (all without one), and whether more follow. Raises
+        """The revisions of ``namespace`` as listed by ``_revisions``, in the order of their
+        digests: the ``page`` asked for (all without one), and whether more follow. Raises
         `ManifestUnknown` when the page's ``last`` is not a revision of ``namespace``.
 
-        What a revision says of its manifest comes from its stored summary (no manifest is
-        parsed unless its summary is missing: `ManifestStore.summary`). Summaries are read
-        for the page's revisions, their referrers and the namespace's indexes (which name
-        parents) only; the walk pauses every `RECORDS_BATCH` records for other requests.
+        A page reads only what it lists: its revision records and summaries (no manifest is
+        parsed unless its summary is missing: `ManifestStore.summary`), the back-references
+        naming each revision's tags and parent indexes (each checked against the tag or the
+        index), the parents' summaries and the revisions' referrers. A namespace written
+        before back-references existed (not `ManifestStore.is_linked`, until a scrub adds
+        them) has its tags and indexes read in full instead, pausing every `RECORDS_BATCH`
+        records for other requests.
         """
         manifests = self.registry.manifests
+        if page is not None and page.last is not None \
+                and await self.registry.driver.stat(paths.revision(namespace, page.last)) is None:
+            raise ManifestUnknown(f"last: {page.last} is not a revision of {namespace}")
+        digests, more = await manifests.revisions_page(namespace, page.last if page is not None else None,
+                                                        page.n if page is not None else None)
         entries: dict[Digest, _Entry] = {}
-        for count, digest in enumerate(await manifests.revisions(namespace), 1):
+        for count, digest in enumerate(digests, 1):
             with contextlib.suppress(ManifestUnknown):  # deleted meanwhile
                 revision = await manifests.revision(namespace, digest)
                 entries[digest] = _Entry(digest, revision.media_type, 0, revision.pushed_at, revision.subject, None)
+                await self._summarize(namespace, entries[digest])
             if count % RECORDS_BATCH == 0:
                 await manifests.breathe()
-        ordered = sorted(entries.values(), key=lambda e: (-e.pushed_at, str(e.digest)))
-        more = False
-        if page is not None:
-            if page.last is not None:
-                if page.last not in entries:
-                    raise ManifestUnknown(f"last: {page.last} is not a revision of {namespace}")
-                ordered = ordered[ordered.index(entries[page.last]) + 1:]
-            more = len(ordered) > page.n
-            ordered = ordered[:page.n]
-        listed_digests = {entry.digest for entry in ordered}
-        summarized = [entry for entry in entries.values() if entry.digest in listed_digests
-                      or entry.media_type in mt.INDEXES or entry.subject in listed_digests]
-        for count, entry in enumerate(summarized, 1):
-            await self._summarize(namespace, entry)
-            if count % RECORDS_BATCH == 0:
-                await manifests.breathe()
-        for entry in sorted(summarized, key=lambda e: str(e.digest)):
-            for child in entry.children:
-                target = entries.get(child.digest)
-                if target is not None and target.digest in listed_digests:
-                    target.parents.append(entry.digest)
-                    if target.platform is None:
-                        target.platform = child.platform
-                attested = (child.annotations or {}).get(DOCKER_REFERENCE_DIGEST)
-                if attested is not None and (child.annotations or {}).get(DOCKER_REFERENCE_TYPE):
+        if await manifests.is_linked(namespace):
+            tags = {digest: await manifests.tags_on(namespace, digest) for digest in entries}
+            parents = {digest: await manifests.parents_of(namespace, digest) for digest in entries}
+        else:
+            every_tag = await manifests.tags_of(namespace)
+            tags = {digest: sorted(every_tag.get(digest, [])) for digest in entries}
+            parents = await self._parents_by_walk(namespace, entries)
+        indexes: dict[Digest, ManifestSummary | None] = {}
+        for entry in entries.values():
+            for parent in parents.get(entry.digest, []):
+                if parent not in indexes:
                     try:
-                        subject = entries.get(Digest.parse(attested))
-                    except OciError:
-                        subject = None
-                    if subject is not None and subject.digest in listed_digests:
-                        subject.referrers.append(_descriptor_json(child))
-            if entry.subject is not None and entry.subject in listed_digests:
-                referrer = Descriptor(entry.media_type, entry.digest, entry.size, entry.artifact_type)
-                entries[entry.subject].referrers.append(_descriptor_json(referrer))
-        tags = await manifests.tags_of(namespace)
-        pulled: dict[Digest, int | None] = {}
-        for count, entry in enumerate(ordered, 1):
-            pulled[entry.digest] = await self.registry.pulls.last_pulled(namespace, entry.digest)
-            if count % RECORDS_BATCH == 0:
-                await manifests.breathe()
+                        indexes[parent] = await manifests.summary(namespace, parent)
+                    except ManifestUnknown:
+                        indexes[parent] = None
+                self._relate(entry, parent, indexes[parent])
+            for referrer in await manifests.referrers(namespace, entry.digest, None):
+                entry.referrers.append(_descriptor_json(referrer))
         listed = []
-        for entry in ordered:
+        for entry in entries.values():
             listed.append({
                 "digest": str(entry.digest),
                 "media_type": entry.media_type,
-                "tags": sorted(tags.get(entry.digest, [])),
+                "tags": tags.get(entry.digest, []),
                 "parent": str(entry.parents[0]) if entry.parents else None,
                 "pushed_at": entry.pushed_at,
-                "last_pulled_at": pulled.get(entry.digest),
+                "last_pulled_at": await self.registry.pulls.last_pulled(namespace, entry.digest),
                 "size": entry.size,
                 "artifact_type": entry.artifact_type,
                 "subject": str(entry.subject) if entry.subject is not None else None,
@@ -296,6 +288,44 @@ class ExtensionAPI:
                 "referrers": sorted(entry.referrers, key=lambda r: r["digest"]),
             })
         return listed, more
+
+    @staticmethod
+    def _relate(entry: _Entry, parent: Digest, index: ManifestSummary | None) -> None:
+        """What the index ``parent`` says of ``entry``: that it is its parent (when it does list
+        it), its platform, and the Docker attestation manifests in it that name ``entry``."""
+        if index is None or not index.parsed:
+            return
+        listed = False
+        for child in index.children:
+            if child.digest == entry.digest:
+                listed = True
+                if entry.platform is None:
+                    entry.platform = child.platform
+            attested = (child.annotations or {}).get(DOCKER_REFERENCE_DIGEST)
+            if attested == str(entry.digest) and (child.annotations or {}).get(DOCKER_REFERENCE_TYPE) \
+                    and all(r["digest"] != str(child.digest) for r in entry.referrers):
+                entry.referrers.append(_descriptor_json(child))
+        if listed:
+            entry.parents.append(parent)
+
+    async def _parents_by_walk(self, namespace: str, entries: dict[Digest, _Entry]) -> dict[Digest, list[Digest]]:
+        """The indexes of ``namespace`` listing each of ``entries``, found by reading every
+        revision record and every index's summary (a namespace without back-references)."""
+        manifests = self.registry.manifests
+        found: dict[Digest, list[Digest]] = {}
+        for count, digest in enumerate(await manifests.revisions(namespace), 1):
+            if count % RECORDS_BATCH == 0:
+                await manifests.breathe()
+            try:
+                if (await manifests.revision(namespace, digest)).media_type not in mt.INDEXES:
+                    continue
+                summary = await manifests.summary(namespace, digest)
+            except ManifestUnknown:
+                continue
+            for child in summary.children:
+                if child.digest in entries:
+                    found.setdefault(child.digest, []).append(digest)
+        return {digest: sorted(parents, key=str) for digest, parents in found.items()}
 
     async def _summarize(self, namespace: str, entry: _Entry) -> None:
         """Fill in what ``entry``'s summary says (nothing when the revision vanished meanwhile)."""

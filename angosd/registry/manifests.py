@@ -133,6 +133,9 @@ class ManifestStore:
             await self._blobs.grant(namespace, digest)
         await self._blobs.store_small(manifest.digest, body)
         await self._blobs.grant(namespace, manifest.digest)
+        await self._mark_linked(namespace)
+        for child in manifest.manifests:  # before the record: a listed index always has its links
+            await self._driver.write(paths.parent(namespace, child.digest, manifest.digest), b"")
         record = {
             "media_type": manifest.media_type,
             "pushed_at": int(self._clock.seconds()),
@@ -145,7 +148,7 @@ class ManifestStore:
             entry = json.dumps(manifest.as_referrer().to_json()).encode()
             await self._driver.write(paths.referrer(namespace, manifest.subject.digest, manifest.digest), entry)
         for tag in all_tags:
-            await self._driver.write(paths.tag(namespace, tag), str(manifest.digest).encode())
+            await self._set_tag(namespace, tag, manifest.digest)
         return manifest
 
     async def tag(self, namespace: str, tag: str, digest: Digest) -> None:
@@ -163,7 +166,88 @@ class ManifestStore:
             if current is not None and current != digest:
                 raise TagImmutable(f"{namespace}:{tag} already points at {current}")
         await self._blobs.touch(digest)
+        await self._mark_linked(namespace)
+        await self._set_tag(namespace, tag, digest)
+
+    async def _mark_linked(self, namespace: str) -> None:
+        """Mark a namespace that holds nothing yet as one whose every tag and index child has
+        its back-reference (`tags_on`, `parents_of`): from now on each is written before what it
+        refers to. A namespace written before back-references existed stays unmarked."""
+        if await self._driver.stat(paths.linked(namespace)) is None and not await self.exists(namespace):
+            await self._driver.write(paths.linked(namespace), b"")
+
+    async def add_links(self, namespace: str) -> bool:
+        """Give a namespace written before back-references existed the back-references of its
+        tags and index children, then its marker (`is_linked`); False when it had them already.
+
+        Safe beside pushes: one that sets a tag or stores an index meanwhile writes its own
+        back-reference first, and one written here for a tag re-pointed meanwhile is stale,
+        which `tags_on` ignores.
+        """
+        if await self.is_linked(namespace):
+            return False
+        for count, tag in enumerate(await self.tags(namespace), 1):
+            target = await self._tag_target(namespace, tag)
+            if target is not None:
+                await self._driver.write(paths.tagged(namespace, target, tag), b"")
+            if count % BATCH == 0:
+                await self.breathe()
+        for count, digest in enumerate(await self.revisions(namespace), 1):
+            if count % BATCH == 0:
+                await self.breathe()
+            try:
+                if (await self.revision(namespace, digest)).media_type not in mt.INDEXES:
+                    continue
+                summary = await self.summary(namespace, digest)
+            except ManifestUnknown:
+                continue
+            for child in summary.children:
+                await self._driver.write(paths.parent(namespace, child.digest, digest), b"")
+        await self._driver.write(paths.linked(namespace), b"")
+        return True
+
+    async def is_linked(self, namespace: str) -> bool:
+        """Whether `tags_on` and `parents_of` are complete for ``namespace``."""
+        return await self._driver.stat(paths.linked(namespace)) is not None
+
+    async def _set_tag(self, namespace: str, tag: str, digest: Digest) -> None:
+        """Point ``tag`` at ``digest``: the back-reference first, then the tag, then the
+        previous target's back-reference is removed. A crash between the steps leaves at most
+        a stale back-reference, which `tags_on` ignores."""
+        previous = await self._tag_target(namespace, tag)
+        await self._driver.write(paths.tagged(namespace, digest, tag), b"")
         await self._driver.write(paths.tag(namespace, tag), str(digest).encode())
+        if previous is not None and previous != digest:
+            await self._unlink_tag(namespace, tag, previous)
+
+    async def _unlink_tag(self, namespace: str, tag: str, digest: Digest) -> None:
+        """Remove the back-reference from ``digest`` to ``tag`` unless the tag points at it
+        again (set meanwhile by another push)."""
+        if await self._tag_target(namespace, tag) != digest:
+            await self._driver.delete(paths.tagged(namespace, digest, tag))
+
+    async def tags_on(self, namespace: str, digest: Digest) -> list[str]:
+        """The tags pointing at ``digest``, sorted, found from its back-references (each
+        checked against the tag itself; complete only when `is_linked`)."""
+        found = []
+        for tag in await self._driver.children(paths.tagged_dir(namespace, digest)):
+            if await self._tag_target(namespace, tag) == digest:
+                found.append(tag)
+        return found
+
+    async def parents_of(self, namespace: str, digest: Digest) -> list[Digest]:
+        """The stored revisions that have listed ``digest`` as an index child, sorted (from its
+        back-references, each checked to be a revision still; complete only when `is_linked`).
+        The caller checks the index's children if it needs more than a candidate."""
+        found = []
+        for name in await self._driver.children(paths.parents_dir(namespace, digest)):
+            try:
+                parent = Digest.parse(name.replace("-", ":", 1))
+            except OciError:
+                continue
+            if await self._driver.stat(paths.revision(namespace, parent)) is not None:
+                found.append(parent)
+        return sorted(found, key=str)
 
     async def _check_references(self, namespace: str, manifest: Manifest, may_read: ReadCheck | None) -> list[Digest]:
         """Raise `ManifestBlobUnknown` for the first reference the namespace cannot have;
@@ -227,9 +311,12 @@ class ManifestStore:
         pointing at it, or only those of ``tags`` when the caller has just listed them (a
         caller deleting many revisions of a namespace then reads its tags once, not once each)."""
         if reference.tag is not None:
+            previous = await self._tag_target(namespace, reference.tag)
             if await self._driver.stat(paths.tag(namespace, reference.tag)) is None:
                 raise ManifestUnknown(str(reference))
             await self._driver.delete(paths.tag(namespace, reference.tag))
+            if previous is not None:
+                await self._unlink_tag(namespace, reference.tag, previous)
             return
         assert reference.digest is not None
         digest = reference.digest
@@ -237,6 +324,7 @@ class ManifestStore:
         for count, tag in enumerate(await self.tags(namespace) if tags is None else tags, 1):
             if await self._tag_target(namespace, tag) == digest:
                 await self._driver.delete(paths.tag(namespace, tag))
+                await self._unlink_tag(namespace, tag, digest)
             if count % BATCH == 0:
                 await self.breathe()
         if revision.subject is not None:
@@ -306,6 +394,29 @@ class ManifestStore:
                 except OciError:
                     continue
         return found
+
+    async def revisions_page(self, namespace: str, after: Digest | None,
+                             limit: int | None) -> tuple[list[Digest], bool]:
+        """Revision digests of ``namespace`` in the order of their text, after ``after``: at most
+        ``limit`` (all when None), and whether more follow; only the names listed are read."""
+        found: list[Digest] = []
+        base = paths.revisions_dir(namespace)
+        for algorithm in await self._driver.children_after(base, None, 16):
+            if after is not None and algorithm < after.algorithm:
+                continue
+            cursor = after.hex if after is not None and algorithm == after.algorithm else None
+            while True:
+                wanted = 1000 if limit is None else limit + 1 - len(found)
+                names = await self._driver.children_after(f"{base}/{algorithm}", cursor, wanted)
+                for name in names:
+                    with contextlib.suppress(OciError):
+                        found.append(Digest(algorithm, name))
+                if limit is not None and len(found) > limit:
+                    return found[:limit], True
+                if len(names) < wanted:
+                    break
+                cursor = names[-1]
+        return found, False
 
     async def count_revisions(self, namespace: str) -> int:
         """How many revisions ``namespace`` has, counted a page at a time."""

@@ -6,6 +6,9 @@
     repositories/<ns>/_manifests/revisions/<alg>/<hex>   revision record (JSON)
     repositories/<ns>/_manifests/summaries/<alg>/<hex>   what listings need of the manifest (JSON)
     repositories/<ns>/_manifests/tags/<tag>         the digest the tag points at
+    repositories/<ns>/_manifests/tagged/<alg>/<hex>/<tag>    back-reference: the tag was set to it
+    repositories/<ns>/_manifests/parents/<alg>/<hex>/<alg>-<hex>  back-reference: an index lists it
+    repositories/<ns>/_manifests/linked             every tag and index child has its back-reference
     repositories/<ns>/_referrers/<alg>/<hex>/<alg>-<hex> referrer descriptor (JSON)
     repositories/<ns>/_uploads/<uuid>/{data,info}   an upload session
     _gc/marks/<alg>/<hex>                           GC candidate mark (JSON: since, token)
@@ -78,6 +81,26 @@ def tags_dir(namespace: str) -> str:
 
 def tag(namespace: str, name: str) -> str:
     return f"{tags_dir(namespace)}/{name}"
+
+
+def tagged_dir(namespace: str, digest: Digest) -> str:
+    return f"{namespace_dir(namespace)}/_manifests/tagged/{digest.algorithm}/{digest.hex}"
+
+
+def tagged(namespace: str, digest: Digest, tag: str) -> str:
+    return f"{tagged_dir(namespace, digest)}/{tag}"
+
+
+def parents_dir(namespace: str, digest: Digest) -> str:
+    return f"{namespace_dir(namespace)}/_manifests/parents/{digest.algorithm}/{digest.hex}"
+
+
+def parent(namespace: str, child: Digest, index: Digest) -> str:
+    return f"{parents_dir(namespace, child)}/{index.algorithm}-{index.hex}"
+
+
+def linked(namespace: str) -> str:
+    return f"{namespace_dir(namespace)}/_manifests/linked"
 
 
 def referrers_dir(namespace: str, subject: Digest) -> str:

@@ -249,6 +249,8 @@ class Scrubber:
         await self._check_tags(namespace)
         await self._check_referrers(namespace)
         await self._check_uploads(namespace)
+        if not self._dry_run:  # not damage: a namespace written before back-references existed
+            await self._registry.manifests.add_links(namespace)
 
     async def _check_ownership(self, namespace: str) -> None:
         referenced: set[Digest] | None = None

@@ -172,7 +172,8 @@ def test_a_deleted_revision_loses_its_summary(daemon: InMemoryDaemon) -> None:
 
 
 def push_many(d: InMemoryDaemon, namespace: str, count: int) -> list[str]:
-    """``count`` manifests pushed one second apart; their digests, newest first."""
+    """``count`` manifests pushed one second apart; their digests, in the order of their text
+    (the order of ``_revisions``)."""
     push_blob(d, namespace, b"{}")
     pushed = []
     for i in range(count):
@@ -180,29 +181,29 @@ def push_many(d: InMemoryDaemon, namespace: str, count: int) -> list[str]:
                               annotations={"n": str(i)})
         pushed.append(push_manifest(d, namespace, digest(body), body))
         d.reactor.advance(1)
-    return pushed[::-1]
+    return sorted(pushed)
 
 
 def test_revisions_are_paged_with_link_headers(daemon: InMemoryDaemon) -> None:
-    newest_first = push_many(daemon, "page/rev", 7)
+    in_order = push_many(daemon, "page/rev", 7)
     whole = daemon.request("GET", "/v2/_ext/page/rev/_revisions")
     assert "link" not in whole.headers
-    assert [r["digest"] for r in whole.json()["revisions"]] == newest_first
+    assert [r["digest"] for r in whole.json()["revisions"]] == in_order
 
     items, links = follow(daemon, "/v2/_ext/page/rev/_revisions?n=3", "revisions")
-    assert [r["digest"] for r in items] == newest_first
+    assert [r["digest"] for r in items] == in_order
     assert [parse_qs(urlsplit(link).query) for link in links] == [
-        {"n": ["3"], "last": [newest_first[2]]}, {"n": ["3"], "last": [newest_first[5]]}]
+        {"n": ["3"], "last": [in_order[2]]}, {"n": ["3"], "last": [in_order[5]]}]
     assert all(urlsplit(link).path == "/v2/_ext/page/rev/_revisions" for link in links)
     exact = daemon.request("GET", "/v2/_ext/page/rev/_revisions?n=7")
     assert len(exact.json()["revisions"]) == 7 and "link" not in exact.headers
 
 
 def test_revisions_have_a_default_page_size(daemon: InMemoryDaemon) -> None:
-    newest_first = push_many(daemon, "page/default", DEFAULT_PAGE + 1)
+    in_order = push_many(daemon, "page/default", DEFAULT_PAGE + 1)
     first = daemon.request("GET", "/v2/_ext/page/default/_revisions")
-    assert [r["digest"] for r in first.json()["revisions"]] == newest_first[:DEFAULT_PAGE]
-    assert f"last={newest_first[DEFAULT_PAGE - 1]}" in first.headers["link"]
+    assert [r["digest"] for r in first.json()["revisions"]] == in_order[:DEFAULT_PAGE]
+    assert f"last={in_order[DEFAULT_PAGE - 1]}" in first.headers["link"]
 
 
 @pytest.mark.parametrize(("query", "status", "code"), [
@@ -331,3 +332,90 @@ def test_a_dense_body_is_refused_as_it_arrives(daemon: InMemoryDaemon,
     assert_error(response, 400, "MANIFEST_INVALID")
     assert jobs == []  # without a Content-Length, the size limit bounds the body: still certain
     assert daemon.request("GET", "/v2/dense/early/manifests/latest").status == 404
+
+
+# -- tags and parents of a page, from back-references ---------------------------------------
+
+
+def tags_by_digest(d: InMemoryDaemon, namespace: str) -> dict[str, list[str]]:
+    return {key: entry["tags"] for key, entry in revisions_by_digest(d, namespace).items()}
+
+
+def test_tags_follow_re_points_and_deletions(daemon: InMemoryDaemon) -> None:
+    first = digest(push_image(daemon, "links/tags", "a", seed=1))
+    second = digest(push_image(daemon, "links/tags", "b", seed=2))
+    push_manifest(daemon, "links/tags", "c", push_image(daemon, "links/tags", "c", seed=1))
+    assert tags_by_digest(daemon, "links/tags") == {first: ["a", "c"], second: ["b"]}
+    push_manifest(daemon, "links/tags", "a", push_image(daemon, "links/tags", "b", seed=2))  # re-point a
+    assert tags_by_digest(daemon, "links/tags") == {first: ["c"], second: ["a", "b"]}
+    assert daemon.request("DELETE", "/v2/links/tags/manifests/b").status == 202
+    assert tags_by_digest(daemon, "links/tags") == {first: ["c"], second: ["a"]}
+    assert daemon.request("DELETE", f"/v2/links/tags/manifests/{second}").status == 202
+    assert tags_by_digest(daemon, "links/tags") == {first: ["c"]}
+    assert daemon.driver is not None
+    tagged = paths.tagged_dir("links/tags", Digest.parse(second))
+    assert settled(daemon.driver.children(tagged)) == []  # removed with the tags
+
+
+def test_a_stale_back_reference_is_never_shown(daemon: InMemoryDaemon) -> None:
+    """What a crash between the steps of a tag update leaves behind: a back-reference to a tag
+    that points elsewhere, or to a tag that does not exist."""
+    first = digest(push_image(daemon, "links/stale", "a", seed=1))
+    second = digest(push_image(daemon, "links/stale", "b", seed=2))
+    assert daemon.driver is not None
+    settled(daemon.driver.write(paths.tagged("links/stale", Digest.parse(first), "b"), b""))
+    settled(daemon.driver.write(paths.tagged("links/stale", Digest.parse(first), "gone"), b""))
+    settled(daemon.driver.write(paths.parent("links/stale", Digest.parse(first), Digest.parse(second)), b""))
+    listed = revisions_by_digest(daemon, "links/stale")
+    assert listed[first]["tags"] == ["a"] and listed[second]["tags"] == ["b"]
+    assert listed[first]["parent"] is None and listed[first]["parents"] == []
+
+
+def test_a_deleted_index_is_no_parent(daemon: InMemoryDaemon) -> None:
+    image, index = push_tree(daemon, "links/parent")
+    listed = revisions_by_digest(daemon, "links/parent")
+    assert listed[image]["parent"] == index
+    assert listed[image]["platform"] == {"architecture": "arm64", "os": "linux"}
+    assert daemon.request("DELETE", f"/v2/links/parent/manifests/{index}").status == 202
+    assert revisions_by_digest(daemon, "links/parent")[image]["parent"] is None
+
+
+def test_a_store_written_before_back_references_lists_the_same(daemon: InMemoryDaemon) -> None:
+    image, index = push_tree(daemon, "links/old")
+    attestation = image_manifest(b"{}", config_type=OCI_EMPTY)
+    push_blob(daemon, "links/old", b"{}")
+    attested = push_manifest(daemon, "links/old", digest(attestation), attestation)
+    image_body = push_image(daemon, "links/old", "image")
+    docker_index = json.dumps({"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": [
+        descriptor(OCI_MANIFEST, image_body), {**descriptor(OCI_MANIFEST, attestation),
+         "annotations": {"vnd.docker.reference.type": "attestation-manifest",
+                         "vnd.docker.reference.digest": image}}]}).encode()
+    push_manifest(daemon, "links/old", "attested", docker_index, OCI_INDEX)
+    push_image(daemon, "links/old", "also", seed=0)
+    linked = revisions_by_digest(daemon, "links/old")
+    assert linked[image]["tags"] == ["also", "image"] and linked[index]["tags"] == ["multi"]
+    assert [r["digest"] for r in linked[image]["referrers"]] == [attested]  # as BuildKit writes them
+    assert len(linked[image]["parents"]) == 2 and linked[attested]["parents"] != []
+    assert daemon.driver is not None
+    settled(daemon.driver.delete(paths.linked("links/old")))
+    settled(daemon.driver.delete_tree(f"{paths.namespace_dir('links/old')}/_manifests/tagged"))
+    settled(daemon.driver.delete_tree(f"{paths.namespace_dir('links/old')}/_manifests/parents"))
+    assert revisions_by_digest(daemon, "links/old") == linked
+    items, _ = follow(daemon, "/v2/_ext/links/old/_revisions?n=2", "revisions")
+    assert {item["digest"]: item for item in items} == linked
+    push_image(daemon, "links/old", "later", seed=0)  # an old namespace stays listed the old way
+    assert revisions_by_digest(daemon, "links/old")[image]["tags"] == ["also", "image", "later"]
+
+
+# -- namespace counts of _repositories -----------------------------------------------------
+
+
+def test_repository_namespace_counts_are_bounded(daemon: InMemoryDaemon) -> None:
+    from angosd.http.extensions import COUNT_LIMIT
+    for i in range(COUNT_LIMIT + 1):
+        push_image(daemon, f"many/n{i:02d}", "t")
+    for i in range(2):
+        push_image(daemon, f"few/n{i}", "t")
+    listed = {r["name"]: r for r in daemon.request("GET", "/v2/_ext/_repositories").json()["repositories"]}
+    assert (listed["many"]["namespaces"], listed["many"]["namespaces_more"]) == (COUNT_LIMIT, True)
+    assert (listed["few"]["namespaces"], listed["few"]["namespaces_more"]) == (2, False)

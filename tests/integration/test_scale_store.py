@@ -39,9 +39,9 @@ def get(url: str, method: str = "GET", accept: str | None = None) -> tuple[int, 
         return response.status, dict(response.headers), response.read()
 
 
-def walk(url: str, path: str, key: str) -> list[str]:
+def walk(url: str, path: str, key: str) -> list[Any]:
     """Every item of a paginated listing, following ``Link`` headers."""
-    items: list[str] = []
+    items: list[Any] = []
     next_path: str | None = path
     while next_path is not None:
         _status, headers, body = get(url + next_path)
@@ -85,6 +85,9 @@ def check_served(url: str, summary: Any, referrers: bool) -> None:
         manifests = json.loads(body)["manifests"]
         assert len(manifests) == summary.referrers
         assert {m["artifactType"] for m in manifests} == {"application/vnd.example.signature.v1+json"}
+        # the tags' back-references are written as a push writes them
+        revisions = walk(url, f"/v2/_ext/{summary.big}/_revisions?n=2", "revisions")
+        assert sorted(t for r in revisions for t in r["tags"]) == [f"v{n:05d}" for n in range(summary.big_tags)]
 
 
 def test_angosd_serves_the_generated_store(store: tuple[Path, Any], tmp_path: Path) -> None:

@@ -202,3 +202,21 @@ def test_session_ids_are_uuid7_that_say_when_they_were_created() -> None:
     assert session_created(session) == 1_700_000_000.123
     assert session_created("8c5f7a5e-0c4e-4b8e-9d6a-0a0b0c0d0e0f") is None  # a UUIDv4: no time
     assert len({new_session_id(1.0) for _ in range(1000)}) == 1000
+
+
+def test_a_namespace_written_before_back_references_gets_them() -> None:
+    store = healthy()
+    manifests, driver = store.registry.manifests, store.registry.driver
+    child = Digest.of(image(b"child"))
+    multi = run(manifests.resolve("app", Reference(tag="multi")))
+    v1 = run(manifests.resolve("app", Reference(tag="v1")))
+    fired(driver.delete(paths.linked("app")))
+    fired(driver.delete_tree(f"{paths.namespace_dir('app')}/_manifests/tagged"))
+    fired(driver.delete_tree(f"{paths.namespace_dir('app')}/_manifests/parents"))
+    assert scrub(store, dry_run=True).findings == []
+    assert not run(manifests.is_linked("app"))
+    assert scrub(store).findings == []
+    assert run(manifests.is_linked("app"))
+    assert run(manifests.tags_on("app", v1)) == ["v1"] and run(manifests.tags_on("app", multi)) == ["multi"]
+    assert run(manifests.parents_of("app", child)) == [multi]
+    assert not run(manifests.add_links("app"))  # once only

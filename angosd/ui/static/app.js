@@ -188,7 +188,11 @@ async function getAllPages(path, key) {
 const ext = {
   repositories: () => getAllPages("/v2/_ext/_repositories", "repositories"),
   namespaces: (repository) => getAllPages(`/v2/_ext/${repository}/_namespaces`, "namespaces"),
-  revisions: (namespace) => getAllPages(`/v2/_ext/${namespace}/_revisions?n=1000`, "revisions"),
+  // Pages come in digest order: shown newest push first.
+  revisions: (namespace) => getAllPages(`/v2/_ext/${namespace}/_revisions?n=1000`, "revisions").then((body) => {
+    body.revisions.sort((a, b) => (b.pushed_at || 0) - (a.pushed_at || 0) || (a.digest < b.digest ? -1 : a.digest > b.digest ? 1 : 0));
+    return body;
+  }),
   uploads: (namespace) => getJSON(`/v2/_ext/${namespace}/_uploads`),
 };
 
@@ -441,7 +445,7 @@ async function viewRepositories(token) {
   if (token !== renderToken) return;
   const rows = repositories.map((repository) => h("tr", { dataset: { name: repository.name } },
     h("td", {}, h("a", { class: "name-link", href: links.repository(repository.name) }, repository.name)),
-    h("td", { class: "num" }, repository.namespaces),
+    h("td", { class: "num" }, repository.namespaces_more ? `${repository.namespaces}+` : repository.namespaces),
     h("td", {}, h("span", { class: "badges" }, repositoryBadges(repository)))));
   const body = rows.length
     ? table([{ label: "Repository" }, { label: "Namespaces", class: "num" }, { label: "" }], rows)
