@@ -179,7 +179,9 @@ def test_delete_by_digest_with_listed_tags_reads_only_those() -> None:
     driver.read = counting  # type: ignore[method-assign]
     # "b" points at the revision but is not listed: a caller that lists tags answers for them.
     run(registry.manifests.delete("ns", Reference(digest=digest), tags=["a", "other3"]))
-    assert [key for key in reads if "/_manifests/tags/" in key] == [paths.tag("ns", "a"), paths.tag("ns", "other3")]
+    # Each listed tag is read before its deletion and again before its back-reference goes.
+    tag_reads = sorted({key for key in reads if "/_manifests/tags/" in key})
+    assert tag_reads == [paths.tag("ns", "a"), paths.tag("ns", "other3")]
     assert run(registry.manifests.tags("ns")) == ["b", *sorted(f"other{number}" for number in range(20))]
     with pytest.raises(ManifestUnknown):
         run(registry.manifests.revision("ns", digest))
