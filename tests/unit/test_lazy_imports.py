@@ -1,5 +1,6 @@
 """What a feature needs is imported only when it is configured: a daemon without LDAP, S3 or
-tracing never loads their libraries (each worker would carry them, unshared)."""
+tracing never loads their libraries (each worker would carry them, unshared), one without TLS
+never loads OpenSSL and cryptography."""
 
 from __future__ import annotations
 
@@ -7,7 +8,9 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+from tests.certs import CA
 from tests.daemon import REPO
 
 #: Libraries of optional features, and the feature each belongs to.
@@ -32,3 +35,56 @@ def test_a_default_daemon_loads_no_optional_feature_library(tmp_path: Path) -> N
     loaded = set(json.loads(result.stdout.splitlines()[-1]))
     assert "angosd" in loaded and "twisted" in loaded
     assert {name: feature for name, feature in OPTIONAL.items() if name in loaded} == {}
+
+
+#: Builds the daemon as ``twistd angosd ARGS`` does, then reports which TLS libraries are loaded.
+_TWISTD_BUILD = """
+import json, sys
+from angosd.daemon.tap import Options, makeService
+options = Options()
+options.parseOptions(sys.argv[1:])
+makeService(options)
+from twisted.internet import endpoints, reactor, tcp
+from twisted.internet.interfaces import IReactorSSL, ITLSTransport
+loaded = sorted(name for name in sys.modules if name.split(".")[0] in ("OpenSSL", "cryptography", "jwt", "treq"))
+from angosd.auth.ldap import LdapDirectory
+from angosd.config import ConfigError
+from angosd.config.model import LdapConfig
+try:  # a reload adding [auth.ldap] with StartTLS
+    LdapDirectory(LdapConfig("ldap://localhost", "dc=example", start_tls=True), reactor)
+    ldap_start_tls = "accepted"
+except ConfigError as exc:
+    ldap_start_tls = str(exc)
+from angosd.outbound.client import make_client
+make_client(reactor)  # an outbound client made later (a webhook added by a reload) can still use HTTPS
+endpoints.wrapClientTLS(object(), endpoints.TCP4ClientEndpoint(reactor, "localhost", 1))
+print(json.dumps({"loaded": loaded, "reactor_tls": IReactorSSL.providedBy(reactor),
+                  "start_tls": ITLSTransport.implementedBy(tcp.Client), "ldap_start_tls": ldap_start_tls}))
+"""
+
+
+def _twistd_build(*args: str) -> dict[str, Any]:
+    result = subprocess.run([sys.executable, "-c", _TWISTD_BUILD, *args], cwd=REPO, capture_output=True,
+                            text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    return dict(json.loads(result.stdout.splitlines()[-1]))
+
+
+def test_a_single_process_daemon_without_tls_loads_no_tls_library(tmp_path: Path) -> None:
+    built = _twistd_build("--root", str(tmp_path), "--listen", "tcp:0:interface=127.0.0.1", "--workers=1")
+    assert built["loaded"] == []  # no OpenSSL, cryptography, pyjwt or treq (~20 MiB)
+    assert built["reactor_tls"] is False and built["start_tls"] is False
+    assert "needs a restart" in built["ldap_start_tls"]
+
+
+def test_a_daemon_with_a_tls_listener_has_the_reactor_s_tls(tmp_path: Path) -> None:
+    ca = CA("lazy imports CA")
+    ca.server().write(tmp_path, "server")
+    config = tmp_path / "tls.toml"
+    config.write_text(f'[server.tls]\nserver_certificate_bundle = "{tmp_path / "server.crt"}"\n'
+                      f'server_private_key = "{tmp_path / "server.key"}"\n')
+    built = _twistd_build("--config", str(config), "--root", str(tmp_path / "store"),
+                          "--listen", "tcp:0:interface=127.0.0.1", "--workers=1")
+    assert "OpenSSL.SSL" in built["loaded"]
+    assert built["reactor_tls"] is True and built["start_tls"] is True
+    assert built["ldap_start_tls"] == "accepted"
