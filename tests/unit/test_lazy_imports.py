@@ -7,11 +7,12 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 from tests.certs import CA
-from tests.daemon import REPO
+from tests.daemon import REPO, Daemon
 
 #: Libraries of optional features, and the feature each belongs to.
 OPTIONAL = {"ldaptor": "[auth.ldap]", "botocore": "[blob_store.s3]", "boto3": "[blob_store.s3]",
@@ -88,3 +89,25 @@ def test_a_daemon_with_a_tls_listener_has_the_reactor_s_tls(tmp_path: Path) -> N
     assert "OpenSSL.SSL" in built["loaded"]
     assert built["reactor_tls"] is True and built["start_tls"] is True
     assert built["ldap_start_tls"] == "accepted"
+
+
+def _tls_libraries_mapped(pid: int) -> list[str]:
+    with open(f"/proc/{pid}/maps") as maps:
+        return sorted({line.split()[-1] for line in maps if "/OpenSSL/" in line or "/cryptography/" in line})
+
+
+def test_no_process_of_a_daemon_with_workers_loads_tls_libraries(tmp_path: Path) -> None:
+    daemon = Daemon(str(tmp_path / "work"), str(tmp_path / "store"), workers=2).start()
+    try:
+        deadline = time.monotonic() + 30
+        while len(daemon.worker_pids()) < 2 and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert daemon.request("GET", "/v2/").status == 200  # served by a worker, which has built everything
+        assert daemon.process is not None
+        processes = [pid for pid in (daemon.process.pid, daemon.fork_server_pid(), *daemon.worker_pids())
+                     if pid is not None]
+        assert len(processes) >= 3  # the supervisor and its workers (and the fork server, if any)
+        mapped = {pid: _tls_libraries_mapped(pid) for pid in processes}
+        assert {pid: libraries for pid, libraries in mapped.items() if libraries} == {}
+    finally:
+        daemon.stop()
