@@ -4,9 +4,12 @@ never loads OpenSSL and cryptography."""
 
 from __future__ import annotations
 
+import http.server
 import json
+import ssl
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -111,3 +114,53 @@ def test_no_process_of_a_daemon_with_workers_loads_tls_libraries(tmp_path: Path)
         assert {pid: libraries for pid, libraries in mapped.items() if libraries} == {}
     finally:
         daemon.stop()
+
+
+#: In a process whose reactor was imported without TLS: an HTTPS request through the outbound client.
+_HTTPS_CLIENT = """
+import sys
+from angosd.compat import import_reactor_without_tls
+reactor = import_reactor_without_tls()
+from twisted.internet.defer import ensureDeferred
+from twisted.internet.task import react
+from angosd.outbound.client import ClientTLS, content, make_client
+assert "OpenSSL" not in sys.modules
+
+async def get(reactor):
+    client, _pool = make_client(reactor, ClientTLS(sys.argv[1]), connect_timeout=10)
+    response = await client.get(sys.argv[2].encode())
+    print(response.code, (await content(response)).decode())
+
+react(lambda reactor: ensureDeferred(get(reactor)))
+"""
+
+
+def test_an_https_client_works_in_a_daemon_started_without_tls(tmp_path: Path) -> None:
+    ca = CA("lazy imports CA")
+    cert, key = ca.server().write(tmp_path, "server")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+
+    class Hello(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Length", "5")
+            self.end_headers()
+            self.wfile.write(b"hello")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), Hello)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        result = subprocess.run([sys.executable, "-c", _HTTPS_CLIENT, ca.write(tmp_path / "ca.crt"),
+                                 f"https://localhost:{server.server_address[1]}/"],
+                                cwd=REPO, capture_output=True, text=True, timeout=60)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["200", "hello"]
