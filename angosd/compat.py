@@ -10,14 +10,21 @@ Twisted below that release in ``setup.py``).
 
 from __future__ import annotations
 
+import functools
+import sys
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-from twisted.internet import endpoints, tcp, unix
-from twisted.internet.interfaces import IProtocolFactory
-from twisted.protocols.tls import BufferingTLSTransport
-from twisted.python.failure import Failure
-from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+# Each Twisted module below imports pyOpenSSL (and cryptography) when imported: they are
+# imported where used, so a daemon without TLS never loads OpenSSL (~19 MiB per process).
+if TYPE_CHECKING:
+    from twisted.internet import tcp, unix
+    from twisted.internet.interfaces import IProtocolFactory, IReactorCore
+    from twisted.protocols.tls import BufferingTLSTransport as _TLSTransport
+    from twisted.python.failure import Failure
+    from twisted.web.client import HTTPConnectionPool, _HTTP11ClientFactory
+else:
+    _TLSTransport = object
 
 __all__ = [
     "PRIVATE_NAMES",
@@ -27,6 +34,8 @@ __all__ = [
     "adopt_unix_port",
     "buffered_bytes",
     "clear_exit_signal",
+    "enable_client_tls",
+    "import_reactor_without_tls",
     "keep_listening_after_stop",
     "quiet_connection_pool",
     "request_disconnected",
@@ -88,6 +97,9 @@ PRIVATE_NAMES: tuple[PrivateName, ...] = (
                 "builds a port subclass on an inherited listening socket (adoptStreamPort cannot)"),
     PrivateName("twisted.internet.tcp.Port", "_shouldShutdown", "attribute",
                 "stops connectionLost from shutting the shared socket down for every process"),
+    PrivateName("twisted.internet", "_newtls", "attribute",
+                "imported by twisted.internet.tcp (hence by the reactor) and importing pyOpenSSL: "
+                "hidden while a daemon without TLS imports the reactor"),
 )
 
 
@@ -116,25 +128,30 @@ def quiet_connection_pool(pool: HTTPConnectionPool) -> None:
     """Make ``pool`` open connections without logging a line for each, reading
     `CLIENT_READ_SIZE` bytes per ``recv`` (a response body passes through a deep stack of
     protocols per read: fewer, larger reads cost less CPU per byte downloaded)."""
-    pool._factory = _QuietClientFactory
+    pool._factory = _quiet_client_factory()
 
 
-class _QuietClientFactory(_HTTP11ClientFactory):
-    """The pool's connection factory, without a log line per connection."""
+@functools.cache
+def _quiet_client_factory() -> type[_HTTP11ClientFactory]:
+    """The pool's connection factory class, without a log line per connection."""
+    from twisted.web.client import _HTTP11ClientFactory
 
-    noisy = False
+    class _QuietClientFactory(_HTTP11ClientFactory):
+        noisy = False
 
-    def buildProtocol(self, addr: Any) -> Any:
-        protocol = super().buildProtocol(addr)
-        make_connection = protocol.makeConnection
+        def buildProtocol(self, addr: Any) -> Any:
+            protocol = super().buildProtocol(addr)
+            make_connection = protocol.makeConnection
 
-        def with_large_reads(transport: Any) -> None:
-            if hasattr(transport, "bufferSize"):
-                transport.bufferSize = CLIENT_READ_SIZE
-            make_connection(transport)
+            def with_large_reads(transport: Any) -> None:
+                if hasattr(transport, "bufferSize"):
+                    transport.bufferSize = CLIENT_READ_SIZE
+                make_connection(transport)
 
-        protocol.makeConnection = with_large_reads  # type: ignore[method-assign]  # per instance
-        return protocol
+            protocol.makeConnection = with_large_reads  # type: ignore[method-assign]  # per instance
+            return protocol
+
+    return _QuietClientFactory
 
 
 # --------------------------------------------------------------------------- transports
@@ -151,10 +168,12 @@ def buffered_bytes(transport: Any) -> int | None:
         return None
 
 
-class TLSWriteHooks(BufferingTLSTransport):
+class TLSWriteHooks(_TLSTransport):
     """Twisted's buffering TLS transport with its write path behind public hooks.
 
-    Subclasses override `write_plaintext` (called for each plaintext write) and
+    A mixin, so that importing this module does not import OpenSSL: a subclass lists
+    `twisted.protocols.tls.BufferingTLSTransport` after it among its bases. Subclasses
+    override `write_plaintext` (called for each plaintext write) and
     `flush_records` (called whenever encrypted records may be waiting in OpenSSL), using
     `tls_connection`, `tls_lost`, `hold_plaintext` and `tls_failed`.
     """
@@ -210,6 +229,8 @@ def systemd_inherited_descriptors() -> list[int] | None:
     Importing ``twisted.internet.endpoints`` consumes ``LISTEN_PID``/``LISTEN_FDS`` from the
     environment, so this record is the only place left to read them from.
     """
+    from twisted.internet import endpoints
+
     recorded = getattr(getattr(endpoints, "_SystemdParser", None), "_sddaemon", None)
     if recorded is None or not recorded.inheritedDescriptors():
         return None
@@ -234,3 +255,47 @@ def keep_listening_after_stop(port: tcp.Port) -> None:
     process's copy of a shared listening socket too.
     """
     port._shouldShutdown = False
+
+
+# --------------------------------------------------------------------------- TLS loaded only when needed
+
+#: Modules that import pyOpenSSL, hidden while a daemon without TLS imports the reactor.
+_OPENSSL_MODULES = ("OpenSSL", "twisted.internet._newtls", "twisted.protocols.tls", "twisted.internet.ssl")
+
+
+def import_reactor_without_tls() -> IReactorCore:
+    """The global reactor, imported (unless it already was) without loading OpenSSL.
+
+    Twisted's TCP transports and endpoints import pyOpenSSL when it is installed; with it
+    hidden they are built without TLS: TCP connections have no ``startTLS``, the reactor no
+    ``listenSSL``/``connectSSL`` (both fail with "SSL support is not present") and "ssl:"
+    endpoint strings are unknown. TLS wrapped around a connection by a protocol factory
+    (angosd's TLS listener, HTTPS clients after `enable_client_tls`) is unaffected.
+    OpenSSL itself stays importable afterwards.
+    """
+    if "twisted.internet.reactor" not in sys.modules and not any(name in sys.modules for name in _OPENSSL_MODULES):
+        for name in _OPENSSL_MODULES:
+            sys.modules[name] = None  # type: ignore[assignment]
+        try:
+            import twisted.internet.endpoints
+            import twisted.internet.reactor  # noqa: F401
+        finally:
+            for name in _OPENSSL_MODULES:
+                if sys.modules.get(name, False) is None:
+                    del sys.modules[name]
+    from twisted.internet import reactor
+    return reactor
+
+
+def enable_client_tls() -> None:
+    """Make `twisted.internet.endpoints.wrapClientTLS` (which HTTPS clients use) work.
+
+    Needed (and a no-op otherwise) when the endpoints module was imported by
+    `import_reactor_without_tls`: it then has no TLS factory and refuses to wrap.
+    """
+    from twisted.internet import endpoints
+
+    if endpoints.TLSMemoryBIOFactory is None:
+        from twisted.protocols.tls import TLSMemoryBIOFactory
+
+        endpoints.TLSMemoryBIOFactory = TLSMemoryBIOFactory

@@ -7,19 +7,20 @@ invalid fail the request at once (401), they never degrade to anonymous.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from twisted.web.iweb import IRequest
 
 from angosd.auth.basic import PasswordUsers
 from angosd.auth.credentials import BasicCredentials, BearerToken, parse_authorization
 from angosd.auth.identity import CertificateIdentity, Identity, OidcIdentity
-from angosd.auth.ldap import LdapDirectory
 from angosd.auth.limits import LoginLimiter
 from angosd.auth.mtls import certificate_identity
-from angosd.auth.oidc import InvalidToken
 from angosd.auth.tokens import InvalidRegistryToken, TokenSigner
 from angosd.oci.errors import TooManyRequests, Unauthorized
+
+if TYPE_CHECKING:  # each imported only when its feature is configured (some load OpenSSL)
+    from angosd.auth.ldap import LdapDirectory
 
 
 class TokenValidator(Protocol):
@@ -172,6 +173,8 @@ class Authenticator:
     async def _token(self, token: str, provider: Any) -> OidcIdentity:
         if self._oidc is None:
             raise Unauthorized("bearer tokens are not accepted: no OIDC provider is configured")
+        from angosd.auth.oidc import InvalidToken  # loaded with the OIDC providers
+
         try:
             if provider is not None:
                 return await provider.validate(token)

@@ -16,11 +16,14 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from twisted.internet import endpoints
+from twisted.internet import endpoints, tcp
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import ITLSTransport
 from twisted.internet.ssl import Certificate, optionsForClientTLS
 from twisted.logger import Logger
 
+from angosd.compat import enable_client_tls
+from angosd.config import ConfigError
 from angosd.config.model import LdapConfig
 from angosd.oci.errors import OciError
 
@@ -58,6 +61,12 @@ class LdapDirectory:
     """Checks usernames and passwords against one directory."""
 
     def __init__(self, config: LdapConfig, reactor: Any) -> None:
+        """Raises `ConfigError` when ``start_tls`` is asked of a daemon started without [auth.ldap]:
+        its TCP connections were then built without StartTLS (see `angosd.daemon.tap`)."""
+        if config.start_tls and not ITLSTransport.implementedBy(tcp.Client):
+            raise ConfigError("[auth.ldap] start_tls needs a restart: the daemon was started without "
+                              "[auth.ldap], so its connections cannot start TLS")
+        enable_client_tls()  # ldaps:// wraps its connection in TLS
         self.config = config
         self._reactor = reactor
         self._cache: OrderedDict[bytes, tuple[DirectoryUser, float]] = OrderedDict()

@@ -11,13 +11,14 @@ seen here is a verified one.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from cryptography import x509
-from cryptography.x509.oid import NameOID
 from twisted.internet.interfaces import ISSLTransport
 
 from angosd.auth.identity import CertificateIdentity
+
+if TYPE_CHECKING:  # cryptography is loaded by the TLS listener, the only source of certificates
+    from cryptography import x509
 
 __all__ = ["certificate_identity", "identity_of_certificate"]
 
@@ -40,6 +41,8 @@ def certificate_identity(transport: object) -> CertificateIdentity:
         peer: Any = transport.getPeerCertificate()
         if peer is None:
             return CertificateIdentity()
+        from cryptography import x509
+
         certificate = peer if isinstance(peer, x509.Certificate) else peer.to_cryptography()
     except Exception:
         return CertificateIdentity()
@@ -48,6 +51,9 @@ def certificate_identity(transport: object) -> CertificateIdentity:
 
 def identity_of_certificate(certificate: x509.Certificate) -> CertificateIdentity:
     """Subject CN, O and OU values and SAN DNS names and emails of ``certificate``."""
+    from cryptography import x509
+    from cryptography.x509.oid import NameOID
+
     try:
         subject: Iterable[x509.NameAttribute[Any]] = list(certificate.subject)
     except Exception:

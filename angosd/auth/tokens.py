@@ -16,11 +16,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
-
 from angosd.auth.identity import CertificateIdentity, Grant, Identity, OidcIdentity
+
+# pyjwt and cryptography (~20 MiB with OpenSSL) are imported by the functions that use them:
+# only a daemon with a token service does.
 
 #: Audience/typ marker of refresh tokens (never accepted by the registry itself).
 REFRESH = "refresh"
@@ -46,11 +45,15 @@ class SigningKey:
 def _kid(public: Any) -> str:
     if isinstance(public, bytes):
         return "hmac-" + hashlib.sha256(b"angosd-kid\0" + public).hexdigest()[:16]
+    from cryptography.hazmat.primitives import serialization
+
     der = public.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return base64.b32encode(hashlib.sha256(der).digest()).decode().rstrip("=")[:32]
 
 
 def _algorithm(key: Any, path: str) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+
     if isinstance(key, ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey):
         if key.curve.name != "secp256r1":
             raise TokenKeyError(f"{path}: EC keys must be P-256 (ES256), not {key.curve.name}")
@@ -62,6 +65,8 @@ def _algorithm(key: Any, path: str) -> str:
 
 def load_private_key(path: str) -> SigningKey:
     """The signing key in PEM file ``path``; raises `TokenKeyError` (or OSError) naming it."""
+    from cryptography.hazmat.primitives import serialization
+
     with open(path, "rb") as handle:
         data = handle.read()
     try:
@@ -80,6 +85,8 @@ def load_verification_key(path: str) -> tuple[str, str, Any]:
     if b"PRIVATE KEY" in data:
         key = load_private_key(path)
         return key.kid, key.algorithm, key.public
+    from cryptography.hazmat.primitives import serialization
+
     try:
         public = serialization.load_pem_public_key(data)
     except (ValueError, TypeError) as exc:
@@ -190,11 +197,15 @@ class TokenSigner:
             "access": [{"type": kind_, "name": name, "actions": list(actions)} for kind_, name, actions in access],
             "angosd": identity_claims(identity),
         }
+        import jwt
+
         return jwt.encode(claims, self.signing.private, algorithm=self.signing.algorithm,
                           headers={"kid": self.signing.kid, "typ": "JWT"})
 
     def is_ours(self, token: str) -> bool:
         """Whether ``token`` names one of this service's keys (else it may be an OIDC token)."""
+        import jwt
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError:
@@ -203,6 +214,8 @@ class TokenSigner:
 
     def verify(self, token: str, now: float, client_ip: str | None, kind: str = ACCESS) -> TokenClaims:
         """The claims of a valid ``token``; raises `InvalidRegistryToken`."""
+        import jwt
+
         try:
             header = jwt.get_unverified_header(token)
         except jwt.PyJWTError as exc:

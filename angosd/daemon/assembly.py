@@ -22,9 +22,7 @@ from angosd.actions import Action
 from angosd.auth.authenticator import Authenticator, AuthRecorder, TokenValidator
 from angosd.auth.authorizer import PolicyAuthorizer, SecurityState
 from angosd.auth.basic import PasswordUsers
-from angosd.auth.ldap import LdapDirectory
 from angosd.auth.limits import LoginLimiter
-from angosd.auth.oidc import OidcProviders, make_http_client
 from angosd.auth.token_service import TokenService
 from angosd.config import Config, ConfigError, FsStoreConfig, S3StoreConfig
 from angosd.coordination.files import FileCoordination
@@ -115,15 +113,23 @@ def build_security(config: Config, reactor: Any, pools: Pools, record_auth: Auth
     """Users, OIDC providers and compiled policies for ``config``; raises `PolicyError`.
     Passwords are checked on ``pools.cpu``; ``record_auth`` counts authentications,
     ``metrics`` authorization webhook calls; ``tracing`` traces the authorization webhook calls."""
+    # OIDC and LDAP are imported only when configured: they load OpenSSL (and pyjwt, ldaptor).
     oidc: TokenValidator | None = None
     if config.auth.oidc:
+        from angosd.auth.oidc import OidcProviders, make_http_client
+
         oidc = OidcProviders(config.auth.oidc, {p.name: make_http_client(reactor, p) for p in config.auth.oidc},
                              reactor)
     tokens = TokenService.build(config.auth.token_service) if config.auth.token_service is not None else None
+    directory = None
+    if config.auth.ldap is not None:
+        from angosd.auth.ldap import LdapDirectory
+
+        directory = LdapDirectory(config.auth.ldap, reactor)
     authenticator = Authenticator(PasswordUsers(config.auth.identities, pools.cpu, reactor), oidc, record_auth,
                                   tokens=tokens.signer if tokens is not None else None, clock=reactor,
                                   limiter=LoginLimiter(config.auth.login_limits, reactor),
-                                  directory=LdapDirectory(config.auth.ldap, reactor) if config.auth.ldap else None)
+                                  directory=directory)
     webhooks = AuthorizationWebhooks(config.auth.webhooks, reactor, metrics.webhooks if metrics else None,
                                      tracing.outbound("webhook") if tracing else None)
     return SecurityState.build(config, authenticator, webhooks, tokens)

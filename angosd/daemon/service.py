@@ -15,8 +15,9 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from twisted.application.internet import StreamServerEndpointService
-from twisted.application.service import MultiService, Service
+from twisted.application.service import IService, MultiService, Service
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IProtocolFactory
 from twisted.internet.threads import deferToThreadPool
 from twisted.logger import Logger
 
@@ -51,7 +52,6 @@ from angosd.registry.expiry import expiry_service
 from angosd.registry.gc import collector_service
 from angosd.registry.paths import REPOSITORIES
 from angosd.registry.pulls import PullTimeFlusher
-from angosd.tls.server import listening_factory
 
 if TYPE_CHECKING:
     from angosd.observability.tracing import Tracing
@@ -208,7 +208,12 @@ def _daemon(config: Config, reactor: Any, paths: Sequence[str], overrides: Overr
         timer(RELOAD_INTERVAL, live.poll, reactor).setServiceParent(front)
     if metrics.multiprocess:
         timer(METRICS_REFRESH, metrics.refresh, reactor).setServiceParent(front)
-    factory, listener_services = listening_factory(config, app.site, reactor)
+    factory: IProtocolFactory = app.site
+    listener_services: list[IService] = []
+    if config.server.tls is not None:  # OpenSSL is loaded only for a TLS listener
+        from angosd.tls.server import listening_factory
+
+        factory, listener_services = listening_factory(config, app.site, reactor)
     StreamServerEndpointService(role.endpoint, factory).setServiceParent(front)
     for service in listener_services:
         service.setServiceParent(front)

@@ -23,7 +23,6 @@ from types import FrameType
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet import endpoints
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall, IListeningPort, IProtocolFactory, IStreamServerEndpoint
 from twisted.internet.task import LoopingCall
@@ -196,6 +195,8 @@ def activated_endpoint(reactor: Any, environ: Mapping[str, str] | None = None,
                           "(LISTEN_FDS, LISTEN_FDNAMES, LISTEN_PID); start it through angosd.socket")
     if len(fds) > 1:
         _log.warn("systemd passed {count} sockets; serving on the first one only", count=len(fds))
+    from twisted.internet import endpoints  # imported where used: it may import OpenSSL
+
     return endpoints.AdoptedStreamServerEndpoint(reactor, fds[0], _listening_family(fds[0]))
 
 
@@ -210,6 +211,8 @@ def listen_endpoint(reactor: Any, description: str, environ: Mapping[str, str] |
     if activated_fds(environ) and not description.startswith("systemd:"):
         _log.warn("systemd passed listening sockets but the daemon listens on {endpoint}; set "
                   '[server] listen = "systemd" to use them', endpoint=description)
+    from twisted.internet import endpoints  # imported where used: it may import OpenSSL
+
     try:
         return endpoints.serverFromString(reactor, description)
     except (ValueError, IndexError, KeyError, TypeError, AttributeError) as exc:

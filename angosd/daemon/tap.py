@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import sys
+from typing import Any
 
 from twisted.application.service import IService
 from twisted.python import usage
 
 from angosd import __version__
 from angosd.auth.policy import PolicyError
-from angosd.config import ConfigError, default_config, load_config, parse_workers
+from angosd.compat import import_reactor_without_tls
+from angosd.config import Config, ConfigError, default_config, load_config, parse_workers
 from angosd.config.exposure import exposure_problem
 from angosd.daemon.overrides import AUTO, Overrides
 from angosd.daemon.systemd import ListenError
-from angosd.tls.server import TlsError
+from angosd.tls.errors import TlsError
 
 
 class Options(usage.Options):
@@ -53,17 +55,35 @@ def _warn(message: str) -> None:
     print(f"angosd: warning: {message}", file=sys.stderr)
 
 
+def reactor_needs_tls(config: Config, listen: str | None) -> bool:
+    """Whether ``config`` may use the reactor's own TLS (``startTLS``, ``listenSSL``).
+
+    An ``ssl:`` listening endpoint string and LDAP's StartTLS use it; a ``[server.tls]`` listener
+    counts too (though it puts TLS over its connections itself). Otherwise the reactor is
+    imported without OpenSSL, which is then loaded only by a feature that needs it (HTTPS
+    clients wrap their connections themselves). ``[server]`` changes need a restart, and a
+    reload adding StartTLS to LDAP is refused (`angosd.auth.ldap.LdapDirectory`).
+    """
+    description = listen or config.server.listen or ""
+    return (description.split(":", 1)[0].strip().lower() == "ssl" or config.server.tls is not None
+            or config.auth.ldap is not None)
+
+
 def makeService(options: Options) -> IService:
-    from twisted.internet import reactor
-
-    from angosd.daemon.service import build_service
-
     overrides = Overrides(root=options["root"], workers=options["workers"])
     try:
         config = overrides.apply(load_config(options["config"], warn=_warn) if options["config"] else default_config())
         exposed = exposure_problem(config, options["listen"])
         if exposed is not None:
             raise ConfigError(exposed)
+        reactor: Any
+        if reactor_needs_tls(config, options["listen"]):
+            from twisted.internet import reactor
+        else:
+            reactor = import_reactor_without_tls()
+
+        from angosd.daemon.service import build_service
+
         return build_service(config, reactor, listen=options["listen"], paths=options["config"], overrides=overrides)
     except (ConfigError, PolicyError, TlsError, ListenError) as exc:
         raise SystemExit(f"angosd: configuration error: {exc}") from None

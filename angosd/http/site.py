@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Callable
 from urllib.parse import unquote_to_bytes
 
-from OpenSSL import SSL
 from twisted.internet.interfaces import IDelayedCall, IHandshakeListener, ISSLTransport
 from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
@@ -97,7 +97,8 @@ class RegistryChannel(HTTPChannel):
                 call.cancel()
         # Under TLS, a handshake that fails ends the connection with an OpenSSL error
         # before any request byte reached this channel.
-        if self._first_bytes and reason.check(SSL.Error) is not None:
+        ssl = sys.modules.get("OpenSSL.SSL")  # loaded whenever a connection used TLS
+        if self._first_bytes and ssl is not None and reason.check(ssl.Error) is not None:
             refused = getattr(getattr(self, "site", None), "tls_refused", None)
             if refused is not None:
                 peer = self.transport.getPeer() if self.transport is not None else None

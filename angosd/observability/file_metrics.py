@@ -13,7 +13,6 @@ import os
 import re
 from collections.abc import Callable, Iterator, Mapping
 
-from cryptography import x509
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -35,6 +34,8 @@ _PEM = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", r
 def expiry_of(path: str, earliest: bool) -> float | None:
     """``notAfter`` of the first certificate in PEM file ``path`` (``earliest``: of the one
     expiring first); None when unreadable or empty."""
+    from cryptography import x509  # only a daemon with TLS files has any to read
+
     try:
         with open(path, "rb") as file:
             pems = _PEM.findall(file.read())

@@ -1,20 +1,24 @@
-"""Outgoing HTTP clients (upstream registries, webhooks): pooled, with private TLS trust."""
+"""Outgoing HTTP clients (upstream registries, webhooks): pooled, with private TLS trust.
+
+treq, ``twisted.web.client`` and ``twisted.internet.ssl`` import pyOpenSSL: they are imported
+when a client is made (or TLS trust loaded), so a daemon that makes none never loads them.
+"""
 
 from __future__ import annotations
 
 import re
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-import treq
-from treq.client import HTTPClient
-from twisted.internet import ssl
 from twisted.internet.defer import Deferred
-from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import UNKNOWN_LENGTH, IAgent, IPolicyForHTTPS, IResponse
 from zope.interface import implementer
 
-from angosd.compat import quiet_connection_pool
+from angosd.compat import enable_client_tls, quiet_connection_pool
+
+if TYPE_CHECKING:
+    from treq.client import HTTPClient
+    from twisted.web.client import HTTPConnectionPool
 
 _PEM_CERTIFICATE = re.compile(rb"-----BEGIN CERTIFICATE-----.+?-----END CERTIFICATE-----", re.S)
 
@@ -25,6 +29,8 @@ class ClientTLS:
 
     def __init__(self, server_ca_bundle: str | None = None, client_certificate: str | None = None,
                  client_private_key: str | None = None) -> None:
+        from twisted.internet import ssl
+
         self._trust: Any = None
         self._client: Any = None
         if server_ca_bundle:
@@ -38,6 +44,8 @@ class ClientTLS:
                 self._client = ssl.PrivateCertificate.loadPEM(cert.read() + b"\n" + key.read())
 
     def creatorForNetloc(self, hostname: bytes, port: int) -> Any:
+        from twisted.internet import ssl
+
         return ssl.optionsForClientTLS(hostname.decode("ascii"), trustRoot=self._trust,
                                        clientCertificate=self._client)
 
@@ -67,6 +75,10 @@ def make_client(reactor: Any, tls: ClientTLS | None = None, connect_timeout: flo
     ``max_redirects``. Use it with ``allow_redirects=False``: redirects are this client's job.
     ``hook`` sees every request (each redirect hop included).
     """
+    from treq.client import HTTPClient
+    from twisted.web.client import Agent, HTTPConnectionPool, RedirectAgent
+
+    enable_client_tls()
     if pool is None:
         pool = HTTPConnectionPool(reactor, persistent=True)
         pool.maxPersistentPerHost = 8
@@ -98,5 +110,14 @@ async def read_bounded(response: IResponse, limit: int) -> bytes:
             raise BodyTooLarge(f"body exceeds {limit} bytes")
         chunks.append(data)
 
-    await treq.collect(response, collect)
+    from treq import collect as collect_body
+
+    await collect_body(response, collect)
     return b"".join(chunks)
+
+
+async def content(response: IResponse) -> bytes:
+    """The whole body of ``response`` (`treq.content`, imported with the first client)."""
+    from treq import content as body
+
+    return await body(response)

@@ -29,7 +29,6 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.logger import Logger
 from twisted.python.failure import Failure
-from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
 from twisted.web.iweb import UNKNOWN_LENGTH, IResponse
 from zope.interface import implementer
@@ -47,7 +46,6 @@ from angosd.registry.registry import Registry
 _log = Logger()
 _T = TypeVar("_T")
 T = TypeVar("T")
-_DONE = Failure(ResponseDone())
 
 
 class UpstreamUnavailable(OciError):
@@ -408,14 +406,17 @@ class _TeeBody(TwistedProtocol):
                 self._client.write(self._held)
             self._held = data
 
-    def connectionLost(self, reason: Failure = _DONE) -> None:
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        # twisted.web.client loads OpenSSL: imported here, where an upstream response exists
+        from twisted.web.client import ResponseDone
+
         if self._idle is not None and self._idle.active():
             self._idle.cancel()
         if self._client is not None:
             self._client.unregisterProducer()
         if self._error is not None:
             self.finished.errback(self._error)
-        elif reason.check(ResponseDone, PotentialDataLoss):
+        elif reason is None or reason.check(ResponseDone, PotentialDataLoss):
             self.finished.callback(None)
         else:
             self.finished.errback(UpstreamError(f"upstream body failed: {reason.getErrorMessage()}"))

@@ -14,12 +14,9 @@ import base64
 import json
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import treq
-from treq.client import HTTPClient
 from twisted.internet.interfaces import IReactorTime
-from twisted.web.client import HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
@@ -27,7 +24,11 @@ from angosd.config import UpstreamConfig
 from angosd.oci import media_types as mt
 from angosd.oci.digest import Digest
 from angosd.oci.errors import OciError
-from angosd.outbound.client import BodyTooLarge, ClientTLS, OutboundHook, make_client, read_bounded
+from angosd.outbound.client import BodyTooLarge, ClientTLS, OutboundHook, content, make_client, read_bounded
+
+if TYPE_CHECKING:  # imported with the first client (they load OpenSSL)
+    from treq.client import HTTPClient
+    from twisted.web.client import HTTPConnectionPool
 
 MANIFEST_ACCEPT = ", ".join([mt.OCI_INDEX, mt.OCI_MANIFEST, mt.DOCKER_MANIFEST_LIST, mt.DOCKER_MANIFEST])
 MAX_JSON = 4 * 1024 * 1024
@@ -95,7 +96,7 @@ class Upstream:
         if response.code != 401:
             return response
         challenge = response.headers.getRawHeaders("WWW-Authenticate", [""])[0]
-        await treq.content(response)
+        await content(response)
         scheme, params = parse_challenge(challenge)
         if scheme == "bearer" and "realm" in params:
             headers["Authorization"] = f"Bearer {await self._token(params, scope)}"
@@ -105,7 +106,7 @@ class Upstream:
             raise UpstreamError(f"{self.url} requires authentication ({scheme or 'no challenge'})")
         response = await self._send(method, path, headers, timeout)
         if response.code == 401:
-            await treq.content(response)
+            await content(response)
             raise UpstreamError(f"{self.url} refused our credentials")
         return response
 
@@ -148,7 +149,7 @@ class Upstream:
     async def _check(self, response: IResponse, what: str) -> None:
         if response.code == 200:
             return
-        await treq.content(response)
+        await content(response)
         if response.code == 404:
             raise UpstreamNotFound(what)
         raise UpstreamError(f"{self.url} answered {response.code} for {what}")
@@ -158,7 +159,7 @@ class Upstream:
         response = await self.request("HEAD", f"/v2/{name}/manifests/{reference}", self.scope(name),
                                       {"Accept": MANIFEST_ACCEPT})
         await self._check(response, f"{name}:{reference}")
-        await treq.content(response)
+        await content(response)
         digest = response.headers.getRawHeaders("Docker-Content-Digest", [""])[0]
         try:
             parsed = Digest.parse(digest)
@@ -179,7 +180,7 @@ class Upstream:
         """The blob's size as the upstream reports it."""
         response = await self.request("HEAD", f"/v2/{name}/blobs/{digest}", self.scope(name))
         await self._check(response, f"{name}@{digest}")
-        await treq.content(response)
+        await content(response)
         try:
             return int(response.headers.getRawHeaders("Content-Length", [""])[0])
         except ValueError:
@@ -203,7 +204,7 @@ class Upstream:
     async def referrers(self, name: str, digest: Digest) -> list[dict[str, Any]]:
         response = await self.request("GET", f"/v2/{name}/referrers/{digest}", self.scope(name))
         if response.code == 404:
-            await treq.content(response)
+            await content(response)
             return []
         await self._check(response, f"{name} referrers of {digest}")
         try:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from typing import Any
 
 from OpenSSL.SSL import Error, WantReadError
-from twisted.protocols.tls import TLSMemoryBIOFactory
+from twisted.protocols.tls import BufferingTLSTransport, TLSMemoryBIOFactory
 from twisted.python.failure import Failure
 
 from angosd.compat import TLSWriteHooks
@@ -34,7 +34,7 @@ PLAIN_HTTP_ON_TLS = (b"HTTP/1.0 400 Bad Request\r\nContent-Type: text/plain\r\nC
 _TLS_HANDSHAKE = 0x16
 
 
-class BulkTLSProtocol(TLSWriteHooks):
+class BulkTLSProtocol(TLSWriteHooks, BufferingTLSTransport):
     """Twisted's TLS transport (small writes still aggregated) with `PIECE`-sized encryption.
 
     A connection whose first byte is an ASCII letter is plain HTTP sent to the TLS port: it

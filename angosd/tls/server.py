@@ -30,6 +30,8 @@ from twisted.logger import Logger
 from zope.interface import implementer
 
 from angosd.config import Config, TlsConfig
+from angosd.tls.errors import TlsError
+from angosd.tls.errors import one_line as _one_line
 from angosd.tls.records import BulkTLSFactory
 
 __all__ = ["RELOAD_INTERVAL", "ReloadingServerTLS", "TlsError", "build_context", "listening_factory"]
@@ -49,19 +51,6 @@ _TLS13_CIPHERS = b"TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_PO
 _SESSION_ID_CONTEXT = b"angosd"
 _PEM_CERTIFICATE = b"-----BEGIN CERTIFICATE-----"
 _PEM_PRIVATE_KEY = b"PRIVATE KEY-----"
-
-
-class TlsError(Exception):
-    """A TLS file cannot be used; the message is one line naming the file and the problem."""
-
-    def __init__(self, path: str, problem: str) -> None:
-        super().__init__(f"{path}: {_one_line(problem)}")
-        self.path = path
-        self.problem = problem
-
-
-def _one_line(text: object) -> str:
-    return " ".join(str(text).split())
 
 
 # --------------------------------------------------------------------------- reading files

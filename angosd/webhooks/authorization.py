@@ -13,7 +13,6 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-import treq
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 from twisted.web.iweb import IRequest
@@ -22,7 +21,7 @@ from angosd.actions import Route
 from angosd.auth.identity import Identity
 from angosd.config import AuthWebhookConfig
 from angosd.observability.metrics import WebhookMetrics
-from angosd.outbound.client import OutboundHook
+from angosd.outbound.client import OutboundHook, content
 from angosd.webhooks.client import header_value, webhook_client
 
 _log = Logger()
@@ -54,7 +53,7 @@ class AuthorizationWebhooks:
         try:
             response = await self._clients[name].get(config.url, headers=headers, allow_redirects=False,
                                                      timeout=config.timeout_ms / 1000)
-            await treq.content(response)
+            await content(response)
         except Exception as exc:
             _log.warn("authorization webhook {name} failed: {error}", name=name, error=f"{type(exc).__name__}")
             self._record(name, "error", now)

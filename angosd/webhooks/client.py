@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from treq.client import HTTPClient
 from twisted.logger import Logger
 
 from angosd.config import WebhookTlsConfig
 from angosd.outbound.client import ClientTLS, OutboundHook, make_client
+
+if TYPE_CHECKING:
+    from treq.client import HTTPClient
 
 _log = Logger()
 

@@ -16,10 +16,8 @@ import re
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import treq
-from treq.client import HTTPClient
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
@@ -31,8 +29,11 @@ from angosd.auth.identity import Identity
 from angosd.config import Config, EventWebhookConfig, WebhookTlsConfig
 from angosd.observability.metrics import WebhookMetrics
 from angosd.oci.errors import OciError
-from angosd.outbound.client import OutboundHook
+from angosd.outbound.client import OutboundHook, content
 from angosd.webhooks.client import webhook_client
+
+if TYPE_CHECKING:
+    from treq.client import HTTPClient
 
 _log = Logger()
 
@@ -176,7 +177,7 @@ class EventBus(Service):
             try:
                 response = await client.post(webhook.url, data=body, headers=headers, allow_redirects=False,
                                              timeout=webhook.timeout_ms / 1000)
-                await treq.content(response)
+                await content(response)
                 if 200 <= response.code < 300:
                     self._attempt(webhook.name, "success", began)
                     return True

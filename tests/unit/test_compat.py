@@ -343,8 +343,8 @@ def test_pooled_client_connections_read_large_pieces() -> None:
 
     pool = HTTPConnectionPool(reactor, persistent=False)
     compat.quiet_connection_pool(pool)
-    factory = compat._QuietClientFactory(lambda protocol: None, None)
+    factory = pool._factory(lambda protocol: None, None)
     transport = Transport()
     factory.buildProtocol(None).makeConnection(transport)
     assert transport.bufferSize == compat.CLIENT_READ_SIZE > 64 * 1024
-    assert pool._factory is compat._QuietClientFactory
+    assert pool._factory.noisy is False

@@ -106,7 +106,7 @@ def run(reactor: Any, options: WorkerOptions) -> int:
     from angosd.daemon.systemd import ObservedEndpoint
     from angosd.daemon.workers.listening import SharedSocketEndpoint
     from angosd.daemon.workers.status import PipeNotifier
-    from angosd.tls.server import TlsError
+    from angosd.tls.errors import TlsError
 
     overrides = Overrides(root=options["root"])
     endpoint = ObservedEndpoint(SharedSocketEndpoint(reactor, options["listen-fd"]))

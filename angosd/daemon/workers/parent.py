@@ -24,7 +24,6 @@ from angosd.registry.blobs import BlobStore
 from angosd.registry.expiry import expiry_service
 from angosd.registry.gc import collector_service
 from angosd.registry.uploads import UploadSessions
-from angosd.tls.server import ReloadingServerTLS
 
 __all__ = ["build_supervisor_service", "worker_command"]
 
@@ -99,6 +98,8 @@ def build_supervisor_service(config: Config, reactor: Any, count: int, listen: s
     security = build_security(config, reactor, pools)
     check_observability(config)  # ConfigError: tracing without its SDK, an audit log that cannot be opened
     if config.server.tls is not None:
+        from angosd.tls.server import ReloadingServerTLS  # loads OpenSSL: only for a TLS listener
+
         ReloadingServerTLS(config.server.tls)  # raises TlsError for unusable files
     endpoint = systemd.listen_endpoint(reactor, listen)
     live = LiveConfig(paths, security, lambda new: build_security(new, reactor, pools), overrides.apply)
