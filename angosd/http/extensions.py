@@ -236,7 +236,7 @@ class ExtensionAPI:
         index), the parents' summaries and the revisions' referrers. A namespace written
         before back-references existed (not `ManifestStore.is_linked`, until a scrub adds
         them) has its tags and indexes read in full instead, pausing every `RECORDS_BATCH`
-        records for other requests.
+        records for other requests; every other walk of the page pauses as often.
         """
         manifests = self.registry.manifests
         if page is not None and page.last is not None \
@@ -253,14 +253,21 @@ class ExtensionAPI:
             if count % RECORDS_BATCH == 0:
                 await manifests.breathe()
         if await manifests.is_linked(namespace):
-            tags = {digest: await manifests.tags_on(namespace, digest) for digest in entries}
-            parents = {digest: await manifests.parents_of(namespace, digest) for digest in entries}
+            tags: dict[Digest, list[str]] = {}
+            parents: dict[Digest, list[Digest]] = {}
+            for count, digest in enumerate(entries, 1):
+                tags[digest] = await manifests.tags_on(namespace, digest)
+                parents[digest] = await manifests.parents_of(namespace, digest)
+                if count % RECORDS_BATCH == 0:
+                    await manifests.breathe()
         else:
             every_tag = await manifests.tags_of(namespace)
             tags = {digest: sorted(every_tag.get(digest, [])) for digest in entries}
             parents = await self._parents_by_walk(namespace, entries)
         indexes: dict[Digest, ManifestSummary | None] = {}
-        for entry in entries.values():
+        for count, entry in enumerate(entries.values(), 1):
+            if count % RECORDS_BATCH == 0:
+                await manifests.breathe()
             for parent in parents.get(entry.digest, []):
                 if parent not in indexes:
                     try:
@@ -271,7 +278,9 @@ class ExtensionAPI:
             for referrer in await manifests.referrers(namespace, entry.digest, None):
                 entry.referrers.append(_descriptor_json(referrer))
         listed = []
-        for entry in entries.values():
+        for count, entry in enumerate(entries.values(), 1):
+            if count % RECORDS_BATCH == 0:
+                await manifests.breathe()
             listed.append({
                 "digest": str(entry.digest),
                 "media_type": entry.media_type,

@@ -49,21 +49,21 @@ import contextlib
 import json
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any, TypeVar, cast
+from typing import Any, TypeVar
 
 from twisted.application.internet import TimerService
-from twisted.internet.defer import Deferred, DeferredList, ensureDeferred
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
-from twisted.python.failure import Failure
 
 from angosd.oci.digest import Digest
 from angosd.oci.errors import OciError
 from angosd.registry import paths
 from angosd.registry.blobs import BlobStore
+from angosd.registry.concurrent import concurrently
 from angosd.registry.digestset import DigestSet
 from angosd.storage.errors import OutOfSpace, PathNotFound, StorageError
 from angosd.storage.interface import IStorageDriver
@@ -214,17 +214,6 @@ def manifest_references(body: bytes) -> frozenset[Digest]:
         if key != "subject":
             visit(value)
     return frozenset(found)
-
-
-async def _concurrently(work: list[Coroutine[Any, Any, T]]) -> list[T]:
-    """Run coroutines side by side; their results in order, or the first failure once all ended."""
-    if not work:
-        return []
-    results = await DeferredList([ensureDeferred(item) for item in work], consumeErrors=True)
-    for succeeded, result in results:
-        if not succeeded:
-            cast(Failure, result).raiseException()
-    return [result for _succeeded, result in results]
 
 
 # --------------------------------------------------------------------------- the collector
@@ -419,14 +408,14 @@ class GarbageCollector:
         """Mark distinct candidates concurrently (their writes overlap on the io pool); empties ``digests``."""
         batch = list(digests)
         digests.clear()
-        await _concurrently([self._mark(digest, now) for digest in batch])
+        await concurrently([self._mark(digest, now) for digest in batch])
         report.marked += len(batch)
 
     async def _sweep_all(self, candidates: list[tuple[Digest, Mark, int]], report: GcReport) -> None:
         """Sweep distinct candidates concurrently; empties ``candidates``."""
         batch = list(candidates)
         candidates.clear()
-        outcomes = await _concurrently([self._sweep(digest, mark) for digest, mark, _size in batch])
+        outcomes = await concurrently([self._sweep(digest, mark) for digest, mark, _size in batch])
         for (_digest, _mark, size), outcome in zip(batch, outcomes, strict=True):
             if outcome == "reclaimed":
                 report.reclaimed += 1

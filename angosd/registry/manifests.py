@@ -34,6 +34,7 @@ from angosd.oci.manifest import Descriptor, Manifest
 from angosd.oci.names import Reference
 from angosd.registry import paths
 from angosd.registry.blobs import BlobStore
+from angosd.registry.concurrent import concurrently
 from angosd.registry.parsing import ManifestParser
 from angosd.registry.summaries import ManifestSummary
 from angosd.storage.errors import PathNotFound, StorageError
@@ -142,13 +143,18 @@ class ManifestStore:
             "subject": str(manifest.subject.digest) if manifest.subject else None,
             "artifact_type": manifest.as_referrer().artifact_type,
         }
-        await self._driver.write(paths.summary(namespace, manifest.digest), ManifestSummary.of(manifest).to_json())
-        await self._driver.write(paths.revision(namespace, manifest.digest), json.dumps(record).encode())
+        # Side by side (each write waits on the disk): the records and the tags' back-references,
+        # which need only come before the tags themselves.
+        writes = [self._driver.write(paths.summary(namespace, manifest.digest), ManifestSummary.of(manifest).to_json()),
+                  self._driver.write(paths.revision(namespace, manifest.digest), json.dumps(record).encode())]
         if manifest.subject is not None:
             entry = json.dumps(manifest.as_referrer().to_json()).encode()
-            await self._driver.write(paths.referrer(namespace, manifest.subject.digest, manifest.digest), entry)
+            referrer = paths.referrer(namespace, manifest.subject.digest, manifest.digest)
+            writes.append(self._driver.write(referrer, entry))
+        writes += [self._driver.write(paths.tagged(namespace, manifest.digest, tag), b"") for tag in all_tags]
+        await concurrently(writes)
         for tag in all_tags:
-            await self._set_tag(namespace, tag, manifest.digest)
+            await self._set_tag(namespace, tag, manifest.digest, referenced=True)
         return manifest
 
     async def tag(self, namespace: str, tag: str, digest: Digest) -> None:
@@ -210,12 +216,14 @@ class ManifestStore:
         """Whether `tags_on` and `parents_of` are complete for ``namespace``."""
         return await self._driver.stat(paths.linked(namespace)) is not None
 
-    async def _set_tag(self, namespace: str, tag: str, digest: Digest) -> None:
-        """Point ``tag`` at ``digest``: the back-reference first, then the tag, then the
-        previous target's back-reference is removed. A crash between the steps leaves at most
-        a stale back-reference, which `tags_on` ignores."""
+    async def _set_tag(self, namespace: str, tag: str, digest: Digest, referenced: bool = False) -> None:
+        """Point ``tag`` at ``digest``: the back-reference first (unless the caller has
+        ``referenced`` it already), then the tag, then the previous target's back-reference is
+        removed. A crash between the steps leaves at most a stale back-reference, which
+        `tags_on` ignores."""
         previous = await self._tag_target(namespace, tag)
-        await self._driver.write(paths.tagged(namespace, digest, tag), b"")
+        if not referenced:
+            await self._driver.write(paths.tagged(namespace, digest, tag), b"")
         await self._driver.write(paths.tag(namespace, tag), str(digest).encode())
         if previous is not None and previous != digest:
             await self._unlink_tag(namespace, tag, previous)
