@@ -23,7 +23,6 @@ nothing here passes or fails.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import os
 import shutil
 import subprocess
@@ -36,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from bench.blob_bench import make_blob
 from tests.daemon import Daemon, children
 
 MiB = 1024 * 1024
@@ -149,17 +149,6 @@ def sampling(pid: int, interval: float) -> Iterator[Callable[[], list[Usage]]]:
     finally:
         done.set()
         thread.join()
-
-
-def make_blob(path: str, size_mb: int) -> str:
-    hasher = hashlib.sha256()
-    block = os.urandom(MiB)
-    with open(path, "wb") as out:
-        for i in range(size_mb):
-            chunk = hashlib.sha256(i.to_bytes(8, "big")).digest() + block[32:]
-            hasher.update(chunk)
-            out.write(chunk)
-    return f"sha256:{hasher.hexdigest()}"
 
 
 def _curl(*args: str) -> str:
