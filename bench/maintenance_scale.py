@@ -47,6 +47,7 @@ REPO = os.path.dirname(HERE)
 sys.path.insert(0, REPO)
 sys.path.insert(0, HERE)
 import scale_store  # noqa: E402
+from peak import measured  # noqa: E402
 
 from tests.daemon import Daemon  # noqa: E402
 
@@ -78,22 +79,13 @@ def angosd_config(path: str, root: str, grace: int, rules: str = "") -> str:
 
 
 def timed(command: list[str], env: dict[str, str] | None = None) -> dict[str, Any]:
-    """Run ``command`` to completion: wall seconds, peak RSS (MiB) of the process (``wait4``),
+    """Run ``command`` to completion: wall seconds, peak RSS (MiB) of the process (`peak`),
     and the last line it printed; raises when it fails."""
-    started = time.monotonic()
-    with tempfile.TemporaryFile() as output, tempfile.TemporaryFile() as errors:
-        process = subprocess.Popen(command, stdout=output, stderr=errors, env=env)
-        _pid, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        seconds = time.monotonic() - started
-        if process.returncode != 0:
-            errors.seek(0)
-            raise RuntimeError(f"{command} exited with {process.returncode}: "
-                               f"{errors.read().decode(errors='replace')[-2000:]}")
-        output.seek(max(0, output.seek(0, os.SEEK_END) - 4096))
-        lines = output.read().decode(errors="replace").strip().splitlines()
-    return {"seconds": round(seconds, 2), "peak_rss_mib": round(usage.ru_maxrss / 1024, 1),
-            "last_line": lines[-1][:300] if lines else ""}
+    run = measured(command, env)
+    if run.returncode != 0:
+        raise RuntimeError(f"{command} exited with {run.returncode}: {run.errors}")
+    return {"seconds": round(run.seconds, 2), "peak_rss_mib": round(run.peak_rss_mib, 1),
+            "last_line": run.lines[-1][:300] if run.lines else ""}
 
 
 def angosd_env() -> dict[str, str]:

@@ -35,7 +35,6 @@ import json
 import os
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -46,6 +45,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import scale_store
+from peak import measured
 
 from tests.daemon import REPO, Daemon, children
 from tests.integration.upstreams import DockerRegistry
@@ -247,17 +247,10 @@ def measure(target: Target, summary: scale_store.Summary, angosd: bool) -> dict[
 
 def timed_command(args: list[str], env: dict[str, str] | None = None) -> tuple[float, float, str]:
     """Run a command to completion: seconds, its peak RSS (MiB), and its output's last line."""
-    with tempfile.TemporaryFile() as output:
-        started = time.monotonic()
-        process = subprocess.Popen(args, stdout=output, stderr=subprocess.STDOUT, env=env)
-        _pid, status, usage = os.wait4(process.pid, 0)
-        seconds = time.monotonic() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
-        output.seek(0)
-        lines = output.read().decode(errors="replace").strip().splitlines()
-    if process.returncode != 0:
-        raise SystemExit(f"{args[:4]} failed ({process.returncode}): {lines[-5:]}")
-    return seconds, usage.ru_maxrss / 1024, lines[-1] if lines else ""
+    run = measured(args, env)
+    if run.returncode != 0:
+        raise SystemExit(f"{args[:4]} failed ({run.returncode}): {run.lines[-5:]} {run.errors}")
+    return run.seconds, run.peak_rss_mib, run.lines[-1] if run.lines else ""
 
 
 def angosd_scrub(angosd: Target, distribution: Target, out: str) -> list[Row]:
