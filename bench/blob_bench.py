@@ -27,12 +27,13 @@ from tests.daemon import Daemon
 MiB = 1024 * 1024
 
 
-def make_blob(path: str, size_mb: int) -> str:
+def make_blob(path: str, size_mb: int, seed: int = 0) -> str:
+    """A file of ``size_mb`` MiB of incompressible bytes (distinct per ``seed``); its digest."""
     hasher = hashlib.sha256()
     block = os.urandom(MiB)
     with open(path, "wb") as out:
         for i in range(size_mb):
-            chunk = hashlib.sha256(i.to_bytes(8, "big")).digest() + block[32:]
+            chunk = hashlib.sha256(f"{seed}:{i}".encode()).digest() + block[32:]
             hasher.update(chunk)
             out.write(chunk)
     return f"sha256:{hasher.hexdigest()}"

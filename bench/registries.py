@@ -8,10 +8,8 @@ log level warn. Figures only: nothing here passes or fails.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -20,7 +18,7 @@ import urllib.request
 from dataclasses import dataclass, field
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from tests.daemon import Daemon, children
+from tests.daemon import Daemon, children, terminate
 
 MiB = 1024 * 1024
 DOCKER_REGISTRY = shutil.which("docker-registry") or "/usr/bin/docker-registry"
@@ -30,18 +28,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def make_blob(path: str, size_mb: int, seed: int = 0) -> str:
-    """A file of ``size_mb`` MiB of incompressible bytes (distinct per ``seed``); its digest."""
-    hasher = hashlib.sha256()
-    block = os.urandom(MiB)
-    with open(path, "wb") as out:
-        for i in range(size_mb):
-            chunk = hashlib.sha256(f"{seed}:{i}".encode()).digest() + block[32:]
-            hasher.update(chunk)
-            out.write(chunk)
-    return f"sha256:{hasher.hexdigest()}"
 
 
 def self_signed(directory: str) -> tuple[str, str]:
@@ -122,13 +108,8 @@ class Server:
         if self.daemon is not None:
             self.daemon.stop()
             return
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            terminate(self.process)
 
 
 def start_angosd(name: str, workdir: str, config: str, scheme: str = "http") -> Server:

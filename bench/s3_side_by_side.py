@@ -34,12 +34,12 @@ import time
 from collections.abc import Callable
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from blob_bench import make_blob
 from registries import (
     MiB,
     Samples,
     Server,
     cpu_seconds,
-    make_blob,
     peak_rss_mb,
     pull,
     push_chunked,

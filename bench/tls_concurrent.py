@@ -28,11 +28,11 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from blob_bench import make_blob
 from registries import (
     Samples,
     Server,
     cpu_seconds,
-    make_blob,
     peak_rss_mb,
     pull,
     push_monolithic,

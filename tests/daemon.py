@@ -25,6 +25,17 @@ def default_workers() -> int:
     return int(os.environ.get("ANGOSD_TEST_WORKERS", "1"))
 
 
+def terminate(process: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    """SIGTERM to a running ``process``, SIGKILL when it has not ended ``timeout`` s later; returns once it ended."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
 def children(pid: int) -> list[int]:
     """The pids whose parent is ``pid`` (from /proc)."""
     found = []
@@ -107,13 +118,8 @@ class Daemon:
         return f"127.0.0.1:{self.port}"
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            terminate(self.process)
 
     def kill(self) -> None:
         """SIGKILL to the daemon and its workers at once (a crash of the whole daemon): no shutdown code runs."""
